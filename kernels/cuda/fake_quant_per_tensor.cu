@@ -1,0 +1,184 @@
+// CUDA per-tensor quant-dequant and its masked (clipped-STE) backward.
+//
+// Each thread owns one mask group of 8 consecutive elements (one mask byte): 8 x 16-bit
+// elements are one 16-byte load, 8 x fp32 are two. A warp therefore reads 256 or 512
+// contiguous bytes and writes 32 contiguous mask bytes. The 16-byte path is taken when
+// input and output are 16-byte aligned (checked at launch); otherwise a scalar path with
+// the same math runs. The last, partial group is handled with bounds checks. Indices are
+// 64-bit and the grid strides, so any numel works.
+#include <cstdint>
+
+#include "fakequant/cuda/launch.h"
+#include "launch_utils.cuh"
+
+namespace fakequant {
+namespace cuda {
+namespace {
+
+template <typename T>
+struct Group {
+  T v[kMaskGroup];
+};
+
+// Loads/stores of one full group. kVector selects 16-byte accesses.
+template <typename T, bool kVector>
+__device__ __forceinline__ Group<T> load_group(const T* __restrict__ p) {
+  Group<T> g;
+  if constexpr (kVector) {
+    constexpr int kChunks = sizeof(Group<T>) / sizeof(uint4);
+    const uint4* src = reinterpret_cast<const uint4*>(p);
+    uint4 raw[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) raw[c] = src[c];
+    memcpy(&g, raw, sizeof(g));
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaskGroup; ++j) g.v[j] = p[j];
+  }
+  return g;
+}
+
+template <typename T, bool kVector>
+__device__ __forceinline__ void store_group(T* __restrict__ p, const Group<T>& g) {
+  if constexpr (kVector) {
+    constexpr int kChunks = sizeof(Group<T>) / sizeof(uint4);
+    uint4 raw[kChunks];
+    memcpy(raw, &g, sizeof(g));
+    uint4* dst = reinterpret_cast<uint4*>(p);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) dst[c] = raw[c];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaskGroup; ++j) p[j] = g.v[j];
+  }
+}
+
+template <typename T, Rounding kMode, bool kVector>
+__global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                             uint8_t* __restrict__ mask, int64_t numel,
+                                             const float* __restrict__ scale_ptr,
+                                             const int32_t* __restrict__ zero_point_ptr,
+                                             int32_t quant_min, int32_t quant_max) {
+  const float scale = *scale_ptr;
+  const int32_t zp = *zero_point_ptr;
+  const bool valid = qparams_valid(scale, zp, quant_min, quant_max);
+  const float inv = inverse_scale(scale);
+  const float zpf = static_cast<float>(zp);
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  const float poison = __uint_as_float(0x7FC00000u);
+
+  const int64_t full_groups = numel / kMaskGroup;
+  const int64_t groups = mask_bytes(numel);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
+       g += stride) {
+    const int64_t base = g * kMaskGroup;
+    uint8_t bits = 0;
+    if (g < full_groups) {
+      const Group<T> x = load_group<T, kVector>(in + base);
+      Group<T> y;
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        const QuantDequantResult r = quant_dequant(to_float(x.v[j]), scale, inv, zpf, qmin, qmax, kMode);
+        y.v[j] = from_float<T>(valid ? r.value : poison);
+        bits |= static_cast<uint8_t>((valid && r.in_range) ? 1u : 0u) << j;
+      }
+      store_group<T, kVector>(out + base, y);
+    } else {
+      for (int j = 0; base + j < numel; ++j) {
+        const QuantDequantResult r = quant_dequant(to_float(in[base + j]), scale, inv, zpf, qmin, qmax, kMode);
+        out[base + j] = from_float<T>(valid ? r.value : poison);
+        bits |= static_cast<uint8_t>((valid && r.in_range) ? 1u : 0u) << j;
+      }
+    }
+    if (mask != nullptr) mask[g] = bits;
+  }
+}
+
+template <typename T, bool kVector>
+__global__ void masked_grad_kernel(const T* __restrict__ grad, const uint8_t* __restrict__ mask,
+                                   T* __restrict__ grad_in, int64_t numel) {
+  const T zero = from_float<T>(0.0f);
+  const int64_t full_groups = numel / kMaskGroup;
+  const int64_t groups = mask_bytes(numel);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
+       g += stride) {
+    const int64_t base = g * kMaskGroup;
+    const uint32_t bits = mask[g];
+    if (g < full_groups) {
+      Group<T> d = load_group<T, kVector>(grad + base);
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) d.v[j] = ((bits >> j) & 1u) ? d.v[j] : zero;
+      store_group<T, kVector>(grad_in + base, d);
+    } else {
+      for (int j = 0; base + j < numel; ++j) grad_in[base + j] = ((bits >> j) & 1u) ? grad[base + j] : zero;
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch_fq(const FakeQuantArgs& a, const PerTensorQParams& qp, cudaStream_t stream) {
+  const T* in = static_cast<const T*>(a.input);
+  T* out = static_cast<T*>(a.output);
+  const bool vec = is_aligned16(in) && is_aligned16(out);
+  const LaunchShape shape = grid_for(mask_bytes(a.numel));
+  auto go = [&](auto kernel) {
+    kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale,
+                                                       qp.zero_point, qp.quant_min, qp.quant_max);
+  };
+  if (qp.rounding == Rounding::kHalfAway) {
+    vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, true>)
+        : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, false>);
+  } else {
+    vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, true>)
+        : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, false>);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_mg(const MaskedGradArgs& a, cudaStream_t stream) {
+  const T* grad = static_cast<const T*>(a.grad_output);
+  T* grad_in = static_cast<T*>(a.grad_input);
+  const LaunchShape shape = grid_for(mask_bytes(a.numel));
+  if (is_aligned16(grad) && is_aligned16(grad_in)) {
+    masked_grad_kernel<T, true><<<shape.blocks, shape.threads, 0, stream>>>(grad, a.mask, grad_in, a.numel);
+  } else {
+    masked_grad_kernel<T, false><<<shape.blocks, shape.threads, 0, stream>>>(grad, a.mask, grad_in, a.numel);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& a, const PerTensorQParams& qp,
+                                         cudaStream_t stream) {
+  if (a.numel == 0) return cudaSuccess;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return launch_fq<float>(a, qp, stream);
+    case DType::kFloat16:
+      return launch_fq<Half>(a, qp, stream);
+    case DType::kBFloat16:
+      return launch_fq<BFloat16>(a, qp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_masked_grad(const MaskedGradArgs& a, cudaStream_t stream) {
+  if (a.numel == 0) return cudaSuccess;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return launch_mg<float>(a, stream);
+    case DType::kFloat16:
+      return launch_mg<Half>(a, stream);
+    case DType::kBFloat16:
+      return launch_mg<BFloat16>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace fakequant

@@ -1,0 +1,15 @@
+# ctest driver: configure, build and run the consumer against an installed fakequant.
+file(REMOVE_RECURSE "${BINARY_DIR}")
+execute_process(COMMAND ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${BINARY_DIR}" -G "${GENERATOR}"
+                        "-DCMAKE_PREFIX_PATH=${PREFIX}" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the find_package(fakequant) consumer failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build "${BINARY_DIR}" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer failed")
+endif()
+execute_process(COMMAND "${BINARY_DIR}/consumer" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer's result was wrong")
+endif()

@@ -1,0 +1,157 @@
+// The CUDA kernels against the CPU reference, bit for bit. Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "fakequant/cuda/launch.h"
+#include "fakequant/fake_quant.h"
+
+namespace fq = fakequant;
+
+namespace {
+
+#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)
+
+bool have_gpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
+
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(size_t n) { EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+template <typename T>
+std::vector<T> random_values(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<T> v(n);
+  for (auto& e : v) e = fq::from_float<T>(dist(rng));
+  if (n > 4) v[1] = fq::from_float<T>(1e4f), v[2] = fq::from_float<T>(-1e4f);
+  return v;
+}
+
+template <typename T>
+constexpr fq::DType dtype_of() {
+  if constexpr (std::is_same_v<T, float>) return fq::DType::kFloat32;
+  if constexpr (std::is_same_v<T, fq::Half>) return fq::DType::kFloat16;
+  return fq::DType::kBFloat16;
+}
+
+// Runs GPU and CPU on the same data; `offset` elements shift the device pointers off
+// 16-byte alignment to exercise the scalar path.
+template <typename T>
+void compare_with_cpu(int64_t n, int64_t offset, fq::Rounding mode, float scale, int32_t zp, int32_t qmin,
+                      int32_t qmax) {
+  const std::vector<T> x = random_values<T>(n, static_cast<uint32_t>(n * 7 + offset));
+  std::vector<T> y_cpu(n);
+  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+  fq::fake_quant_per_tensor_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n},
+                                {&scale, &zp, qmin, qmax, mode});
+
+  DeviceBuffer<T> dx(n + offset), dy(n + offset);
+  DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
+  DeviceBuffer<float> ds(1);
+  DeviceBuffer<int32_t> dz(1);
+  ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemset(dy.ptr, 0x7F, (n + offset) * sizeof(T)));  // poison
+  ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
+  ASSERT_CUDA(cudaMemcpy(ds.ptr, &scale, sizeof(float), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemcpy(dz.ptr, &zp, sizeof(int32_t), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({dtype_of<T>(), dx.ptr + offset, dy.ptr + offset, dm.ptr, n},
+                                                     {ds.ptr, dz.ptr, qmin, qmax, mode}, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<T> y_gpu(n);
+  std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
+  ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
+  ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
+  ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(T))) << "n=" << n << " offset=" << offset;
+  ASSERT_EQ(m_cpu, m_gpu) << "n=" << n << " offset=" << offset;
+}
+
+class FakeQuantCuda : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(FakeQuantCuda, Float32MatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t offset : {0, 1, 3})
+    for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
+      compare_with_cpu<float>(GetParam(), offset, mode, 0.0173f, 0, -128, 127);
+      compare_with_cpu<float>(GetParam(), offset, mode, 0.11f, 17, 0, 255);
+      compare_with_cpu<float>(GetParam(), offset, mode, 0.002f, -300, -32768, 32767);
+    }
+}
+
+TEST_P(FakeQuantCuda, HalfAndBFloat16MatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t offset : {0, 1})
+    for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
+      compare_with_cpu<fq::Half>(GetParam(), offset, mode, 0.05f, 3, -128, 127);
+      compare_with_cpu<fq::BFloat16>(GetParam(), offset, mode, 0.05f, 3, -8, 7);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, FakeQuantCuda, ::testing::Values(1, 7, 8, 9, 255, 4097, 1 << 20, (1 << 22) + 5));
+
+TEST(FakeQuantCudaEdges, OutOfContractQParamsPoisonOnDevice) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 1000;
+  const std::vector<float> x = random_values<float>(n, 1);
+  DeviceBuffer<float> dx(n), dy(n), ds(1);
+  DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
+  DeviceBuffer<int32_t> dz(1);
+  ASSERT_CUDA(cudaMemcpy(dx.ptr, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  const float bad_scale = -1.0f;
+  const int32_t zp = 0;
+  ASSERT_CUDA(cudaMemcpy(ds.ptr, &bad_scale, sizeof(float), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemcpy(dz.ptr, &zp, sizeof(int32_t), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, dx.ptr, dy.ptr, dm.ptr, n},
+                                                     {ds.ptr, dz.ptr, -128, 127, fq::Rounding::kHalfEven}, nullptr));
+  std::vector<float> y(n);
+  std::vector<uint8_t> m(fq::mask_bytes(n));
+  ASSERT_CUDA(cudaMemcpy(y.data(), dy.ptr, n * sizeof(float), cudaMemcpyDeviceToHost));
+  ASSERT_CUDA(cudaMemcpy(m.data(), dm.ptr, m.size(), cudaMemcpyDeviceToHost));
+  for (float v : y) ASSERT_TRUE(std::isnan(v));
+  for (uint8_t b : m) ASSERT_EQ(b, 0);
+}
+
+TEST(MaskedGradCuda, MatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : {1, 8, 13, 4099, (1 << 20) + 3}) {
+    for (const int64_t offset : {0, 1}) {
+      const std::vector<float> g = random_values<float>(n, static_cast<uint32_t>(n));
+      std::mt19937 rng(static_cast<uint32_t>(n + offset));
+      std::vector<uint8_t> mask(fq::mask_bytes(n));
+      for (auto& b : mask) b = static_cast<uint8_t>(rng());
+      std::vector<float> ref(n);
+      fq::masked_grad_cpu({fq::DType::kFloat32, g.data(), mask.data(), ref.data(), n});
+      DeviceBuffer<float> dg(n + offset), dout(n + offset);
+      DeviceBuffer<uint8_t> dm(mask.size());
+      ASSERT_CUDA(cudaMemcpy(dg.ptr + offset, g.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dm.ptr, mask.data(), mask.size(), cudaMemcpyHostToDevice));
+      ASSERT_CUDA(fq::cuda::launch_masked_grad({fq::DType::kFloat32, dg.ptr + offset, dm.ptr, dout.ptr + offset, n}, nullptr));
+      std::vector<float> out(n);
+      ASSERT_CUDA(cudaMemcpy(out.data(), dout.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
+      ASSERT_EQ(0, std::memcmp(out.data(), ref.data(), n * sizeof(float))) << "n=" << n;
+    }
+  }
+}
+
+TEST(FakeQuantCudaEdges, EmptyLaunchIsANoOp) {
+  SKIP_WITHOUT_GPU();
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, nullptr, nullptr, nullptr, 0},
+                                                     {nullptr, nullptr, -128, 127, fq::Rounding::kHalfEven}, nullptr));
+}
+
+}  // namespace

@@ -1,0 +1,99 @@
+#include "common.h"
+
+#include <string>
+
+namespace fakequant {
+namespace ext {
+
+DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kHalf:
+      return DType::kFloat16;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, op, ": ", arg, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+at::Tensor dense_or_contiguous(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+}
+
+static void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, const char* op,
+                                const char* arg, at::ScalarType want) {
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", arg, " must be a ", want, " tensor, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, op, ": ", arg, " must have exactly 1 element (per-tensor qparams), got ",
+              t.numel(), " elements of shape ", t.sizes());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", arg, " must be on the same device as input (",
+              input.device(), "), got ", t.device());
+}
+
+PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
+                                            const at::Tensor& zero_point, int64_t quant_min,
+                                            int64_t quant_max, c10::string_view rounding) {
+  constexpr const char* op = "fakequant.fake_quant_per_tensor";
+  PerTensorCall call;
+  const DType dtype = to_dtype(input, op, "input");
+  check_qparam_tensor(scale, input, op, "scale", at::kFloat);
+  check_qparam_tensor(zero_point, input, op, "zero_point", at::kInt);
+  const std::string range_error = check_quant_range(quant_min, quant_max);
+  TORCH_CHECK(range_error.empty(), op, ": ", range_error);
+  Rounding mode{};
+  TORCH_CHECK(parse_rounding(std::string(rounding), &mode), op, ": rounding must be one of ",
+              kAcceptedRoundings, ", got '", std::string(rounding), "'");
+
+  call.input = dense_or_contiguous(input);
+  call.output = at::empty_like(call.input);
+  call.mask = at::empty({mask_bytes(call.input.numel())}, call.input.options().dtype(at::kByte));
+  call.args.dtype = dtype;
+  call.args.input = call.input.const_data_ptr();
+  call.args.output = call.output.mutable_data_ptr();
+  call.args.mask = call.mask.mutable_data_ptr<uint8_t>();
+  call.args.numel = call.input.numel();
+  call.qparams.scale = scale.const_data_ptr<float>();
+  call.qparams.zero_point = zero_point.const_data_ptr<int32_t>();
+  call.qparams.quant_min = static_cast<int32_t>(quant_min);
+  call.qparams.quant_max = static_cast<int32_t>(quant_max);
+  call.qparams.rounding = mode;
+  return call;
+}
+
+void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t quant_min, int64_t quant_max) {
+  constexpr const char* op = "fakequant.fake_quant_per_tensor";
+  const std::string scale_error = check_scale_value(*scale.const_data_ptr<float>());
+  TORCH_CHECK(scale_error.empty(), op, ": ", scale_error);
+  const std::string zp_error =
+      check_zero_point_value(*zero_point.const_data_ptr<int32_t>(), quant_min, quant_max);
+  TORCH_CHECK(zp_error.empty(), op, ": ", zp_error);
+}
+
+MaskedGradCall prepare_masked_grad(const at::Tensor& grad_output, const at::Tensor& mask) {
+  constexpr const char* op = "fakequant.fake_quant_mask_backward";
+  MaskedGradCall call;
+  const DType dtype = to_dtype(grad_output, op, "grad_output");
+  TORCH_CHECK(grad_output.is_non_overlapping_and_dense(), op,
+              ": grad_output must be non-overlapping and dense, laid out like the forward output");
+  TORCH_CHECK(mask.scalar_type() == at::kByte, op, ": mask must be a uint8 tensor, got ", mask.scalar_type());
+  TORCH_CHECK(mask.dim() == 1 && mask.is_contiguous(), op, ": mask must be a contiguous 1-D tensor, got shape ",
+              mask.sizes());
+  TORCH_CHECK(mask.numel() == mask_bytes(grad_output.numel()), op, ": mask must have ceil(numel / 8) = ",
+              mask_bytes(grad_output.numel()), " bytes for grad_output of ", grad_output.numel(),
+              " elements, got ", mask.numel());
+  TORCH_CHECK(mask.device() == grad_output.device(), op, ": mask must be on the same device as grad_output (",
+              grad_output.device(), "), got ", mask.device());
+  call.grad_input = at::empty_like(grad_output);
+  call.args.dtype = dtype;
+  call.args.grad_output = grad_output.const_data_ptr();
+  call.args.mask = mask.const_data_ptr<uint8_t>();
+  call.args.grad_input = call.grad_input.mutable_data_ptr();
+  call.args.numel = grad_output.numel();
+  return call;
+}
+
+}  // namespace ext
+}  // namespace fakequant

@@ -1,0 +1,45 @@
+// Argument checks and output allocation shared by the CPU and CUDA bindings, so that every
+// backend rejects the same inputs with the same messages and allocates the same layouts.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include "fakequant/fake_quant.h"
+
+namespace fakequant {
+namespace ext {
+
+// float32 / float16 / bfloat16 -> DType; anything else is an error naming `arg`.
+DType to_dtype(const at::Tensor& t, const char* op, const char* arg);
+
+// Dense tensors are processed in memory order; anything else is made contiguous first.
+at::Tensor dense_or_contiguous(const at::Tensor& t);
+
+struct PerTensorCall {
+  at::Tensor input;   // dense
+  at::Tensor output;  // empty_like(input)
+  at::Tensor mask;    // uint8 [mask_bytes(numel)]
+  FakeQuantArgs args;
+  PerTensorQParams qparams;
+};
+
+// Checks everything that can be checked without reading tensor values (dtypes, shapes,
+// devices, the quant range, the rounding name) and allocates the outputs.
+PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
+                                            const at::Tensor& zero_point, int64_t quant_min,
+                                            int64_t quant_max, c10::string_view rounding);
+
+// Value checks of scale / zero_point; only done where the values are on the host.
+void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t quant_min, int64_t quant_max);
+
+struct MaskedGradCall {
+  at::Tensor grad_input;
+  MaskedGradArgs args;
+};
+
+MaskedGradCall prepare_masked_grad(const at::Tensor& grad_output, const at::Tensor& mask);
+
+}  // namespace ext
+}  // namespace fakequant

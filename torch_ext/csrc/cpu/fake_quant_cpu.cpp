@@ -1,0 +1,47 @@
+// CPU kernels of the fakequant ops: validate, split the mask groups across ATen's
+// intra-op threads, call the CPU reference.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../common.h"
+
+namespace fakequant {
+namespace ext {
+namespace {
+
+// Mask groups (8 elements each) per parallel chunk: 64K elements, well above the cost of
+// waking a thread.
+constexpr int64_t kGroupsPerChunk = 8192;
+
+std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor& input,
+                                                                const at::Tensor& scale,
+                                                                const at::Tensor& zero_point,
+                                                                int64_t quant_min, int64_t quant_max,
+                                                                c10::string_view rounding) {
+  PerTensorCall call =
+      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding);
+  check_per_tensor_qparam_values(scale, zero_point, quant_min, quant_max);
+  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+    fake_quant_per_tensor_cpu_range(call.args, call.qparams, begin, end);
+  });
+  return {call.output, call.mask};
+}
+
+at::Tensor fake_quant_mask_backward_cpu_op(const at::Tensor& grad_output, const at::Tensor& mask) {
+  MaskedGradCall call = prepare_masked_grad(grad_output, mask);
+  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk,
+                   [&](int64_t begin, int64_t end) { masked_grad_cpu_range(call.args, begin, end); });
+  return call.grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
+  m.impl("fake_quant_per_tensor", &fake_quant_per_tensor_cpu_op);
+  m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cpu_op);
+}
+
+}  // namespace ext
+}  // namespace fakequant

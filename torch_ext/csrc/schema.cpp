@@ -1,0 +1,19 @@
+// The one place where fakequant's operator schemas are defined. Backends register their
+// kernels in cpu/, cuda/; fake (meta) kernels and autograd are registered from Python
+// (torch_ext/fakequant/_registrations.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(fakequant, m) {
+  // Per-tensor affine quant-dequant with tensor qparams (scale: float32, 1 element;
+  // zero_point: int32, 1 element). Returns the output (same dtype and layout as input)
+  // and the clipped-STE mask packed 1 bit per element (uint8, ceil(numel / 8) bytes, bit
+  // i % 8 of byte i / 8, in the output's memory order).
+  m.def(
+      "fake_quant_per_tensor(Tensor input, Tensor scale, Tensor zero_point, int quant_min, "
+      "int quant_max, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
+      {at::Tag::pt2_compliant_tag});
+  // grad_input = grad_output where the packed mask bit is set, else 0. grad_output must be
+  // laid out like the forward output (the Python autograd formula ensures it).
+  m.def("fake_quant_mask_backward(Tensor grad_output, Tensor mask) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+}

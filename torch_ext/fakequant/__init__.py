@@ -1,0 +1,27 @@
+"""fakequant: fused fake-quantization kernels for quantization-aware training.
+
+``import fakequant`` loads the op library (``torch.ops.fakequant.*``), registers the fake
+(meta) kernels and autograd formulas, and exposes a typed Python API over the ops.
+"""
+
+from ._library import library_path, load_library
+
+load_library()
+
+from . import _registrations  # noqa: E402,F401  (registers fake kernels and autograd)
+from .ops import (  # noqa: E402
+    ROUNDINGS,
+    fake_quantize_per_tensor,
+    fake_quantize_per_tensor_with_mask,
+    masked_grad,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ROUNDINGS",
+    "fake_quantize_per_tensor",
+    "fake_quantize_per_tensor_with_mask",
+    "library_path",
+    "masked_grad",
+]

@@ -1,0 +1,63 @@
+"""Fake (meta) kernels and autograd formulas of the fakequant ops.
+
+The fake kernels mirror the C++ allocation rules in torch_ext/csrc/common.cpp exactly
+(dense inputs keep their strides, anything else is made contiguous; the mask is
+ceil(numel / 8) bytes), so that torch.compile and opcheck see the same layouts as the real
+kernels. register_fake also serves the Meta dispatch key.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+_lib = "fakequant"
+
+
+def _dense_or_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if is_non_overlapping_and_dense_or_false(t) else t.contiguous()
+
+
+def _mask_like(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty(((t.numel() + 7) // 8,), dtype=torch.uint8)
+
+
+@torch.library.register_fake(f"{_lib}::fake_quant_per_tensor")
+def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even"):
+    x = _dense_or_contiguous(input)
+    return torch.empty_like(x), _mask_like(x)
+
+
+@torch.library.register_fake(f"{_lib}::fake_quant_mask_backward")
+def _fake_quant_mask_backward_fake(grad_output, mask):
+    return torch.empty_like(grad_output)
+
+
+def _restride_like(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """The mask is in the forward output's memory order: lay grad out the same way."""
+    if grad.stride() == stride:
+        return grad
+    out = torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device)
+    return out.copy_(grad)
+
+
+def _per_tensor_setup_context(ctx, inputs, output):
+    _, mask = output
+    ctx.save_for_backward(mask)
+    ctx.output_stride = output[0].stride()
+
+
+def _per_tensor_backward(ctx, grad_output, grad_mask):
+    (mask,) = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad = _restride_like(grad_output, ctx.output_stride)
+        grad_input = torch.ops.fakequant.fake_quant_mask_backward(grad, mask)
+    return grad_input, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    f"{_lib}::fake_quant_per_tensor",
+    _per_tensor_backward,
+    setup_context=_per_tensor_setup_context,
+)

@@ -1,0 +1,48 @@
+"""Typed Python API over torch.ops.fakequant.*."""
+
+from __future__ import annotations
+
+import torch
+
+#: Rounding modes accepted by the quant-dequant ops.
+ROUNDINGS = ("half_even", "half_away")
+
+
+def fake_quantize_per_tensor_with_mask(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    rounding: str = "half_even",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor affine quant-dequant; returns ``(output, mask)``.
+
+    ``scale`` is a 1-element float32 tensor and ``zero_point`` a 1-element int32 tensor on
+    ``input``'s device. ``output`` has ``input``'s dtype (float32, float16 or bfloat16) and
+    layout; ``mask`` is the clipped-STE mask packed 1 bit per element (uint8,
+    ``ceil(numel / 8)`` bytes, bit ``i % 8`` of byte ``i // 8`` in the output's memory
+    order). Differentiable in ``input`` (gradient ``grad * mask``).
+    """
+    return torch.ops.fakequant.fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding)
+
+
+def fake_quantize_per_tensor(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    rounding: str = "half_even",
+) -> torch.Tensor:
+    """Per-tensor affine quant-dequant, a drop-in for
+    ``torch.fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max)``
+    with the same values on finite inputs (NaN stays NaN here), ``rounding`` in
+    :data:`ROUNDINGS`, and a 1-bit-per-element saved mask instead of a bool tensor."""
+    return fake_quantize_per_tensor_with_mask(input, scale, zero_point, quant_min, quant_max, rounding)[0]
+
+
+def masked_grad(grad_output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Clipped straight-through backward: ``grad_output`` where the packed ``mask`` bit is
+    set, else 0. ``grad_output`` must be laid out like the forward output."""
+    return torch.ops.fakequant.fake_quant_mask_backward(grad_output, mask)
