@@ -24,6 +24,14 @@ def _mask_like(t: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake(f"{_lib}::fake_quant_per_tensor")
 def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even"):
+    # A mix of devices dispatches here (Meta outranks the others): check it as the real
+    # kernels do.
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
+        torch._check(
+            t.device == input.device,
+            lambda name=name, t=t: f"fakequant.fake_quant_per_tensor: {name} must be on the same device "
+            f"as input ({input.device}), got {t.device}",
+        )
     x = _dense_or_contiguous(input)
     return torch.empty_like(x), _mask_like(x)
 

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+import fakequant  # noqa: F401  (loads the op library)
+
+HAS_CUDA = torch.cuda.is_available()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Fresh random data for every test; the seed is printed so a failure can be replayed."""
+    seed = int(os.environ.get("FAKEQUANT_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    torch.manual_seed(seed)
+    print(f"seed={seed}")
+    yield
