@@ -1,0 +1,143 @@
+// Per-tensor quant-dequant: fakequant's op vs ATen's fake_quantize_per_tensor_affine_cachemask
+// and a plain copy, in one binary, on the device present. Arguments: {numel, dtype code
+// (0 fp32, 1 bf16, 2 fp16)}. Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps two sizes.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdlib>
+#include <tuple>
+
+#include "bench_common.h"
+
+namespace fb = fakequant_bench;
+
+namespace {
+
+constexpr int64_t kQuantMin = -128;
+constexpr int64_t kQuantMax = 127;
+constexpr double kScale = 0.02;
+constexpr int64_t kZeroPoint = 3;
+
+struct Inputs {
+  std::vector<torch::Tensor> x;
+  torch::Tensor scale, zero_point;
+};
+
+Inputs make_inputs(int64_t n, torch::ScalarType dtype) {
+  const int64_t elem = torch::elementSize(dtype);
+  Inputs in;
+  const int sets = fb::rotation_sets(2 * n * elem);
+  for (int s = 0; s < sets; ++s)
+    in.x.push_back(torch::randn({n}, torch::TensorOptions().device(fb::bench_device())).mul(2.0).to(dtype));
+  in.scale = torch::full({1}, kScale, torch::TensorOptions().dtype(torch::kFloat).device(fb::bench_device()));
+  in.zero_point = torch::full({1}, kZeroPoint, torch::TensorOptions().dtype(torch::kInt).device(fb::bench_device()));
+  return in;
+}
+
+using FakeQuantOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       int64_t, int64_t, c10::string_view);
+
+const c10::TypedOperatorHandle<FakeQuantOp>& fakequant_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_per_tensor", "")
+                             .typed<FakeQuantOp>();
+  return op;
+}
+
+void BM_FakeQuantPerTensor_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  Inputs in = make_inputs(n, dtype);
+  const auto& op = fakequant_op();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even");
+    benchmark::DoNotOptimize(out);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+}
+
+void BM_FakeQuantPerTensor_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  Inputs in = make_inputs(n, dtype);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::fake_quantize_per_tensor_affine_cachemask(in.x[i % in.x.size()], kScale, kZeroPoint, kQuantMin,
+                                                             kQuantMax);
+    benchmark::DoNotOptimize(out);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);  // bool mask: 1 byte / element
+}
+
+void BM_Copy(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  Inputs in = make_inputs(n, dtype);
+  std::vector<torch::Tensor> out;
+  for (size_t s = 0; s < in.x.size(); ++s) out.push_back(torch::empty_like(in.x[s]));
+  fb::run_timed(state, [&](int64_t i) { out[i % out.size()].copy_(in.x[i % in.x.size()]); });
+  fb::set_bandwidth(state, static_cast<double>(2 * n * torch::elementSize(dtype)), n);
+}
+
+// Backward: fakequant's packed-mask gradient vs ATen's grad * bool mask.
+void BM_MaskedGrad_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  Inputs in = make_inputs(n, dtype);
+  std::vector<torch::Tensor> masks;
+  for (const auto& x : in.x) masks.push_back(std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even")));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_mask_backward", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto g = op.call(in.x[i % in.x.size()], masks[i % masks.size()]);
+    benchmark::DoNotOptimize(g);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+}
+
+void BM_MaskedGrad_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  Inputs in = make_inputs(n, dtype);
+  std::vector<torch::Tensor> masks;
+  for (const auto& x : in.x)
+    masks.push_back(std::get<1>(at::fake_quantize_per_tensor_affine_cachemask(x, kScale, kZeroPoint, kQuantMin, kQuantMax)));
+  fb::run_timed(state, [&](int64_t i) {
+    auto g = in.x[i % in.x.size()] * masks[i % masks.size()];
+    benchmark::DoNotOptimize(g);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);
+}
+
+void sizes(benchmark::internal::Benchmark* b) {
+  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
+  const std::vector<int64_t> full = {1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24, 1 << 26};
+  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
+  for (const int64_t dtype : {0, 1})
+    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
+  b->ArgNames({"numel", "dtype"});
+  fb::configure(b);
+}
+
+}  // namespace
+
+BENCHMARK(BM_Copy)->Apply(sizes);
+BENCHMARK(BM_FakeQuantPerTensor_fakequant)->Apply(sizes);
+BENCHMARK(BM_FakeQuantPerTensor_aten)->Apply(sizes);
+BENCHMARK(BM_MaskedGrad_fakequant)->Apply(sizes);
+BENCHMARK(BM_MaskedGrad_aten)->Apply(sizes);
+
+int main(int argc, char** argv) {
+  torch::manual_seed(0);
+  benchmark::AddCustomContext("device", fakequant_bench::use_cuda() ? "cuda" : "cpu");
+  benchmark::AddCustomContext("torch", TORCH_VERSION);
+  benchmark::AddCustomContext("intra_op_threads", std::to_string(at::get_num_threads()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
