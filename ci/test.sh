@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: setup if needed, build (CMake, with tests and benchmarks), install to a
+# prefix, ctest (GoogleTest, the find_package consumer, the benchmark smoke run), then
+# `pip install --no-build-isolation .` and pytest. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+BUILD=${FAKEQUANT_BUILD_DIR:-build/ci}
+JOBS=${FAKEQUANT_JOBS:-$(nproc)}
+
+bash ci/setup.sh
+
+echo "== configure + build ($BUILD)"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DFAKEQUANT_PYTHON="$(command -v "$PYTHON")" \
+  -DFAKEQUANT_TEST_INSTALL_PREFIX="$PWD/$BUILD/prefix"
+cmake --build "$BUILD" -j "$JOBS"
+cmake --install "$BUILD" --prefix "$BUILD/prefix" >/dev/null
+
+echo "== ctest"
+ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"
+
+echo "== pip install --no-build-isolation ."
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
+
+echo "== pytest"
+# Run from the tests folder so that `import fakequant` resolves to the installed package.
+cd tests/python
+"$PYTHON" -m pytest -q -rs -p no:cacheprovider
