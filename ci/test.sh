@@ -24,6 +24,11 @@ ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"
 echo "== pip install --no-build-isolation ."
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
 
+echo "== benchmarks, quick mode (a check that they run and render; not a report)"
+FAKEQUANT_SKIP_SETUP=1 FAKEQUANT_BUILD_DIR="$BUILD" bash ci/bench.sh --quick > "$BUILD/bench-quick.log" 2>&1 ||
+  { cat "$BUILD/bench-quick.log"; exit 1; }
+tail -n 1 "$BUILD/bench-quick.log"
+
 echo "== pytest"
 # Run from the tests folder so that `import fakequant` resolves to the installed package.
 cd tests/python

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The main command: build and run the microbenchmarks on the device present (the GPU when
+# torch sees one, else the CPU), keep the raw Google Benchmark JSON (with device, date,
+# commit) under bench/results/<device>/, render the Markdown report beside it and refresh
+# README's benchmark section.
+#   bash ci/bench.sh            full sizes (1K .. 64M elements), 5 repetitions, medians
+#   bash ci/bench.sh --quick    two sizes, 3 short repetitions (seconds; CI runs this)
+# Environment: FAKEQUANT_BUILD_DIR (default build/bench), FAKEQUANT_SKIP_SETUP=1 to skip
+# ci/setup.sh (an offline machine that has what it needs), OUT (also copy results there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+BUILD=${FAKEQUANT_BUILD_DIR:-build/bench}
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    *) echo "ci/bench.sh: unknown argument '$arg' (accepted: --quick)" >&2; exit 2 ;;
+  esac
+done
+
+[ "${FAKEQUANT_SKIP_SETUP:-0}" = 1 ] || bash ci/setup.sh
+
+if [ ! -f "$BUILD/build.ninja" ]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFAKEQUANT_BUILD_TESTS=OFF \
+    -DFAKEQUANT_PYTHON="$(command -v "$PYTHON")" ${FAKEQUANT_CMAKE_ARGS:-}
+fi
+cmake --build "$BUILD" --target fakequant_bench -j "${FAKEQUANT_JOBS:-$(nproc)}"
+
+device=$("$PYTHON" - <<'PY'
+import platform, torch
+if torch.cuda.is_available():
+    print(torch.cuda.get_device_name(0))
+else:
+    name = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print(f"CPU {name}")
+PY
+)
+slug=$(echo "$device" | tr '[:upper:]' '[:lower:]' | sed -E 's/\(r\)|\(tm\)//g; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')
+mode=full
+[ "$quick" = 1 ] && mode=quick
+outdir="bench/results/$slug"
+[ "$quick" = 1 ] && outdir="$BUILD/results/$slug"   # quick runs are checks, not reports
+mkdir -p "$outdir"
+json="$outdir/fake_quant_per_tensor.json"
+
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
+versions=$("$PYTHON" -c "import torch; print(torch.__version__, torch.version.cuda or 'none')")
+
+bench_args=(--benchmark_out="$json" --benchmark_out_format=json
+            --benchmark_context=device_name="$device" --benchmark_context=commit="$commit$dirty"
+            --benchmark_context=date="$date" --benchmark_context=torch_version="${versions% *}"
+            --benchmark_context=cuda_version="${versions#* }" --benchmark_context=driver="${driver:-none}"
+            --benchmark_context=mode="$mode")
+if [ "$quick" = 1 ]; then
+  export FAKEQUANT_BENCH_QUICK=1
+  bench_args+=(--benchmark_repetitions=3 --benchmark_min_time=0.02 --benchmark_report_aggregates_only=true)
+else
+  bench_args+=(--benchmark_repetitions=5 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true)
+fi
+
+echo "== fakequant_bench on $device ($mode) -> $json"
+"$BUILD/bench/fakequant_bench" "${bench_args[@]}"
+
+"$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md"
+if [ "$quick" = 0 ]; then
+  "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant_per_tensor.json
+fi
+if [ -n "${OUT:-}" ]; then
+  cp "$json" "$OUT/" && cp "$outdir/report.md" "$OUT/report-$slug.md"
+fi
+echo "== report: $outdir/report.md"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Gathers what an offline CUDA machine lacks for ci/gpu.sh into one folder (default
+# .carry/deps, git-ignored) on a machine that has Debian's packages:
+#   googletest/   GoogleTest sources (libgtest-dev ships them); ci/gpu.sh builds them there
+#   benchmark/    Google Benchmark headers, shared library and CMake package (libbenchmark-dev)
+#   wheels/       pure-Python wheels the tests need beyond the machine's own (expecttest)
+# Copy or mount the folder next to the checkout on the CUDA machine and point
+# FAKEQUANT_DEPS at it (docs/gpu.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=${1:-.carry/deps}
+bash ci/setup.sh >/dev/null
+
+rm -rf "$DEST" && mkdir -p "$DEST/benchmark/include" "$DEST/benchmark/lib/x86_64-linux-gnu" "$DEST/wheels"
+cp -r /usr/src/googletest "$DEST/googletest"
+cp -r /usr/include/benchmark "$DEST/benchmark/include/"
+cp -a /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a \
+      "$DEST/benchmark/lib/x86_64-linux-gnu/"
+cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark "$DEST/benchmark/lib/x86_64-linux-gnu/"
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$DEST/wheels" expecttest
+du -sh "$DEST"
