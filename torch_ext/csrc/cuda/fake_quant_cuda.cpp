@@ -20,17 +20,19 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cuda_op(const at::Tenso
                                                                  const at::Tensor& zero_point,
                                                                  int64_t quant_min, int64_t quant_max,
                                                                  c10::string_view rounding) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  // Checks first (a CPU input with CUDA qparams lands here too), then the guard; the
+  // outputs are allocated on input's device whatever the current device is.
   PerTensorCall call =
       prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding);
+  const c10::cuda::CUDAGuard guard(input.device());
   C10_CUDA_CHECK(cuda::launch_fake_quant_per_tensor(call.args, call.qparams,
                                                     c10::cuda::getCurrentCUDAStream().stream()));
   return {call.output, call.mask};
 }
 
 at::Tensor fake_quant_mask_backward_cuda_op(const at::Tensor& grad_output, const at::Tensor& mask) {
-  const c10::cuda::CUDAGuard guard(grad_output.device());
   MaskedGradCall call = prepare_masked_grad(grad_output, mask);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
   C10_CUDA_CHECK(cuda::launch_masked_grad(call.args, c10::cuda::getCurrentCUDAStream().stream()));
   return call.grad_input;
 }
