@@ -53,7 +53,7 @@ grep -q "FAKEQUANT_TORCH_CUDA:INTERNAL=ON\|CUDA bindings ON" "$log" || echo "not
 
 step "ctest (GoogleTest on the GPU)"
 (cd "$BUILD/cmake" && ctest --output-on-failure -j 4) > "$OUT/ctest.log" 2>&1 || { echo "FAILED: ctest" | tee -a "$log"; status=1; }
-tail -n 3 "$OUT/ctest.log" | tee -a "$log"
+grep -E "tests passed|tests failed" "$OUT/ctest.log" | tee -a "$log"
 
 step "pip install + pytest (CUDA cases run)"
 run "$PYTHON" -m pip install -q --no-build-isolation --no-deps --no-index \

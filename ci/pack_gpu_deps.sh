@@ -11,11 +11,12 @@ cd "$(dirname "$0")/.."
 DEST=${1:-.carry/deps}
 bash ci/setup.sh >/dev/null
 
-rm -rf "$DEST" && mkdir -p "$DEST/benchmark/include" "$DEST/benchmark/lib/x86_64-linux-gnu" "$DEST/wheels"
+lib="$DEST/benchmark/lib/x86_64-linux-gnu"
+rm -rf "$DEST" && mkdir -p "$DEST/benchmark/include" "$lib/cmake" "$DEST/wheels"
 cp -r /usr/src/googletest "$DEST/googletest"
 cp -r /usr/include/benchmark "$DEST/benchmark/include/"
-cp -a /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a \
-      "$DEST/benchmark/lib/x86_64-linux-gnu/"
-cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark "$DEST/benchmark/lib/x86_64-linux-gnu/"
+# Same layout as under /usr, so the relocatable CMake package finds its files.
+cp -a /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a "$lib/"
+cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark "$lib/cmake/"
 python3 -m pip download -q --no-deps --only-binary=:all: -d "$DEST/wheels" expecttest
 du -sh "$DEST"
