@@ -19,15 +19,18 @@ inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p)
 
 // Multiprocessor count of the current device. cudaDeviceGetAttribute is a host-side query
 // (no synchronisation); it is cached per device anyway because it sits on every launch.
+// If the query fails (its error is then reported by the launch that follows), any
+// reasonable count will do: the grid only caps how many blocks stride over the work.
 inline int current_sm_count() {
   constexpr int kMaxDevices = 64;
+  constexpr int kFallbackSmCount = 128;
   static std::atomic<int> cache[kMaxDevices];  // zero-initialised (static storage)
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return kFallbackSmCount;
   int sms = cache[device].load(std::memory_order_relaxed);
   if (sms == 0) {
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
-      return 132;
+      return kFallbackSmCount;
     }
     cache[device].store(sms, std::memory_order_relaxed);
   }
