@@ -49,6 +49,31 @@ struct PerTensorQParams {
   Rounding rounding = Rounding::kHalfEven;
 };
 
+// Per-channel quantization parameters along one axis. Elements are addressed in memory
+// order; for a dense tensor the channel of the element at memory offset i is
+// (i / channel_stride) % channels, where channel_stride is the axis' stride (in elements).
+enum class ZeroPointType : int32_t {
+  kInt32 = 0,    // integer zero point, added after rounding (ATen's int path)
+  kFloat32 = 1,  // float zero point, added before rounding (ATen's float path)
+};
+
+struct PerChannelQParams {
+  const float* scale = nullptr;     // [channels]
+  const void* zero_point = nullptr;  // [channels], int32 or float32 per zero_point_type
+  ZeroPointType zero_point_type = ZeroPointType::kInt32;
+  int64_t channels = 1;
+  int64_t channel_stride = 1;
+  int32_t quant_min = -128;
+  int32_t quant_max = 127;
+  Rounding rounding = Rounding::kHalfEven;
+};
+
+// Float zero points must also lie inside [quant_min, quant_max] (ATen's rule).
+FQ_HD bool qparams_valid_float_zp(float scale, float zero_point, int32_t quant_min, int32_t quant_max) {
+  return scale >= 1.17549435e-38f && scale <= 3.40282347e+38f && zero_point >= quant_min &&
+         zero_point <= quant_max;
+}
+
 // One quant-dequant pass: output[i] = Q(input[i]), mask bit i = in_range(input[i]).
 // `mask` may be null (no mask is written). `input`/`output` hold `numel` elements of
 // `dtype`; `mask` holds mask_bytes(numel) bytes.
@@ -83,6 +108,10 @@ FQ_HD bool qparams_valid(float scale, int32_t zero_point, int32_t quant_min, int
 void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& args, const PerTensorQParams& qp,
                                      int64_t group_begin, int64_t group_end);
 void fake_quant_per_tensor_cpu(const FakeQuantArgs& args, const PerTensorQParams& qp);
+
+void fake_quant_per_channel_cpu_range(const FakeQuantArgs& args, const PerChannelQParams& qp,
+                                      int64_t group_begin, int64_t group_end);
+void fake_quant_per_channel_cpu(const FakeQuantArgs& args, const PerChannelQParams& qp);
 
 void masked_grad_cpu_range(const MaskedGradArgs& args, int64_t group_begin, int64_t group_end);
 void masked_grad_cpu(const MaskedGradArgs& args);

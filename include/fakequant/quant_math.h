@@ -203,6 +203,27 @@ FQ_HD QuantDequantResult quant_dequant(float x, float scale, float inv_scale, fl
   return {is_nan(x) ? x : y, in_range};
 }
 
+// Float zero point (ATen's per-channel path when zero_point is a float tensor, as learnable
+// qparams use): the zero point is added before rounding, q = round(fma(x, inv_scale,
+// zero_point)) - one fused multiply-add, as ATen's x86 (AVX2) and CUDA builds compile
+// `zero_point + x * inv_scale` - and the dequantised value (clamp(q) - zero_point) * scale is
+// evaluated in double and rounded once, as ATen's CPU kernel does (ATen's CUDA kernel rounds
+// it in float; docs/numerics.md).
+FQ_HD QuantDequantResult quant_dequant_float_zp(float x, float scale, float inv_scale, float zero_point,
+                                                float quant_min, float quant_max, Rounding mode) {
+#if defined(__CUDA_ARCH__)
+  const float shifted = __fmaf_rn(x, inv_scale, zero_point);
+#else
+  const float shifted = std::fma(x, inv_scale, zero_point);
+#endif
+  const float q = round_with(shifted, mode);
+  const bool in_range = (q >= quant_min) & (q <= quant_max);
+  float clamped = q < quant_min ? quant_min : q;
+  clamped = clamped > quant_max ? quant_max : clamped;
+  const double y = (static_cast<double>(clamped) - static_cast<double>(zero_point)) * static_cast<double>(scale);
+  return {is_nan(x) ? x : static_cast<float>(y), in_range};
+}
+
 // The reciprocal the forward pass multiplies by: 1.0f / scale in fp32, correctly rounded,
 // as ATen computes it. Kept in one place so CPU and CUDA cannot drift.
 FQ_HD float inverse_scale(float scale) { return 1.0f / scale; }

@@ -168,3 +168,76 @@ TEST(MaskedGradCpu, KeepsGradientWhereMaskIsSet) {
 }
 
 }  // namespace
+
+namespace {
+
+// Per-channel reference, written out: the channel of memory offset i in a [outer, C, inner]
+// contiguous layout is (i / inner) % C.
+TEST(FakeQuantPerChannelCpu, IntZeroPointMatchesFormulaAlongEveryAxisLayout) {
+  for (const auto& [outer, channels, inner] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 7}, {1, 4, 1}, {6, 3, 1},
+                                               {1, 1, 9}, {2, 17, 33}}) {
+    const int64_t n = outer * channels * inner;
+    const std::vector<float> x = random_inputs(n, 2.0f, static_cast<uint32_t>(n + channels));
+    std::mt19937 rng(static_cast<uint32_t>(channels));
+    std::uniform_real_distribution<float> sd(0.005f, 0.05f);
+    std::uniform_int_distribution<int> zd(-20, 20);
+    std::vector<float> scales(channels);
+    std::vector<int32_t> zps(channels);
+    for (int64_t c = 0; c < channels; ++c) scales[c] = sd(rng), zps[c] = zd(rng);
+    std::vector<float> y(n, -5.0f);
+    std::vector<uint8_t> mask(fq::mask_bytes(n), 0xEE);
+    fq::PerChannelQParams qp;
+    qp.scale = scales.data();
+    qp.zero_point = zps.data();
+    qp.channels = channels;
+    qp.channel_stride = inner;
+    fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n}, qp);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = (i / inner) % channels;
+      const Expected e = reference(x[i], scales[c], zps[c], -128, 127, fq::Rounding::kHalfEven);
+      ASSERT_EQ(y[i], e.value) << "i=" << i << " c=" << c;
+      ASSERT_EQ(mask_bit(mask, i), e.in_range) << "i=" << i;
+    }
+    for (int64_t i = n; i < fq::mask_bytes(n) * 8; ++i) ASSERT_FALSE(mask_bit(mask, i));
+  }
+}
+
+TEST(FakeQuantPerChannelCpu, FloatZeroPointAddsBeforeRounding) {
+  // Hand-computed: scale 0.5 (inverse 2), zero point 0.25, x = 1.0 -> fma = 2.25 -> q = 2 ->
+  // (2 - 0.25) * 0.5 = 0.875; x = -100 -> q = -200 -> clamped to -128 -> (-128.25) * 0.5.
+  const std::vector<float> x = {1.0f, -100.0f, 0.6f};
+  const float scale = 0.5f;
+  const float zp = 0.25f;
+  std::vector<float> y(3);
+  std::vector<uint8_t> mask(1);
+  fq::PerChannelQParams qp;
+  qp.scale = &scale;
+  qp.zero_point = &zp;
+  qp.zero_point_type = fq::ZeroPointType::kFloat32;
+  fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), 3}, qp);
+  EXPECT_EQ(y[0], 0.875f);
+  EXPECT_EQ(y[1], -64.125f);
+  EXPECT_EQ(y[2], 0.375f);  // 1.2 + 0.25 = 1.45 -> 1 -> (1 - 0.25) * 0.5
+  EXPECT_EQ(mask[0], 0b101);
+}
+
+TEST(FakeQuantPerChannelCpu, BadChannelPoisonsOnlyItsElements) {
+  const int64_t channels = 3, inner = 4, n = channels * inner;
+  const std::vector<float> x = random_inputs(n, 1.0f, 77);
+  const std::vector<float> scales = {0.1f, -1.0f, 0.2f};
+  const std::vector<int32_t> zps = {0, 0, 0};
+  std::vector<float> y(n);
+  std::vector<uint8_t> mask(fq::mask_bytes(n));
+  fq::PerChannelQParams qp;
+  qp.scale = scales.data();
+  qp.zero_point = zps.data();
+  qp.channels = channels;
+  qp.channel_stride = inner;
+  fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n}, qp);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(std::isnan(y[i]), i / inner == 1) << i;
+    if (i / inner == 1) ASSERT_FALSE(mask_bit(mask, i));
+  }
+}
+
+}  // namespace

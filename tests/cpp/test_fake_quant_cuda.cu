@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <random>
 #include <vector>
 
@@ -144,6 +145,55 @@ TEST(MaskedGradCuda, MatchesCpuReference) {
       std::vector<float> out(n);
       ASSERT_CUDA(cudaMemcpy(out.data(), dout.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
       ASSERT_EQ(0, std::memcmp(out.data(), ref.data(), n * sizeof(float))) << "n=" << n;
+    }
+  }
+}
+
+// Per-channel: every (outer, C, inner) split, int and float zero points, misaligned
+// pointers, against the CPU reference bit for bit.
+TEST(FakeQuantPerChannelCuda, MatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [outer, channels, inner] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 7}, {1, 64, 1},
+                                               {257, 3, 1}, {2, 17, 4097}, {1, 1, 100003}, {8, 96, 49}}) {
+    for (const bool float_zp : {false, true}) {
+      for (const int64_t offset : {0, 1}) {
+        const int64_t n = outer * channels * inner;
+        const std::vector<float> x = random_values<float>(n, static_cast<uint32_t>(n + channels));
+        std::mt19937 rng(static_cast<uint32_t>(channels + offset));
+        std::uniform_real_distribution<float> sd(0.005f, 0.05f), zf(-20.0f, 20.0f);
+        std::vector<float> scales(channels), zps_f(channels);
+        std::vector<int32_t> zps_i(channels);
+        for (int64_t c = 0; c < channels; ++c) scales[c] = sd(rng), zps_f[c] = zf(rng), zps_i[c] = static_cast<int32_t>(zps_f[c]);
+        fq::PerChannelQParams qp;
+        qp.scale = scales.data();
+        qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
+        qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
+        qp.channels = channels;
+        qp.channel_stride = inner;
+        std::vector<float> y_cpu(n);
+        std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+        fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
+
+        DeviceBuffer<float> dx(n + offset), dy(n + offset), ds(channels);
+        DeviceBuffer<int32_t> dz(channels);  // 4-byte zero points of either type
+        DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
+        ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemcpy(ds.ptr, scales.data(), channels * sizeof(float), cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemcpy(dz.ptr, qp.zero_point, channels * 4, cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
+        fq::PerChannelQParams dqp = qp;
+        dqp.scale = ds.ptr;
+        dqp.zero_point = dz.ptr;
+        ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel({fq::DType::kFloat32, dx.ptr + offset, dy.ptr + offset, dm.ptr, n},
+                                                            dqp, nullptr));
+        std::vector<float> y_gpu(n);
+        std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
+        ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
+        ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
+        ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(float)))
+            << outer << "x" << channels << "x" << inner << " float_zp=" << float_zp << " offset=" << offset;
+        ASSERT_EQ(m_cpu, m_gpu);
+      }
     }
   }
 }

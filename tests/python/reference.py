@@ -44,3 +44,46 @@ def random_qparams(x: torch.Tensor, quant_min: int, quant_max: int):
     zp = int(torch.randint(quant_min, quant_max + 1, ()).item())
     return (torch.tensor([scale], dtype=torch.float32, device=x.device),
             torch.tensor([zp], dtype=torch.int32, device=x.device))
+
+
+def _round(v, rounding):
+    if rounding == "half_even":
+        return torch.round(v)
+    if rounding == "half_away":
+        return torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v))
+    raise ValueError(rounding)
+
+
+def fake_quant_per_channel_formula(x, scale, zero_point, axis, quant_min, quant_max, rounding="half_even"):
+    """(output, bool mask) of per-channel quant-dequant, written out. Integer zero points:
+    q = round(x * fp32(1/scale)) + zp. Float zero points (added before rounding):
+    q = round(fp32(x * fp32(1/scale) + zp)) with the product exact and one rounding of the sum
+    (a fused multiply-add); y = (clamp(q) - zp) * scale evaluated in float64."""
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    s = scale.float().reshape(shape)
+    inv = torch.reciprocal(s)
+    if zero_point.is_floating_point():
+        z = zero_point.float().reshape(shape).double()
+        shifted = (x.float().double() * inv.double() + z).float().double()
+        q = _round(shifted, rounding)
+    else:
+        z = zero_point.reshape(shape).double()
+        q = _round((x.float() * inv).double(), rounding) + z
+    mask = (q >= quant_min) & (q <= quant_max)
+    y = (q.clamp(quant_min, quant_max) - z) * s.double()
+    y = torch.where(torch.isnan(x), x.double(), y)
+    return y.float().to(x.dtype), mask
+
+
+def random_channel_qparams(x, axis, quant_min, quant_max, float_zero_point=False):
+    """Per-channel scales that clip some of each channel and random zero points."""
+    c = x.shape[axis]
+    amax = x.float().abs().amax().item() if x.numel() else 1.0
+    levels = max(quant_max - quant_min, 1)
+    scale = (torch.rand(c, device=x.device) * 0.5 + 0.5) * (max(amax, 1e-3) * 1.6 / levels)
+    if float_zero_point:
+        zp = torch.empty(c, device=x.device).uniform_(quant_min, quant_max)
+    else:
+        zp = torch.randint(quant_min, quant_max + 1, (c,), dtype=torch.int32, device=x.device)
+    return scale.float(), zp

@@ -1,6 +1,8 @@
 #include "common.h"
 
+#include <algorithm>
 #include <string>
+#include <utility>
 
 namespace fakequant {
 namespace ext {
@@ -32,6 +34,13 @@ static void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, co
               input.device(), "), got ", t.device());
 }
 
+static Rounding parse_rounding_or_throw(const char* op, c10::string_view rounding) {
+  Rounding mode{};
+  TORCH_CHECK(parse_rounding(std::string(rounding), &mode), op, ": rounding must be one of ",
+              kAcceptedRoundings, ", got '", std::string(rounding), "'");
+  return mode;
+}
+
 PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
                                             const at::Tensor& zero_point, int64_t quant_min,
                                             int64_t quant_max, c10::string_view rounding) {
@@ -42,9 +51,7 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
   check_qparam_tensor(zero_point, input, op, "zero_point", at::kInt);
   const std::string range_error = check_quant_range(quant_min, quant_max);
   TORCH_CHECK(range_error.empty(), op, ": ", range_error);
-  Rounding mode{};
-  TORCH_CHECK(parse_rounding(std::string(rounding), &mode), op, ": rounding must be one of ",
-              kAcceptedRoundings, ", got '", std::string(rounding), "'");
+  const Rounding mode = parse_rounding_or_throw(op, rounding);
 
   call.input = dense_or_contiguous(input);
   call.output = at::empty_like(call.input);
@@ -70,6 +77,72 @@ void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& z
   const std::string zp_error =
       check_zero_point_value(*zero_point.const_data_ptr<int32_t>(), quant_min, quant_max);
   TORCH_CHECK(zp_error.empty(), op, ": ", zp_error);
+}
+
+PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
+                                              const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
+                                              int64_t quant_max, c10::string_view rounding) {
+  constexpr const char* op = "fakequant.fake_quant_per_channel";
+  PerChannelCall call;
+  const DType dtype = to_dtype(input, op, "input");
+  const int64_t dim = input.dim();
+  TORCH_CHECK(dim >= 1, op, ": input must have at least 1 dimension for per-channel quantization, got a 0-d tensor");
+  TORCH_CHECK(axis >= -dim && axis < dim, op, ": axis must lie in [", -dim, ", ", dim - 1, "] for a ", dim,
+              "-d input, got ", axis);
+  const int64_t ax = axis < 0 ? axis + dim : axis;
+  const int64_t channels = input.size(ax);
+  TORCH_CHECK(scale.scalar_type() == at::kFloat, op, ": scale must be a Float tensor, got ", scale.scalar_type());
+  TORCH_CHECK(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kFloat, op,
+              ": zero_point must be an Int (integer zero point) or Float (float zero point) tensor, got ",
+              zero_point.scalar_type());
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{scale, "scale"}, {zero_point, "zero_point"}}) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == channels, op, ": ", name, " must be a 1-D tensor of input.size(", ax,
+                ") = ", channels, " elements, got shape ", t.sizes());
+    TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the same device as input (",
+                input.device(), "), got ", t.device());
+  }
+  const std::string range_error = check_quant_range(quant_min, quant_max);
+  TORCH_CHECK(range_error.empty(), op, ": ", range_error);
+  const Rounding mode = parse_rounding_or_throw(op, rounding);
+
+  call.input = dense_or_contiguous(input);
+  call.output = at::empty_like(call.input);
+  call.mask = at::empty({mask_bytes(call.input.numel())}, call.input.options().dtype(at::kByte));
+  call.args.dtype = dtype;
+  call.args.input = call.input.const_data_ptr();
+  call.args.output = call.output.mutable_data_ptr();
+  call.args.mask = call.mask.mutable_data_ptr<uint8_t>();
+  call.args.numel = call.input.numel();
+  // In a dense tensor the channel of memory offset i is (i / stride(axis)) % C; with one
+  // channel any positive stride will do (a size-1 dimension's stride is arbitrary).
+  call.qparams.channel_stride = channels > 1 ? call.input.stride(ax) : 1;
+  call.qparams.channels = std::max<int64_t>(channels, 1);
+  call.scale = scale.contiguous();
+  call.zero_point = zero_point.contiguous();
+  call.qparams.scale = call.scale.const_data_ptr<float>();
+  call.qparams.zero_point = call.zero_point.const_data_ptr();
+  call.qparams.zero_point_type = zero_point.scalar_type() == at::kFloat ? ZeroPointType::kFloat32 : ZeroPointType::kInt32;
+  call.qparams.quant_min = static_cast<int32_t>(quant_min);
+  call.qparams.quant_max = static_cast<int32_t>(quant_max);
+  call.qparams.rounding = mode;
+  return call;
+}
+
+void check_per_channel_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
+                                     int64_t quant_min, int64_t quant_max) {
+  constexpr const char* op = "fakequant.fake_quant_per_channel";
+  const at::Tensor s = scale.contiguous();
+  const at::Tensor z = zero_point.contiguous();
+  const float* sp = s.const_data_ptr<float>();
+  for (int64_t c = 0; c < s.numel(); ++c) {
+    const std::string e = check_scale_value(sp[c]);
+    TORCH_CHECK(e.empty(), op, ": channel ", c, ": ", e);
+  }
+  for (int64_t c = 0; c < z.numel(); ++c) {
+    const double zp = z.scalar_type() == at::kFloat ? z.const_data_ptr<float>()[c] : z.const_data_ptr<int32_t>()[c];
+    TORCH_CHECK(zp >= quant_min && zp <= quant_max, op, ": channel ", c, ": zero_point (", zp,
+                ") must lie in [quant_min, quant_max] = [", quant_min, ", ", quant_max, "]");
+  }
 }
 
 MaskedGradCall prepare_masked_grad(const at::Tensor& grad_output, const at::Tensor& mask) {

@@ -34,6 +34,24 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
 void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
                                     int64_t quant_min, int64_t quant_max);
 
+struct PerChannelCall {
+  at::Tensor input;   // dense
+  at::Tensor output;  // empty_like(input)
+  at::Tensor mask;    // uint8 [mask_bytes(numel)]
+  at::Tensor scale, zero_point;  // contiguous (kept alive for the kernel)
+  FakeQuantArgs args;
+  PerChannelQParams qparams;
+};
+
+// As above for per-channel qparams: scale float32 [C], zero_point int32 or float32 [C]
+// with C = input.size(axis); axis in [-dim, dim).
+PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
+                                              const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
+                                              int64_t quant_max, c10::string_view rounding);
+
+void check_per_channel_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
+                                     int64_t quant_min, int64_t quant_max);
+
 struct MaskedGradCall {
   at::Tensor grad_input;
   MaskedGradArgs args;

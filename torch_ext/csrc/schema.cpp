@@ -12,6 +12,13 @@ TORCH_LIBRARY(fakequant, m) {
       "fake_quant_per_tensor(Tensor input, Tensor scale, Tensor zero_point, int quant_min, "
       "int quant_max, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
       {at::Tag::pt2_compliant_tag});
+  // Per-channel affine quant-dequant along `axis` (negative wraps): scale float32 [C],
+  // zero_point int32 [C] (added after rounding) or float32 [C] (added before rounding, as
+  // ATen does for float zero points), C = input.size(axis). Outputs as above.
+  m.def(
+      "fake_quant_per_channel(Tensor input, Tensor scale, Tensor zero_point, int axis, int quant_min, "
+      "int quant_max, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
+      {at::Tag::pt2_compliant_tag});
   // grad_input = grad_output where the packed mask bit is set, else 0. grad_output must be
   // laid out like the forward output (the Python autograd formula ensures it).
   m.def("fake_quant_mask_backward(Tensor grad_output, Tensor mask) -> Tensor",

@@ -11,6 +11,8 @@ load_library()
 from . import _registrations  # noqa: E402,F401  (registers fake kernels and autograd)
 from .ops import (  # noqa: E402
     ROUNDINGS,
+    fake_quantize_per_channel,
+    fake_quantize_per_channel_with_mask,
     fake_quantize_per_tensor,
     fake_quantize_per_tensor_with_mask,
     masked_grad,
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ROUNDINGS",
+    "fake_quantize_per_channel",
+    "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",
     "fake_quantize_per_tensor_with_mask",
     "library_path",

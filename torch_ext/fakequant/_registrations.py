@@ -22,16 +22,27 @@ def _mask_like(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(((t.numel() + 7) // 8,), dtype=torch.uint8)
 
 
-@torch.library.register_fake(f"{_lib}::fake_quant_per_tensor")
-def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even"):
+def _check_same_device(op: str, input: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
     # A mix of devices dispatches here (Meta outranks the others): check it as the real
     # kernels do.
     for name, t in (("scale", scale), ("zero_point", zero_point)):
         torch._check(
             t.device == input.device,
-            lambda name=name, t=t: f"fakequant.fake_quant_per_tensor: {name} must be on the same device "
+            lambda name=name, t=t: f"fakequant.{op}: {name} must be on the same device "
             f"as input ({input.device}), got {t.device}",
         )
+
+
+@torch.library.register_fake(f"{_lib}::fake_quant_per_tensor")
+def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even"):
+    _check_same_device("fake_quant_per_tensor", input, scale, zero_point)
+    x = _dense_or_contiguous(input)
+    return torch.empty_like(x), _mask_like(x)
+
+
+@torch.library.register_fake(f"{_lib}::fake_quant_per_channel")
+def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, rounding="half_even"):
+    _check_same_device("fake_quant_per_channel", input, scale, zero_point)
     x = _dense_or_contiguous(input)
     return torch.empty_like(x), _mask_like(x)
 
@@ -49,23 +60,23 @@ def _restride_like(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
     return out.copy_(grad)
 
 
-def _per_tensor_setup_context(ctx, inputs, output):
+def _masked_setup_context(ctx, inputs, output):
     _, mask = output
     ctx.save_for_backward(mask)
     ctx.output_stride = output[0].stride()
+    ctx.num_inputs = len(inputs)
 
 
-def _per_tensor_backward(ctx, grad_output, grad_mask):
+def _masked_backward(ctx, grad_output, grad_mask):
+    """Clipped STE: the gradient flows to `input` where the saved 1-bit mask is set; the
+    qparams get none (these ops do not learn them)."""
     (mask,) = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:
         grad = _restride_like(grad_output, ctx.output_stride)
         grad_input = torch.ops.fakequant.fake_quant_mask_backward(grad, mask)
-    return grad_input, None, None, None, None, None
+    return (grad_input,) + (None,) * (ctx.num_inputs - 1)
 
 
-torch.library.register_autograd(
-    f"{_lib}::fake_quant_per_tensor",
-    _per_tensor_backward,
-    setup_context=_per_tensor_setup_context,
-)
+for _op in ("fake_quant_per_tensor", "fake_quant_per_channel"):
+    torch.library.register_autograd(f"{_lib}::{_op}", _masked_backward, setup_context=_masked_setup_context)

@@ -13,6 +13,9 @@ namespace cuda {
 cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& args, const PerTensorQParams& qp,
                                          cudaStream_t stream);
 
+cudaError_t launch_fake_quant_per_channel(const FakeQuantArgs& args, const PerChannelQParams& qp,
+                                          cudaStream_t stream);
+
 cudaError_t launch_masked_grad(const MaskedGradArgs& args, cudaStream_t stream);
 
 }  // namespace cuda

@@ -29,6 +29,20 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor
   return {call.output, call.mask};
 }
 
+std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cpu_op(const at::Tensor& input,
+                                                                 const at::Tensor& scale,
+                                                                 const at::Tensor& zero_point, int64_t axis,
+                                                                 int64_t quant_min, int64_t quant_max,
+                                                                 c10::string_view rounding) {
+  PerChannelCall call =
+      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding);
+  check_per_channel_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
+  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+    fake_quant_per_channel_cpu_range(call.args, call.qparams, begin, end);
+  });
+  return {call.output, call.mask};
+}
+
 at::Tensor fake_quant_mask_backward_cpu_op(const at::Tensor& grad_output, const at::Tensor& mask) {
   MaskedGradCall call = prepare_masked_grad(grad_output, mask);
   at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk,
@@ -40,6 +54,7 @@ at::Tensor fake_quant_mask_backward_cpu_op(const at::Tensor& grad_output, const 
 
 TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
   m.impl("fake_quant_per_tensor", &fake_quant_per_tensor_cpu_op);
+  m.impl("fake_quant_per_channel", &fake_quant_per_channel_cpu_op);
   m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cpu_op);
 }
 

@@ -30,6 +30,19 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cuda_op(const at::Tenso
   return {call.output, call.mask};
 }
 
+std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cuda_op(const at::Tensor& input,
+                                                                  const at::Tensor& scale,
+                                                                  const at::Tensor& zero_point, int64_t axis,
+                                                                  int64_t quant_min, int64_t quant_max,
+                                                                  c10::string_view rounding) {
+  PerChannelCall call =
+      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding);
+  const c10::cuda::CUDAGuard guard(input.device());
+  C10_CUDA_CHECK(cuda::launch_fake_quant_per_channel(call.args, call.qparams,
+                                                     c10::cuda::getCurrentCUDAStream().stream()));
+  return {call.output, call.mask};
+}
+
 at::Tensor fake_quant_mask_backward_cuda_op(const at::Tensor& grad_output, const at::Tensor& mask) {
   MaskedGradCall call = prepare_masked_grad(grad_output, mask);
   const c10::cuda::CUDAGuard guard(grad_output.device());
@@ -41,6 +54,7 @@ at::Tensor fake_quant_mask_backward_cuda_op(const at::Tensor& grad_output, const
 
 TORCH_LIBRARY_IMPL(fakequant, CUDA, m) {
   m.impl("fake_quant_per_tensor", &fake_quant_per_tensor_cuda_op);
+  m.impl("fake_quant_per_channel", &fake_quant_per_channel_cuda_op);
   m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cuda_op);
 }
 

@@ -1,0 +1,200 @@
+// CPU reference of per-tensor and per-channel quant-dequant and the masked (clipped-STE)
+// backward.
+//
+// Work is addressed in groups of 8 elements, one mask byte each, so that callers can run
+// disjoint group ranges on different threads without sharing a mask byte. Inside a range,
+// elements are processed in blocks: a branch-free elementwise loop that the compiler
+// vectorises (values out, one in-range byte per element to a stack buffer), then a
+// packing loop that turns 8 such bytes into one mask byte with a multiply.
+#include <algorithm>
+#include <cstring>
+
+#include "fakequant/fake_quant.h"
+
+namespace fakequant {
+namespace {
+
+constexpr int64_t kBlockGroups = 64;  // 512 elements per block
+constexpr int64_t kBlock = kBlockGroups * kMaskGroup;
+
+// 8 bytes, each 0 or 1 (element j in byte j, little-endian load) -> bit j of the result.
+inline uint8_t pack_bits(const uint8_t* flags) {
+  uint64_t word;
+  std::memcpy(&word, flags, sizeof(word));
+  return static_cast<uint8_t>((word * 0x0102040810204080ull) >> 56);
+}
+
+// The qparams in force from one element on: per-tensor ops have one segment, per-channel
+// ops one per run of channel_stride elements of the same channel.
+struct Segment {
+  float scale, inv, zero_point;
+  bool valid;
+  int64_t end;  // first element (memory offset) the segment does not cover
+};
+
+template <typename T, Rounding kMode, bool kFloatZeroPoint, typename SegmentAt>
+void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
+                       int64_t numel, int32_t quant_min, int32_t quant_max, int64_t group_begin,
+                       int64_t group_end, SegmentAt segment_at) {
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  const float poison = bits_float(0x7FC00000u);
+
+  alignas(64) uint8_t flags[kBlock];
+  for (int64_t g0 = group_begin; g0 < group_end; g0 += kBlockGroups) {
+    const int64_t g1 = std::min(g0 + kBlockGroups, group_end);
+    const int64_t begin = g0 * kMaskGroup;
+    const int64_t len = std::min(g1 * kMaskGroup, numel) - begin;
+    const T* __restrict__ x = in + begin;
+    T* __restrict__ y = out + begin;
+    for (int64_t i = 0; i < len;) {
+      const Segment seg = segment_at(begin + i);
+      const int64_t stop = std::min(len, seg.end - begin);
+      const uint8_t keep = seg.valid ? 1 : 0;
+      for (int64_t k = i; k < stop; ++k) {
+        const QuantDequantResult r =
+            kFloatZeroPoint
+                ? quant_dequant_float_zp(to_float(x[k]), seg.scale, seg.inv, seg.zero_point, qmin, qmax, kMode)
+                : quant_dequant(to_float(x[k]), seg.scale, seg.inv, seg.zero_point, qmin, qmax, kMode);
+        y[k] = from_float<T>(seg.valid ? r.value : poison);
+        flags[k] = static_cast<uint8_t>(r.in_range) & keep;
+      }
+      i = stop;
+    }
+    if (mask == nullptr) continue;
+    // Padding bits of the last, partial group are 0.
+    std::memset(flags + len, 0, static_cast<size_t>((g1 - g0) * kMaskGroup - len));
+    for (int64_t g = g0; g < g1; ++g) mask[g] = pack_bits(flags + (g - g0) * kMaskGroup);
+  }
+}
+
+template <typename T, bool kFloatZeroPoint, typename SegmentAt>
+void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
+                                  int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+  const T* in = static_cast<const T*>(a.input);
+  T* out = static_cast<T*>(a.output);
+  if (rounding == Rounding::kHalfAway) {
+    fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                               group_begin, group_end, segment_at);
+  } else {
+    fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                               group_begin, group_end, segment_at);
+  }
+}
+
+template <bool kFloatZeroPoint, typename SegmentAt>
+void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
+                               int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+  switch (a.dtype) {
+    case DType::kFloat32:
+      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
+                                                           segment_at);
+      break;
+    case DType::kFloat16:
+      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
+                                                          segment_at);
+      break;
+    case DType::kBFloat16:
+      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin,
+                                                              group_end, segment_at);
+      break;
+  }
+}
+
+// Zero is all-zero bits in every supported dtype, so the masked gradient is a bitwise
+// AND of the raw element bits with 0 or ~0 - a select the compiler vectorises.
+template <typename Bits>
+void masked_grad_groups(const Bits* __restrict__ grad, const uint8_t* __restrict__ mask,
+                        Bits* __restrict__ grad_in, int64_t numel, int64_t group_begin,
+                        int64_t group_end) {
+  alignas(64) uint8_t flags[kBlock];
+  for (int64_t g0 = group_begin; g0 < group_end; g0 += kBlockGroups) {
+    const int64_t g1 = std::min(g0 + kBlockGroups, group_end);
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint32_t bits = mask[g];
+      for (int j = 0; j < kMaskGroup; ++j) flags[(g - g0) * kMaskGroup + j] = (bits >> j) & 1u;
+    }
+    const int64_t begin = g0 * kMaskGroup;
+    const int64_t len = std::min(g1 * kMaskGroup, numel) - begin;
+    const Bits* __restrict__ gp = grad + begin;
+    Bits* __restrict__ op = grad_in + begin;
+    for (int64_t i = 0; i < len; ++i) op[i] = gp[i] & static_cast<Bits>(0u - flags[i]);
+  }
+}
+
+template <typename Bits>
+void masked_grad_dispatch(const MaskedGradArgs& a, int64_t group_begin, int64_t group_end) {
+  masked_grad_groups(static_cast<const Bits*>(a.grad_output), a.mask, static_cast<Bits*>(a.grad_input), a.numel,
+                     group_begin, group_end);
+}
+
+}  // namespace
+
+void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& a, const PerTensorQParams& qp,
+                                     int64_t group_begin, int64_t group_end) {
+  group_end = std::min(group_end, mask_bytes(a.numel));
+  if (group_begin >= group_end) return;
+  const float scale = *qp.scale;
+  const int32_t zp = *qp.zero_point;
+  const Segment whole{scale, inverse_scale(scale), static_cast<float>(zp),
+                      qparams_valid(scale, zp, qp.quant_min, qp.quant_max), a.numel};
+  fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                   [&](int64_t) { return whole; });
+}
+
+void fake_quant_per_tensor_cpu(const FakeQuantArgs& a, const PerTensorQParams& qp) {
+  fake_quant_per_tensor_cpu_range(a, qp, 0, mask_bytes(a.numel));
+}
+
+void fake_quant_per_channel_cpu_range(const FakeQuantArgs& a, const PerChannelQParams& qp,
+                                      int64_t group_begin, int64_t group_end) {
+  group_end = std::min(group_end, mask_bytes(a.numel));
+  if (group_begin >= group_end) return;
+  const int64_t stride = qp.channel_stride;
+  const int64_t channels = qp.channels;
+  if (qp.zero_point_type == ZeroPointType::kFloat32) {
+    const float* zps = static_cast<const float*>(qp.zero_point);
+    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                    [&](int64_t e) {
+                                      const int64_t run = e / stride;
+                                      const int64_t c = run % channels;
+                                      const float s = qp.scale[c];
+                                      return Segment{s, inverse_scale(s), zps[c],
+                                                     qparams_valid_float_zp(s, zps[c], qp.quant_min, qp.quant_max),
+                                                     (run + 1) * stride};
+                                    });
+  } else {
+    const int32_t* zps = static_cast<const int32_t*>(qp.zero_point);
+    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                     [&](int64_t e) {
+                                       const int64_t run = e / stride;
+                                       const int64_t c = run % channels;
+                                       const float s = qp.scale[c];
+                                       return Segment{s, inverse_scale(s), static_cast<float>(zps[c]),
+                                                      qparams_valid(s, zps[c], qp.quant_min, qp.quant_max),
+                                                      (run + 1) * stride};
+                                     });
+  }
+}
+
+void fake_quant_per_channel_cpu(const FakeQuantArgs& a, const PerChannelQParams& qp) {
+  fake_quant_per_channel_cpu_range(a, qp, 0, mask_bytes(a.numel));
+}
+
+void masked_grad_cpu_range(const MaskedGradArgs& a, int64_t group_begin, int64_t group_end) {
+  group_end = std::min(group_end, mask_bytes(a.numel));
+  if (group_begin >= group_end) return;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      masked_grad_dispatch<uint32_t>(a, group_begin, group_end);
+      break;
+    case DType::kFloat16:
+    case DType::kBFloat16:
+      masked_grad_dispatch<uint16_t>(a, group_begin, group_end);
+      break;
+  }
+}
+
+void masked_grad_cpu(const MaskedGradArgs& a) { masked_grad_cpu_range(a, 0, mask_bytes(a.numel)); }
+
+}  // namespace fakequant

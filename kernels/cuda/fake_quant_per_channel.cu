@@ -1,0 +1,126 @@
+// CUDA per-channel quant-dequant. Same layout as the per-tensor kernel (one thread per
+// 8-element mask group, 16-byte accesses when aligned); the channel of each element follows
+// from its memory offset, (offset / channel_stride) % channels, computed once per group and
+// stepped per element, so any axis and any dense layout (channels_last included) works.
+#include <cstdint>
+
+#include "fakequant/cuda/launch.h"
+#include "group_io.cuh"
+#include "launch_utils.cuh"
+
+namespace fakequant {
+namespace cuda {
+namespace {
+
+template <typename T, Rounding kMode, bool kFloatZeroPoint, bool kVector>
+__global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                              uint8_t* __restrict__ mask, int64_t numel,
+                                              const float* __restrict__ scales,
+                                              const void* __restrict__ zero_points, int64_t channels,
+                                              int64_t channel_stride, int32_t quant_min, int32_t quant_max) {
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  const float poison = __uint_as_float(0x7FC00000u);
+  const int64_t full_groups = numel / kMaskGroup;
+  const int64_t groups = mask_bytes(numel);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+    const int64_t base = g * kMaskGroup;
+    const int64_t run = base / channel_stride;
+    int64_t within = base - run * channel_stride;  // position inside the run of one channel
+    int64_t c = run % channels;
+    const bool full = g < full_groups;
+    Group<T> x;
+    if (full) {
+      x = load_group<T, kVector>(in + base);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) x.v[j] = base + j < numel ? in[base + j] : from_float<T>(0.0f);
+    }
+    Group<T> y;
+    uint8_t bits = 0;
+#pragma unroll
+    for (int j = 0; j < kMaskGroup; ++j) {
+      if (j > 0 && ++within == channel_stride) {
+        within = 0;
+        if (++c == channels) c = 0;
+      }
+      const float s = scales[c];
+      const float inv = inverse_scale(s);
+      QuantDequantResult r;
+      bool valid;
+      if constexpr (kFloatZeroPoint) {
+        const float z = static_cast<const float*>(zero_points)[c];
+        valid = qparams_valid_float_zp(s, z, quant_min, quant_max);
+        r = quant_dequant_float_zp(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode);
+      } else {
+        const int32_t z = static_cast<const int32_t*>(zero_points)[c];
+        valid = qparams_valid(s, z, quant_min, quant_max);
+        r = quant_dequant(to_float(x.v[j]), s, inv, static_cast<float>(z), qmin, qmax, kMode);
+      }
+      y.v[j] = from_float<T>(valid ? r.value : poison);
+      const bool exists = full || base + j < numel;  // padding of the last group: bit 0
+      bits |= static_cast<uint8_t>((valid && r.in_range && exists) ? 1u : 0u) << j;
+    }
+    if (full) {
+      store_group<T, kVector>(out + base, y);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (base + j < numel) out[base + j] = y.v[j];
+      }
+    }
+    if (mask != nullptr) mask[g] = bits;
+  }
+}
+
+template <typename T, Rounding kMode, bool kFloatZeroPoint>
+void launch_typed(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStream_t stream) {
+  const T* in = static_cast<const T*>(a.input);
+  T* out = static_cast<T*>(a.output);
+  const LaunchShape shape = grid_for(mask_bytes(a.numel));
+  auto go = [&](auto kernel) {
+    kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale, qp.zero_point,
+                                                       qp.channels, qp.channel_stride, qp.quant_min, qp.quant_max);
+  };
+  if (is_aligned16(in) && is_aligned16(out)) {
+    go(fake_quant_per_channel_kernel<T, kMode, kFloatZeroPoint, true>);
+  } else {
+    go(fake_quant_per_channel_kernel<T, kMode, kFloatZeroPoint, false>);
+  }
+}
+
+template <typename T>
+void launch_dispatch(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStream_t stream) {
+  const bool float_zp = qp.zero_point_type == ZeroPointType::kFloat32;
+  if (qp.rounding == Rounding::kHalfAway) {
+    float_zp ? launch_typed<T, Rounding::kHalfAway, true>(a, qp, stream)
+             : launch_typed<T, Rounding::kHalfAway, false>(a, qp, stream);
+  } else {
+    float_zp ? launch_typed<T, Rounding::kHalfEven, true>(a, qp, stream)
+             : launch_typed<T, Rounding::kHalfEven, false>(a, qp, stream);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_fake_quant_per_channel(const FakeQuantArgs& a, const PerChannelQParams& qp,
+                                          cudaStream_t stream) {
+  if (a.numel == 0) return cudaSuccess;
+  if (qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      launch_dispatch<float>(a, qp, stream);
+      break;
+    case DType::kFloat16:
+      launch_dispatch<Half>(a, qp, stream);
+      break;
+    case DType::kBFloat16:
+      launch_dispatch<BFloat16>(a, qp, stream);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace fakequant

@@ -1,0 +1,52 @@
+// 8-element groups (one mask byte) loaded and stored with 16-byte accesses when aligned.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "fakequant/fake_quant.h"
+
+namespace fakequant {
+namespace cuda {
+
+template <typename T>
+struct Group {
+  T v[kMaskGroup];
+};
+
+// Loads/stores of one full group. kVector selects 16-byte accesses.
+template <typename T, bool kVector>
+__device__ __forceinline__ Group<T> load_group(const T* __restrict__ p) {
+  Group<T> g;
+  if constexpr (kVector) {
+    constexpr int kChunks = sizeof(Group<T>) / sizeof(uint4);
+    const uint4* src = reinterpret_cast<const uint4*>(p);
+    uint4 raw[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) raw[c] = src[c];
+    memcpy(&g, raw, sizeof(g));
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaskGroup; ++j) g.v[j] = p[j];
+  }
+  return g;
+}
+
+template <typename T, bool kVector>
+__device__ __forceinline__ void store_group(T* __restrict__ p, const Group<T>& g) {
+  if constexpr (kVector) {
+    constexpr int kChunks = sizeof(Group<T>) / sizeof(uint4);
+    uint4 raw[kChunks];
+    memcpy(raw, &g, sizeof(g));
+    uint4* dst = reinterpret_cast<uint4*>(p);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) dst[c] = raw[c];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaskGroup; ++j) p[j] = g.v[j];
+  }
+}
+
+}  // namespace cuda
+}  // namespace fakequant
