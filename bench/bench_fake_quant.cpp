@@ -1,5 +1,5 @@
-// Per-tensor quant-dequant: fakequant's op vs ATen's fake_quantize_per_tensor_affine_cachemask
-// and a plain copy, in one binary, on the device present. Arguments: {numel, dtype code
+// Quant-dequant ops: fakequant's per-tensor and per-channel ops and masked backward vs the
+// ATen ops doing the same job, and a plain copy, in one binary, on the device present. Arguments: {numel, dtype code
 // (0 fp32, 1 bf16, 2 fp16)}. Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps two sizes.
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -69,6 +69,55 @@ void BM_FakeQuantPerTensor_aten(benchmark::State& state) {
   fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);  // bool mask: 1 byte / element
 }
 
+// Per-channel along axis 0 of a [64, numel / 64] tensor (int32 zero points).
+constexpr int64_t kChannels = 64;
+
+struct ChannelInputs {
+  std::vector<torch::Tensor> x;
+  torch::Tensor scale, zero_point;
+};
+
+ChannelInputs make_channel_inputs(int64_t n, torch::ScalarType dtype) {
+  Inputs flat = make_inputs(n, dtype);
+  ChannelInputs in;
+  for (auto& t : flat.x) in.x.push_back(t.view({kChannels, n / kChannels}));
+  const auto opts = torch::TensorOptions().device(fb::bench_device());
+  in.scale = torch::rand({kChannels}, opts.dtype(torch::kFloat)).mul(0.02).add(0.01);
+  in.zero_point = torch::randint(-10, 10, {kChannels}, opts.dtype(torch::kInt));
+  return in;
+}
+
+using PerChannelOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                        int64_t, int64_t, int64_t, c10::string_view);
+
+void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  ChannelInputs in = make_channel_inputs(n, dtype);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
+                             .typed<PerChannelOp>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even");
+    benchmark::DoNotOptimize(out);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+}
+
+void BM_FakeQuantPerChannel_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  ChannelInputs in = make_channel_inputs(n, dtype);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::fake_quantize_per_channel_affine_cachemask(in.x[i % in.x.size()], in.scale, in.zero_point, 0,
+                                                              kQuantMin, kQuantMax);
+    benchmark::DoNotOptimize(out);
+  });
+  const int64_t es = torch::elementSize(dtype);
+  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);
+}
+
 void BM_Copy(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
@@ -127,6 +176,8 @@ void sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Copy)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerTensor_fakequant)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerTensor_aten)->Apply(sizes);
+BENCHMARK(BM_FakeQuantPerChannel_fakequant)->Apply(sizes);
+BENCHMARK(BM_FakeQuantPerChannel_aten)->Apply(sizes);
 BENCHMARK(BM_MaskedGrad_fakequant)->Apply(sizes);
 BENCHMARK(BM_MaskedGrad_aten)->Apply(sizes);
 

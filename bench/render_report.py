@@ -27,6 +27,8 @@ README_END = "<!-- bench:end -->"
 PAIRS = [
     ("Per-tensor quant-dequant (forward, output + mask)", "BM_FakeQuantPerTensor_fakequant",
      "BM_FakeQuantPerTensor_aten", "`at::fake_quantize_per_tensor_affine_cachemask`"),
+    ("Per-channel quant-dequant (axis 0 of [64, numel/64], int32 zero points)", "BM_FakeQuantPerChannel_fakequant",
+     "BM_FakeQuantPerChannel_aten", "`at::fake_quantize_per_channel_affine_cachemask`"),
     ("Clipped-STE backward (grad × mask)", "BM_MaskedGrad_fakequant", "BM_MaskedGrad_aten",
      "`grad * mask` with ATen's bool mask"),
 ]

@@ -8,6 +8,7 @@
 // packing loop that turns 8 such bytes into one mask byte with a multiply.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "fakequant/fake_quant.h"
 
@@ -24,13 +25,43 @@ inline uint8_t pack_bits(const uint8_t* flags) {
   return static_cast<uint8_t>((word * 0x0102040810204080ull) >> 56);
 }
 
-// The qparams in force from one element on: per-tensor ops have one segment, per-channel
-// ops one per run of channel_stride elements of the same channel.
-struct Segment {
-  float scale, inv, zero_point;
-  bool valid;
-  int64_t end;  // first element (memory offset) the segment does not cover
+// Quantization parameters of one channel (or of the whole tensor), precomputed once.
+struct QParamTable {
+  std::vector<float> scale, inv, zero_point;
+  std::vector<uint8_t> valid;
+  explicit QParamTable(int64_t n) : scale(n), inv(n), zero_point(n), valid(n) {}
+  void set(int64_t c, float s, float zp, bool ok) {
+    scale[c] = s, inv[c] = inverse_scale(s), zero_point[c] = zp, valid[c] = ok ? 1 : 0;
+  }
 };
+
+// The qparams in force from one element on: per-tensor ops have one segment; per-channel
+// ops one per run of channel_stride elements of one channel, or - when channel_stride is 1
+// (the channel varies fastest, e.g. channels_last along C) - one per row of channels, with
+// the table read element by element.
+struct Segment {
+  const float* scale;
+  const float* inv;
+  const float* zero_point;
+  const uint8_t* valid;
+  bool per_element;  // entry k - start for element k, else entry 0 throughout
+  int64_t end;       // first element (memory offset) the segment does not cover
+};
+
+template <typename T, Rounding kMode, bool kFloatZeroPoint, bool kPerElement>
+inline void fake_quant_segment(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ flags,
+                               int64_t count, const Segment& seg, float qmin, float qmax) {
+  const float poison = bits_float(0x7FC00000u);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t t = kPerElement ? k : 0;
+    const float s = seg.scale[t], inv = seg.inv[t], zp = seg.zero_point[t];
+    const uint8_t keep = seg.valid[t];
+    const QuantDequantResult r = kFloatZeroPoint ? quant_dequant_float_zp(to_float(x[k]), s, inv, zp, qmin, qmax, kMode)
+                                                 : quant_dequant(to_float(x[k]), s, inv, zp, qmin, qmax, kMode);
+    y[k] = from_float<T>(keep ? r.value : poison);
+    flags[k] = static_cast<uint8_t>(r.in_range) & keep;
+  }
+}
 
 template <typename T, Rounding kMode, bool kFloatZeroPoint, typename SegmentAt>
 void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
@@ -38,26 +69,21 @@ void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* _
                        int64_t group_end, SegmentAt segment_at) {
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
-  const float poison = bits_float(0x7FC00000u);
 
   alignas(64) uint8_t flags[kBlock];
   for (int64_t g0 = group_begin; g0 < group_end; g0 += kBlockGroups) {
     const int64_t g1 = std::min(g0 + kBlockGroups, group_end);
     const int64_t begin = g0 * kMaskGroup;
     const int64_t len = std::min(g1 * kMaskGroup, numel) - begin;
-    const T* __restrict__ x = in + begin;
-    T* __restrict__ y = out + begin;
     for (int64_t i = 0; i < len;) {
       const Segment seg = segment_at(begin + i);
       const int64_t stop = std::min(len, seg.end - begin);
-      const uint8_t keep = seg.valid ? 1 : 0;
-      for (int64_t k = i; k < stop; ++k) {
-        const QuantDequantResult r =
-            kFloatZeroPoint
-                ? quant_dequant_float_zp(to_float(x[k]), seg.scale, seg.inv, seg.zero_point, qmin, qmax, kMode)
-                : quant_dequant(to_float(x[k]), seg.scale, seg.inv, seg.zero_point, qmin, qmax, kMode);
-        y[k] = from_float<T>(seg.valid ? r.value : poison);
-        flags[k] = static_cast<uint8_t>(r.in_range) & keep;
+      if (seg.per_element) {
+        fake_quant_segment<T, kMode, kFloatZeroPoint, true>(in + begin + i, out + begin + i, flags + i, stop - i, seg,
+                                                            qmin, qmax);
+      } else {
+        fake_quant_segment<T, kMode, kFloatZeroPoint, false>(in + begin + i, out + begin + i, flags + i, stop - i,
+                                                             seg, qmin, qmax);
       }
       i = stop;
     }
@@ -134,10 +160,11 @@ void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& a, const PerTensorQPar
                                      int64_t group_begin, int64_t group_end) {
   group_end = std::min(group_end, mask_bytes(a.numel));
   if (group_begin >= group_end) return;
-  const float scale = *qp.scale;
-  const int32_t zp = *qp.zero_point;
-  const Segment whole{scale, inverse_scale(scale), static_cast<float>(zp),
-                      qparams_valid(scale, zp, qp.quant_min, qp.quant_max), a.numel};
+  QParamTable table(1);
+  table.set(0, *qp.scale, static_cast<float>(*qp.zero_point),
+            qparams_valid(*qp.scale, *qp.zero_point, qp.quant_min, qp.quant_max));
+  const Segment whole{table.scale.data(), table.inv.data(), table.zero_point.data(), table.valid.data(), false,
+                      a.numel};
   fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
                                    [&](int64_t) { return whole; });
 }
@@ -150,30 +177,31 @@ void fake_quant_per_channel_cpu_range(const FakeQuantArgs& a, const PerChannelQP
                                       int64_t group_begin, int64_t group_end) {
   group_end = std::min(group_end, mask_bytes(a.numel));
   if (group_begin >= group_end) return;
-  const int64_t stride = qp.channel_stride;
   const int64_t channels = qp.channels;
-  if (qp.zero_point_type == ZeroPointType::kFloat32) {
-    const float* zps = static_cast<const float*>(qp.zero_point);
-    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
-                                    [&](int64_t e) {
-                                      const int64_t run = e / stride;
-                                      const int64_t c = run % channels;
-                                      const float s = qp.scale[c];
-                                      return Segment{s, inverse_scale(s), zps[c],
-                                                     qparams_valid_float_zp(s, zps[c], qp.quant_min, qp.quant_max),
-                                                     (run + 1) * stride};
-                                    });
+  const int64_t stride = qp.channel_stride;
+  const bool float_zp = qp.zero_point_type == ZeroPointType::kFloat32;
+  QParamTable t(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float s = qp.scale[c];
+    if (float_zp) {
+      const float z = static_cast<const float*>(qp.zero_point)[c];
+      t.set(c, s, z, qparams_valid_float_zp(s, z, qp.quant_min, qp.quant_max));
+    } else {
+      const int32_t z = static_cast<const int32_t*>(qp.zero_point)[c];
+      t.set(c, s, static_cast<float>(z), qparams_valid(s, z, qp.quant_min, qp.quant_max));
+    }
+  }
+  auto segment_at = [&](int64_t e) {
+    const int64_t run = e / stride;
+    const int64_t c = run % channels;
+    const bool per_element = stride == 1 && channels > 1;
+    return Segment{&t.scale[c], &t.inv[c], &t.zero_point[c], &t.valid[c], per_element,
+                   per_element ? e + (channels - c) : (run + 1) * stride};
+  };
+  if (float_zp) {
+    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
   } else {
-    const int32_t* zps = static_cast<const int32_t*>(qp.zero_point);
-    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
-                                     [&](int64_t e) {
-                                       const int64_t run = e / stride;
-                                       const int64_t c = run % channels;
-                                       const float s = qp.scale[c];
-                                       return Segment{s, inverse_scale(s), static_cast<float>(zps[c]),
-                                                      qparams_valid(s, zps[c], qp.quant_min, qp.quant_max),
-                                                      (run + 1) * stride};
-                                     });
+    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
   }
 }
 
