@@ -50,7 +50,7 @@ mode=full
 outdir="bench/results/$slug"
 [ "$quick" = 1 ] && outdir="$BUILD/results/$slug"   # quick runs are checks, not reports
 mkdir -p "$outdir"
-json="$outdir/fake_quant_per_tensor.json"
+json="$outdir/fake_quant.json"
 
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
@@ -75,7 +75,7 @@ echo "== fakequant_bench on $device ($mode) -> $json"
 
 "$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md"
 if [ "$quick" = 0 ]; then
-  "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant_per_tensor.json
+  "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant.json
 fi
 if [ -n "${OUT:-}" ]; then
   cp "$json" "$OUT/" && cp "$outdir/report.md" "$OUT/report-$slug.md"
