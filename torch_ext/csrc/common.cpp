@@ -24,6 +24,19 @@ at::Tensor dense_or_contiguous(const at::Tensor& t) {
   return t.is_non_overlapping_and_dense() ? t : t.contiguous();
 }
 
+FakeQuantBuffers allocate_fake_quant_buffers(const at::Tensor& input, DType dtype) {
+  FakeQuantBuffers b;
+  b.input = dense_or_contiguous(input);
+  b.output = at::empty_like(b.input);
+  b.mask = at::empty({mask_bytes(b.input.numel())}, b.input.options().dtype(at::kByte));
+  b.args.dtype = dtype;
+  b.args.input = b.input.const_data_ptr();
+  b.args.output = b.output.mutable_data_ptr();
+  b.args.mask = b.mask.mutable_data_ptr<uint8_t>();
+  b.args.numel = b.input.numel();
+  return b;
+}
+
 static void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, const char* op,
                                 const char* arg, at::ScalarType want) {
   TORCH_CHECK(t.scalar_type() == want, op, ": ", arg, " must be a ", want, " tensor, got ",
@@ -53,14 +66,7 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
   TORCH_CHECK(range_error.empty(), op, ": ", range_error);
   const Rounding mode = parse_rounding_or_throw(op, rounding);
 
-  call.input = dense_or_contiguous(input);
-  call.output = at::empty_like(call.input);
-  call.mask = at::empty({mask_bytes(call.input.numel())}, call.input.options().dtype(at::kByte));
-  call.args.dtype = dtype;
-  call.args.input = call.input.const_data_ptr();
-  call.args.output = call.output.mutable_data_ptr();
-  call.args.mask = call.mask.mutable_data_ptr<uint8_t>();
-  call.args.numel = call.input.numel();
+  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   call.qparams.scale = scale.const_data_ptr<float>();
   call.qparams.zero_point = zero_point.const_data_ptr<int32_t>();
   call.qparams.quant_min = static_cast<int32_t>(quant_min);
@@ -105,14 +111,7 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
   TORCH_CHECK(range_error.empty(), op, ": ", range_error);
   const Rounding mode = parse_rounding_or_throw(op, rounding);
 
-  call.input = dense_or_contiguous(input);
-  call.output = at::empty_like(call.input);
-  call.mask = at::empty({mask_bytes(call.input.numel())}, call.input.options().dtype(at::kByte));
-  call.args.dtype = dtype;
-  call.args.input = call.input.const_data_ptr();
-  call.args.output = call.output.mutable_data_ptr();
-  call.args.mask = call.mask.mutable_data_ptr<uint8_t>();
-  call.args.numel = call.input.numel();
+  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   // In a dense tensor the channel of memory offset i is (i / stride(axis)) % C; with one
   // channel any positive stride will do (a size-1 dimension's stride is arbitrary).
   call.qparams.channel_stride = channels > 1 ? call.input.stride(ax) : 1;

@@ -16,11 +16,17 @@ DType to_dtype(const at::Tensor& t, const char* op, const char* arg);
 // Dense tensors are processed in memory order; anything else is made contiguous first.
 at::Tensor dense_or_contiguous(const at::Tensor& t);
 
-struct PerTensorCall {
+// The tensors of one quant-dequant call and the kernel arguments pointing at them.
+struct FakeQuantBuffers {
   at::Tensor input;   // dense
   at::Tensor output;  // empty_like(input)
   at::Tensor mask;    // uint8 [mask_bytes(numel)]
   FakeQuantArgs args;
+};
+
+FakeQuantBuffers allocate_fake_quant_buffers(const at::Tensor& input, DType dtype);
+
+struct PerTensorCall : FakeQuantBuffers {
   PerTensorQParams qparams;
 };
 
@@ -34,12 +40,8 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
 void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
                                     int64_t quant_min, int64_t quant_max);
 
-struct PerChannelCall {
-  at::Tensor input;   // dense
-  at::Tensor output;  // empty_like(input)
-  at::Tensor mask;    // uint8 [mask_bytes(numel)]
+struct PerChannelCall : FakeQuantBuffers {
   at::Tensor scale, zero_point;  // contiguous (kept alive for the kernel)
-  FakeQuantArgs args;
   PerChannelQParams qparams;
 };
 
