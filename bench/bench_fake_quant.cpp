@@ -22,6 +22,14 @@ struct Inputs {
   torch::Tensor scale, zero_point;
 };
 
+// Bytes each op must move: input and output, plus fakequant's 1-bit mask or ATen's bool mask.
+double fakequant_bytes(int64_t n, torch::ScalarType dtype) {
+  return static_cast<double>(2 * n * torch::elementSize(dtype) + (n + 7) / 8);
+}
+double aten_bytes(int64_t n, torch::ScalarType dtype) {
+  return static_cast<double>(2 * n * torch::elementSize(dtype) + n);
+}
+
 Inputs make_inputs(int64_t n, torch::ScalarType dtype) {
   const int64_t elem = torch::elementSize(dtype);
   Inputs in;
@@ -52,8 +60,7 @@ void BM_FakeQuantPerTensor_fakequant(benchmark::State& state) {
     auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even");
     benchmark::DoNotOptimize(out);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+  fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
 }
 
 void BM_FakeQuantPerTensor_aten(benchmark::State& state) {
@@ -65,8 +72,7 @@ void BM_FakeQuantPerTensor_aten(benchmark::State& state) {
                                                              kQuantMax);
     benchmark::DoNotOptimize(out);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);  // bool mask: 1 byte / element
+  fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
 // Per-channel along axis 0 of a [64, numel / 64] tensor (int32 zero points).
@@ -101,8 +107,7 @@ void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
     auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even");
     benchmark::DoNotOptimize(out);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+  fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
 }
 
 void BM_FakeQuantPerChannel_aten(benchmark::State& state) {
@@ -114,8 +119,7 @@ void BM_FakeQuantPerChannel_aten(benchmark::State& state) {
                                                               kQuantMin, kQuantMax);
     benchmark::DoNotOptimize(out);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);
+  fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
 void BM_Copy(benchmark::State& state) {
@@ -142,8 +146,7 @@ void BM_MaskedGrad_fakequant(benchmark::State& state) {
     auto g = op.call(in.x[i % in.x.size()], masks[i % masks.size()]);
     benchmark::DoNotOptimize(g);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + (n + 7) / 8), n);
+  fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
 }
 
 void BM_MaskedGrad_aten(benchmark::State& state) {
@@ -157,8 +160,7 @@ void BM_MaskedGrad_aten(benchmark::State& state) {
     auto g = in.x[i % in.x.size()] * masks[i % masks.size()];
     benchmark::DoNotOptimize(g);
   });
-  const int64_t es = torch::elementSize(dtype);
-  fb::set_bandwidth(state, static_cast<double>(2 * n * es + n), n);
+  fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
 void sizes(benchmark::internal::Benchmark* b) {

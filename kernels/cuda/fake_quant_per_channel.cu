@@ -1,7 +1,7 @@
 // CUDA per-channel quant-dequant. Same layout as the per-tensor kernel (one thread per
 // 8-element mask group, 16-byte accesses when aligned); the channel of each element follows
 // from its memory offset, (offset / channel_stride) % channels, computed once per group and
-// stepped per element, so any axis and any dense layout (channels_last included) works.
+// stepped per element (qparams reloaded only when it changes), so any axis and any dense layout (channels_last included) works.
 #include <cstdint>
 
 #include "fakequant/cuda/launch.h"
@@ -37,6 +37,22 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
 #pragma unroll
       for (int j = 0; j < kMaskGroup; ++j) x.v[j] = base + j < numel ? in[base + j] : from_float<T>(0.0f);
     }
+    // The channel's qparams, reloaded (and 1/scale recomputed) only when the channel changes.
+    float s = 0.0f, inv = 0.0f, z = 0.0f;
+    bool valid = false;
+    auto load_channel = [&](int64_t ch) {
+      s = scales[ch];
+      inv = inverse_scale(s);
+      if constexpr (kFloatZeroPoint) {
+        z = static_cast<const float*>(zero_points)[ch];
+        valid = qparams_valid_float_zp(s, z, quant_min, quant_max);
+      } else {
+        const int32_t zi = static_cast<const int32_t*>(zero_points)[ch];
+        z = static_cast<float>(zi);
+        valid = qparams_valid(s, zi, quant_min, quant_max);
+      }
+    };
+    load_channel(c);
     Group<T> y;
     uint8_t bits = 0;
 #pragma unroll
@@ -44,20 +60,11 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
       if (j > 0 && ++within == channel_stride) {
         within = 0;
         if (++c == channels) c = 0;
+        load_channel(c);
       }
-      const float s = scales[c];
-      const float inv = inverse_scale(s);
-      QuantDequantResult r;
-      bool valid;
-      if constexpr (kFloatZeroPoint) {
-        const float z = static_cast<const float*>(zero_points)[c];
-        valid = qparams_valid_float_zp(s, z, quant_min, quant_max);
-        r = quant_dequant_float_zp(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode);
-      } else {
-        const int32_t z = static_cast<const int32_t*>(zero_points)[c];
-        valid = qparams_valid(s, z, quant_min, quant_max);
-        r = quant_dequant(to_float(x.v[j]), s, inv, static_cast<float>(z), qmin, qmax, kMode);
-      }
+      const QuantDequantResult r = kFloatZeroPoint
+                                       ? quant_dequant_float_zp(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode)
+                                       : quant_dequant(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode);
       y.v[j] = from_float<T>(valid ? r.value : poison);
       const bool exists = full || base + j < numel;  // padding of the last group: bit 0
       bits |= static_cast<uint8_t>((valid && r.in_range && exists) ? 1u : 0u) << j;

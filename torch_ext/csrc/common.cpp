@@ -47,7 +47,11 @@ static void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, co
               input.device(), "), got ", t.device());
 }
 
-static Rounding parse_rounding_or_throw(const char* op, c10::string_view rounding) {
+// The checks every quant-dequant op shares: the quant range and the rounding name.
+static Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t quant_max,
+                                         c10::string_view rounding) {
+  const std::string range_error = check_quant_range(quant_min, quant_max);
+  TORCH_CHECK(range_error.empty(), op, ": ", range_error);
   Rounding mode{};
   TORCH_CHECK(parse_rounding(std::string(rounding), &mode), op, ": rounding must be one of ",
               kAcceptedRoundings, ", got '", std::string(rounding), "'");
@@ -62,9 +66,7 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
   const DType dtype = to_dtype(input, op, "input");
   check_qparam_tensor(scale, input, op, "scale", at::kFloat);
   check_qparam_tensor(zero_point, input, op, "zero_point", at::kInt);
-  const std::string range_error = check_quant_range(quant_min, quant_max);
-  TORCH_CHECK(range_error.empty(), op, ": ", range_error);
-  const Rounding mode = parse_rounding_or_throw(op, rounding);
+  const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
 
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   call.qparams.scale = scale.const_data_ptr<float>();
@@ -107,9 +109,7 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
     TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the same device as input (",
                 input.device(), "), got ", t.device());
   }
-  const std::string range_error = check_quant_range(quant_min, quant_max);
-  TORCH_CHECK(range_error.empty(), op, ": ", range_error);
-  const Rounding mode = parse_rounding_or_throw(op, rounding);
+  const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
 
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   // In a dense tensor the channel of memory offset i is (i / stride(axis)) % C; with one
