@@ -47,6 +47,9 @@ struct PerTensorQParams {
   int32_t quant_min = -128;
   int32_t quant_max = 127;
   Rounding rounding = Rounding::kHalfEven;
+  // Optional switch (one int64, same memory space): when it points to 0, the op passes the
+  // input through unchanged with every mask bit set (torch.ao's disabled fake quant).
+  const int64_t* enabled = nullptr;
 };
 
 // Per-channel quantization parameters along one axis. Elements are addressed in memory
@@ -66,6 +69,7 @@ struct PerChannelQParams {
   int32_t quant_min = -128;
   int32_t quant_max = 127;
   Rounding rounding = Rounding::kHalfEven;
+  const int64_t* enabled = nullptr;  // as in PerTensorQParams
 };
 
 // Float zero points must also lie inside [quant_min, quant_max] (ATen's rule).

@@ -154,12 +154,29 @@ void masked_grad_dispatch(const MaskedGradArgs& a, int64_t group_begin, int64_t 
                      group_begin, group_end);
 }
 
+// The disabled op (qparams' `enabled` switch off): output = input, every mask bit set.
+void pass_through_groups(const FakeQuantArgs& a, int64_t group_begin, int64_t group_end) {
+  const int64_t elem = a.dtype == DType::kFloat32 ? 4 : 2;
+  const int64_t begin = group_begin * kMaskGroup;
+  const int64_t end = std::min(group_end * kMaskGroup, a.numel);
+  std::memcpy(static_cast<char*>(a.output) + begin * elem, static_cast<const char*>(a.input) + begin * elem,
+              static_cast<size_t>((end - begin) * elem));
+  if (a.mask == nullptr) return;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t valid = std::min<int64_t>(kMaskGroup, a.numel - g * kMaskGroup);
+    a.mask[g] = static_cast<uint8_t>((1u << valid) - 1u);
+  }
+}
+
+bool switched_off(const int64_t* enabled) { return enabled != nullptr && *enabled == 0; }
+
 }  // namespace
 
 void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& a, const PerTensorQParams& qp,
                                      int64_t group_begin, int64_t group_end) {
   group_end = std::min(group_end, mask_bytes(a.numel));
   if (group_begin >= group_end) return;
+  if (switched_off(qp.enabled)) return pass_through_groups(a, group_begin, group_end);
   QParamTable table(1);
   table.set(0, *qp.scale, static_cast<float>(*qp.zero_point),
             qparams_valid(*qp.scale, *qp.zero_point, qp.quant_min, qp.quant_max));
@@ -177,6 +194,7 @@ void fake_quant_per_channel_cpu_range(const FakeQuantArgs& a, const PerChannelQP
                                       int64_t group_begin, int64_t group_end) {
   group_end = std::min(group_end, mask_bytes(a.numel));
   if (group_begin >= group_end) return;
+  if (switched_off(qp.enabled)) return pass_through_groups(a, group_begin, group_end);
   const int64_t channels = qp.channels;
   const int64_t stride = qp.channel_stride;
   const bool float_zp = qp.zero_point_type == ZeroPointType::kFloat32;

@@ -17,7 +17,9 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
                                               uint8_t* __restrict__ mask, int64_t numel,
                                               const float* __restrict__ scales,
                                               const void* __restrict__ zero_points, int64_t channels,
-                                              int64_t channel_stride, int32_t quant_min, int32_t quant_max) {
+                                              int64_t channel_stride, int32_t quant_min, int32_t quant_max,
+                                              const int64_t* __restrict__ enabled) {
+  if (switched_off(enabled)) return pass_through_groups<T, kVector>(in, out, mask, numel);
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
@@ -88,7 +90,8 @@ void launch_typed(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStrea
   const LaunchShape shape = grid_for(mask_bytes(a.numel));
   auto go = [&](auto kernel) {
     kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale, qp.zero_point,
-                                                       qp.channels, qp.channel_stride, qp.quant_min, qp.quant_max);
+                                                       qp.channels, qp.channel_stride, qp.quant_min, qp.quant_max,
+                                                       qp.enabled);
   };
   if (is_aligned16(in) && is_aligned16(out)) {
     go(fake_quant_per_channel_kernel<T, kMode, kFloatZeroPoint, true>);

@@ -21,7 +21,9 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
                                              uint8_t* __restrict__ mask, int64_t numel,
                                              const float* __restrict__ scale_ptr,
                                              const int32_t* __restrict__ zero_point_ptr,
-                                             int32_t quant_min, int32_t quant_max) {
+                                             int32_t quant_min, int32_t quant_max,
+                                             const int64_t* __restrict__ enabled) {
+  if (switched_off(enabled)) return pass_through_groups<T, kVector>(in, out, mask, numel);
   const float scale = *scale_ptr;
   const int32_t zp = *zero_point_ptr;
   const bool valid = qparams_valid(scale, zp, quant_min, quant_max);
@@ -89,7 +91,7 @@ cudaError_t launch_fq(const FakeQuantArgs& a, const PerTensorQParams& qp, cudaSt
   const LaunchShape shape = grid_for(mask_bytes(a.numel));
   auto go = [&](auto kernel) {
     kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale,
-                                                       qp.zero_point, qp.quant_min, qp.quant_max);
+                                                       qp.zero_point, qp.quant_min, qp.quant_max, qp.enabled);
   };
   if (qp.rounding == Rounding::kHalfAway) {
     vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, true>)

@@ -48,5 +48,28 @@ __device__ __forceinline__ void store_group(T* __restrict__ p, const Group<T>& g
   }
 }
 
+// A quant-dequant kernel whose `enabled` switch is off: the whole grid copies the groups
+// through and sets every mask bit (same grid-stride layout as the kernels).
+template <typename T, bool kVector>
+__device__ void pass_through_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
+                                    int64_t numel) {
+  const int64_t full_groups = numel / kMaskGroup;
+  const int64_t groups = mask_bytes(numel);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+    const int64_t base = g * kMaskGroup;
+    int valid = kMaskGroup;
+    if (g < full_groups) {
+      store_group<T, kVector>(out + base, load_group<T, kVector>(in + base));
+    } else {
+      valid = static_cast<int>(numel - base);
+      for (int j = 0; j < valid; ++j) out[base + j] = in[base + j];
+    }
+    if (mask != nullptr) mask[g] = static_cast<uint8_t>((1u << valid) - 1u);
+  }
+}
+
+__device__ __forceinline__ bool switched_off(const int64_t* enabled) { return enabled != nullptr && *enabled == 0; }
+
 }  // namespace cuda
 }  // namespace fakequant

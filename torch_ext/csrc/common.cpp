@@ -47,8 +47,7 @@ static void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, co
               input.device(), "), got ", t.device());
 }
 
-// The checks every quant-dequant op shares: the quant range and the rounding name.
-static Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t quant_max,
+Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t quant_max,
                                          c10::string_view rounding) {
   const std::string range_error = check_quant_range(quant_min, quant_max);
   TORCH_CHECK(range_error.empty(), op, ": ", range_error);
@@ -87,17 +86,21 @@ void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& z
   TORCH_CHECK(zp_error.empty(), op, ": ", zp_error);
 }
 
+int64_t normalize_axis(const char* op, const at::Tensor& input, int64_t axis) {
+  const int64_t dim = input.dim();
+  TORCH_CHECK(dim >= 1, op, ": input must have at least 1 dimension for per-channel quantization, got a 0-d tensor");
+  TORCH_CHECK(axis >= -dim && axis < dim, op, ": axis must lie in [", -dim, ", ", dim - 1, "] for a ", dim,
+              "-d input, got ", axis);
+  return axis < 0 ? axis + dim : axis;
+}
+
 PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
                                               const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
                                               int64_t quant_max, c10::string_view rounding) {
   constexpr const char* op = "fakequant.fake_quant_per_channel";
   PerChannelCall call;
   const DType dtype = to_dtype(input, op, "input");
-  const int64_t dim = input.dim();
-  TORCH_CHECK(dim >= 1, op, ": input must have at least 1 dimension for per-channel quantization, got a 0-d tensor");
-  TORCH_CHECK(axis >= -dim && axis < dim, op, ": axis must lie in [", -dim, ", ", dim - 1, "] for a ", dim,
-              "-d input, got ", axis);
-  const int64_t ax = axis < 0 ? axis + dim : axis;
+  const int64_t ax = normalize_axis(op, input, axis);
   const int64_t channels = input.size(ax);
   TORCH_CHECK(scale.scalar_type() == at::kFloat, op, ": scale must be a Float tensor, got ", scale.scalar_type());
   TORCH_CHECK(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kFloat, op,

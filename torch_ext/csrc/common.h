@@ -26,6 +26,12 @@ struct FakeQuantBuffers {
 
 FakeQuantBuffers allocate_fake_quant_buffers(const at::Tensor& input, DType dtype);
 
+// The checks every quant-dequant op shares: the quant range and the rounding name.
+Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t quant_max, c10::string_view rounding);
+
+// axis in [-dim, dim) of a tensor with at least one dimension -> [0, dim).
+int64_t normalize_axis(const char* op, const at::Tensor& input, int64_t axis);
+
 struct PerTensorCall : FakeQuantBuffers {
   PerTensorQParams qparams;
 };

@@ -23,4 +23,35 @@ TORCH_LIBRARY(fakequant, m) {
   // laid out like the forward output (the Python autograd formula ensures it).
   m.def("fake_quant_mask_backward(Tensor grad_output, Tensor mask) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+
+  // Reductions that feed qparams, computed in float32: over the whole tensor (axis=None,
+  // 0-d result) or per channel along `axis` ([C] result). NaN propagates; over no elements
+  // abs_max is 0, min +inf and max -inf.
+  m.def("abs_max(Tensor input, int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("min_max(Tensor input, int? axis=None) -> (Tensor min, Tensor max)", {at::Tag::pt2_compliant_tag});
+  // Paddle moving_average_abs_max fused with quant-dequant. In training, the float32
+  // one-element state is updated in place (state = r*state + 1; accum = r*accum + max|x|;
+  // scale = accum/state) before x is quantized; in eval only the stored scale is used. x is
+  // quantized symmetrically with step scale / (2^(bits-1) - 1), range +-(2^(bits-1) - 1).
+  m.def(
+      "fake_quant_moving_average_abs_max(Tensor input, Tensor(a!) scale, Tensor(b!) state, Tensor(c!) accum, "
+      "float moving_rate=0.9, int bits=8, bool training=True, str rounding=\"half_away\") -> (Tensor output, Tensor mask)",
+      {at::Tag::pt2_compliant_tag});
+  // Paddle range_abs_max fused with quant-dequant: `window` (float32 [window_size]) keeps the
+  // abs-max of the last window_size training steps, `iter` (int64 [1]) counts them (incremented
+  // by the op), `scale` (float32 [1]) is the window's maximum by Paddle's update rule.
+  m.def(
+      "fake_quant_range_abs_max(Tensor input, Tensor(a!) scale, Tensor(b!) window, Tensor(c!) iter, int bits=8, "
+      "bool training=True, str rounding=\"half_away\") -> (Tensor output, Tensor mask)",
+      {at::Tag::pt2_compliant_tag});
+  // PyTorch's moving-average min/max observer + qparam choice + quant-dequant
+  // (torch.fused_moving_avg_obs_fake_quant), per tensor (axis=None) or per channel along any
+  // axis. observer_on / fake_quant_on: int64 [1] on input's device, read there. running_min,
+  // running_max, scale (float32) and zero_point (int32), [1] or [C], are updated in place.
+  m.def(
+      "fused_moving_avg_obs_fake_quant(Tensor input, Tensor observer_on, Tensor fake_quant_on, "
+      "Tensor(a!) running_min, Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, "
+      "float averaging_const, int quant_min, int quant_max, int? axis=None, bool symmetric=False, "
+      "bool reduce_range=False, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -9,6 +9,14 @@ from ._library import library_path, load_library
 load_library()
 
 from . import _registrations  # noqa: E402,F401  (registers fake kernels and autograd)
+from . import _observers  # noqa: E402,F401
+from .observers import (  # noqa: E402
+    abs_max,
+    fake_quantize_moving_average_abs_max,
+    fake_quantize_range_abs_max,
+    fused_moving_avg_obs_fake_quant,
+    min_max,
+)
 from .ops import (  # noqa: E402
     ROUNDINGS,
     fake_quantize_per_channel,
@@ -22,6 +30,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ROUNDINGS",
+    "abs_max",
+    "fake_quantize_moving_average_abs_max",
+    "fake_quantize_range_abs_max",
+    "fused_moving_avg_obs_fake_quant",
+    "min_max",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",

@@ -1,0 +1,246 @@
+// CUDA reductions and fused observers. Each fused observer is three launches on one stream
+// and no host synchronisation: the reduction's partials, the finish kernel whose epilogue
+// updates the observer state and writes the quant-dequant qparams (all in device memory),
+// and the quant-dequant kernel reading those qparams.
+#include <cub/block/block_reduce.cuh>
+
+#include "fakequant/cuda/launch.h"
+#include "fakequant/cuda/observers.h"
+#include "reduce.cuh"
+
+namespace fakequant {
+namespace cuda {
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Workspace layout: [partials][step: float x channels][zero point: int32 x channels].
+struct ObserverWorkspace {
+  void* partials;
+  float* step;
+  int32_t* zero_point;
+};
+
+ObserverWorkspace carve(const ReduceArgs& args, void* workspace) {
+  char* p = static_cast<char*>(workspace);
+  const size_t partials = align_up(reduce_partials_bytes(args));
+  const size_t steps = align_up(static_cast<size_t>(args.channels) * sizeof(float));
+  return {p, reinterpret_cast<float*>(p + partials), reinterpret_cast<int32_t*>(p + partials + steps)};
+}
+
+struct StoreEpilogue {
+  float* out_a;
+  float* out_b;
+  __device__ void operator()(int64_t c, float a, float b) const {
+    if (threadIdx.x != 0) return;
+    out_a[c] = a;
+    if (out_b != nullptr) out_b[c] = b;
+  }
+};
+
+__device__ __forceinline__ void write_abs_max_qparams(float scale, int32_t bin_cnt, float* step, int32_t* zp) {
+  *step = abs_max_step(scale, bin_cnt);
+  *zp = 0;
+}
+
+struct MovingAverageAbsMaxEpilogue {
+  MovingAverageAbsMaxState s;
+  int32_t bin_cnt;
+  float* step;
+  int32_t* zp;
+  __device__ void operator()(int64_t, float abs_max, float) const {
+    if (threadIdx.x != 0) return;
+    const MovingAverageAbsMaxUpdate u = moving_average_abs_max(*s.state, *s.accum, abs_max, s.moving_rate);
+    *s.state = u.state;
+    *s.accum = u.accum;
+    *s.scale = u.scale;
+    write_abs_max_qparams(u.scale, bin_cnt, step, zp);
+  }
+};
+
+// Paddle's window update; the rescan of the window (when its maximum was evicted) is a
+// block reduction here, where Paddle copies the window to the host.
+struct RangeAbsMaxEpilogue {
+  RangeAbsMaxState s;
+  int32_t bin_cnt;
+  float* step;
+  int32_t* zp;
+  __device__ void operator()(int64_t, float abs_max, float) const {
+    using BlockReduce = cub::BlockReduce<float, kReduceThreads>;
+    __shared__ typename BlockReduce::TempStorage temp;
+    __shared__ float scale;
+    __shared__ int64_t rescan;  // window entries to rescan, 0 for none
+    if (threadIdx.x == 0) {
+      const int64_t it = *s.iter;
+      const int64_t idx = it % s.window_size;
+      const float removed = s.window[idx];
+      s.window[idx] = abs_max;
+      scale = *s.scale;
+      rescan = 0;
+      if (scale < abs_max) {
+        scale = abs_max;
+      } else if (range_abs_max_left_window(removed, scale)) {
+        rescan = it < s.window_size ? it : s.window_size;
+      }
+      *s.iter = it + 1;
+    }
+    __syncthreads();
+    if (rescan > 0) {
+      float m = 0.0f;
+      for (int64_t k = threadIdx.x; k < rescan; k += blockDim.x) m = fmaxf(m, fabsf(s.window[k]));
+      const float window_max = BlockReduce(temp).Reduce(m, [](float x, float y) { return fmaxf(x, y); });
+      if (threadIdx.x == 0) scale = window_max;
+    }
+    if (threadIdx.x == 0) {
+      *s.scale = scale;
+      write_abs_max_qparams(scale, bin_cnt, step, zp);
+    }
+  }
+};
+
+struct MovingAverageMinMaxEpilogue {
+  MovingAverageMinMaxState s;
+  __device__ void operator()(int64_t c, float current_min, float current_max) const {
+    if (threadIdx.x != 0) return;
+    if (*s.observer_on != 0) {
+      s.running_min[c] = moving_average_min_max(s.running_min[c], current_min, s.averaging_const);
+      s.running_max[c] = moving_average_min_max(s.running_max[c], current_max, s.averaging_const);
+    }
+    if (*s.fake_quant_on != 0) {
+      const AffineQParams q =
+          choose_qparams(s.running_min[c], s.running_max[c], s.quant_min, s.quant_max, s.symmetric, false);
+      s.scale[c] = q.scale;
+      s.zero_point[c] = q.zero_point;
+    }
+  }
+};
+
+// Eval mode of the abs-max observers: the quant-dequant step from the stored scale.
+__global__ void abs_max_qparams_kernel(const float* scale, int32_t bin_cnt, float* step, int32_t* zp) {
+  write_abs_max_qparams(*scale, bin_cnt, step, zp);
+}
+
+// qparams only (no reduction) for the min/max observer with an empty input: the state is
+// not observed, but fake_quant_on still recomputes (scale, zero_point) as ATen does.
+__global__ void moving_average_min_max_qparams_kernel(MovingAverageMinMaxState s) {
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < s.channels;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (*s.fake_quant_on != 0) {
+      const AffineQParams q =
+          choose_qparams(s.running_min[c], s.running_max[c], s.quant_min, s.quant_max, s.symmetric, false);
+      s.scale[c] = q.scale;
+      s.zero_point[c] = q.zero_point;
+    }
+  }
+}
+
+ReduceArgs whole_tensor(const FakeQuantArgs& fq) {
+  ReduceArgs r;
+  r.dtype = fq.dtype;
+  r.input = fq.input;
+  r.numel = fq.numel;
+  return r;
+}
+
+cudaError_t quant_dequant_with_step(const FakeQuantArgs& fq, const ObserverWorkspace& w, int32_t bin_cnt,
+                                    Rounding rounding, cudaStream_t stream) {
+  PerTensorQParams qp;
+  qp.scale = w.step;
+  qp.zero_point = w.zero_point;
+  qp.quant_min = -bin_cnt;
+  qp.quant_max = bin_cnt;
+  qp.rounding = rounding;
+  return launch_fake_quant_per_tensor(fq, qp, stream);
+}
+
+}  // namespace
+
+size_t reduce_workspace_bytes(const ReduceArgs& args) { return reduce_partials_bytes(args); }
+
+cudaError_t launch_reduce(const ReduceArgs& args, ReduceKind kind, float* out_a, float* out_b, void* workspace,
+                          cudaStream_t stream) {
+  if (args.channels <= 0 || args.channel_stride <= 0) return cudaErrorInvalidValue;
+  const StoreEpilogue store{out_a, kind == ReduceKind::kMinMax ? out_b : nullptr};
+  return kind == ReduceKind::kAbsMax ? launch_reduce_with<ReduceKind::kAbsMax>(args, workspace, store, stream)
+                                     : launch_reduce_with<ReduceKind::kMinMax>(args, workspace, store, stream);
+}
+
+size_t observer_workspace_bytes(const ReduceArgs& args) {
+  return align_up(reduce_partials_bytes(args)) + 2 * align_up(static_cast<size_t>(args.channels) * sizeof(float));
+}
+
+cudaError_t launch_fake_quant_moving_average_abs_max(const FakeQuantArgs& fq, const MovingAverageAbsMaxState& s,
+                                                     int32_t bits, Rounding rounding, bool training, void* workspace,
+                                                     cudaStream_t stream) {
+  if (fq.numel == 0) return cudaSuccess;
+  const ReduceArgs args = whole_tensor(fq);
+  const ObserverWorkspace w = carve(args, workspace);
+  const int32_t bin_cnt = abs_max_bin_cnt(bits);
+  if (training) {
+    const MovingAverageAbsMaxEpilogue epilogue{s, bin_cnt, w.step, w.zero_point};
+    const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
+    if (e != cudaSuccess) return e;
+  } else {
+    abs_max_qparams_kernel<<<1, 1, 0, stream>>>(s.scale, bin_cnt, w.step, w.zero_point);
+  }
+  return quant_dequant_with_step(fq, w, bin_cnt, rounding, stream);
+}
+
+cudaError_t launch_fake_quant_range_abs_max(const FakeQuantArgs& fq, const RangeAbsMaxState& s, int32_t bits,
+                                            Rounding rounding, bool training, void* workspace, cudaStream_t stream) {
+  if (fq.numel == 0) return cudaSuccess;
+  if (s.window_size <= 0) return cudaErrorInvalidValue;
+  const ReduceArgs args = whole_tensor(fq);
+  const ObserverWorkspace w = carve(args, workspace);
+  const int32_t bin_cnt = abs_max_bin_cnt(bits);
+  if (training) {
+    const RangeAbsMaxEpilogue epilogue{s, bin_cnt, w.step, w.zero_point};
+    const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
+    if (e != cudaSuccess) return e;
+  } else {
+    abs_max_qparams_kernel<<<1, 1, 0, stream>>>(s.scale, bin_cnt, w.step, w.zero_point);
+  }
+  return quant_dequant_with_step(fq, w, bin_cnt, rounding, stream);
+}
+
+cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const MovingAverageMinMaxState& s,
+                                                int64_t channel_stride, Rounding rounding, void* workspace,
+                                                cudaStream_t stream) {
+  if (s.channels <= 0 || channel_stride <= 0) return cudaErrorInvalidValue;
+  ReduceArgs args = whole_tensor(fq);
+  args.channels = s.channels;
+  args.channel_stride = channel_stride;
+  if (fq.numel == 0) {
+    moving_average_min_max_qparams_kernel<<<1, kReduceThreads, 0, stream>>>(s);
+    return cudaGetLastError();
+  }
+  const ObserverWorkspace w = carve(args, workspace);
+  const cudaError_t e =
+      launch_reduce_with<ReduceKind::kMinMax>(args, w.partials, MovingAverageMinMaxEpilogue{s}, stream);
+  if (e != cudaSuccess) return e;
+  if (s.channels == 1) {
+    PerTensorQParams qp;
+    qp.scale = s.scale;
+    qp.zero_point = s.zero_point;
+    qp.quant_min = s.quant_min;
+    qp.quant_max = s.quant_max;
+    qp.rounding = rounding;
+    qp.enabled = s.fake_quant_on;
+    return launch_fake_quant_per_tensor(fq, qp, stream);
+  }
+  PerChannelQParams qp;
+  qp.scale = s.scale;
+  qp.zero_point = s.zero_point;
+  qp.zero_point_type = ZeroPointType::kInt32;
+  qp.channels = s.channels;
+  qp.channel_stride = channel_stride;
+  qp.quant_min = s.quant_min;
+  qp.quant_max = s.quant_max;
+  qp.rounding = rounding;
+  qp.enabled = s.fake_quant_on;
+  return launch_fake_quant_per_channel(fq, qp, stream);
+}
+
+}  // namespace cuda
+}  // namespace fakequant

@@ -1,0 +1,162 @@
+// CPU kernels of the reduction and fused-observer ops: reduce in parallel into per-thread
+// partials, update the observer state on the host, quant-dequant in parallel.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "../observers.h"
+
+namespace fakequant {
+namespace ext {
+namespace {
+
+constexpr int64_t kReduceGrain = 1 << 16;  // elements per parallel chunk at least
+constexpr int64_t kGroupsPerChunk = 8192;  // as the quant-dequant ops
+
+// Reduces `args` into out_a / out_b (args.channels floats each) on ATen's intra-op threads:
+// each chunk folds into private accumulators, merged afterwards (min / max are exact in any
+// order, so the result does not depend on the thread count).
+void reduce_parallel(const ReduceArgs& args, ReduceKind kind, float* out_a, float* out_b) {
+  const int64_t channels = args.channels;
+  reduce_identity(kind, channels, out_a, out_b);
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (args.numel + kReduceGrain - 1) / kReduceGrain));
+  if (chunks == 1) return reduce_cpu_range(args, kind, 0, args.numel, out_a, out_b);
+  std::vector<float> part_a(chunks * channels), part_b(kind == ReduceKind::kMinMax ? chunks * channels : 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float* a = part_a.data() + k * channels;
+      float* b = part_b.empty() ? nullptr : part_b.data() + k * channels;
+      reduce_identity(kind, channels, a, b);
+      reduce_cpu_range(args, kind, args.numel * k / chunks, args.numel * (k + 1) / chunks, a, b);
+    }
+  });
+  for (int64_t k = 0; k < chunks; ++k) {
+    reduce_combine(kind, channels, part_a.data() + k * channels,
+                   part_b.empty() ? nullptr : part_b.data() + k * channels, out_a, out_b);
+  }
+}
+
+template <typename QParams, typename Fn>
+void quant_dequant_parallel(const FakeQuantArgs& args, const QParams& qp, Fn range_fn) {
+  at::parallel_for(0, mask_bytes(args.numel), kGroupsPerChunk,
+                   [&](int64_t begin, int64_t end) { range_fn(args, qp, begin, end); });
+}
+
+// Quant-dequant with a Paddle abs-max scale: step scale / bin_cnt, range [-bin_cnt, bin_cnt].
+void quant_dequant_abs_max(const FakeQuantBuffers& b, float scale, int32_t bits, Rounding rounding) {
+  const int32_t bin_cnt = abs_max_bin_cnt(bits);
+  const float step = abs_max_step(scale, bin_cnt);
+  const int32_t zero_point = 0;
+  PerTensorQParams qp;
+  qp.scale = &step;
+  qp.zero_point = &zero_point;
+  qp.quant_min = -bin_cnt;
+  qp.quant_max = bin_cnt;
+  qp.rounding = rounding;
+  quant_dequant_parallel(b.args, qp, fake_quant_per_tensor_cpu_range);
+}
+
+at::Tensor abs_max_cpu_op(const at::Tensor& input, c10::optional<int64_t> axis) {
+  ReduceCall call = prepare_reduce("fakequant.abs_max", input, axis, ReduceKind::kAbsMax);
+  reduce_parallel(call.args, ReduceKind::kAbsMax, call.out_a.mutable_data_ptr<float>(), nullptr);
+  return call.out_a;
+}
+
+std::tuple<at::Tensor, at::Tensor> min_max_cpu_op(const at::Tensor& input, c10::optional<int64_t> axis) {
+  ReduceCall call = prepare_reduce("fakequant.min_max", input, axis, ReduceKind::kMinMax);
+  reduce_parallel(call.args, ReduceKind::kMinMax, call.out_a.mutable_data_ptr<float>(),
+                  call.out_b.mutable_data_ptr<float>());
+  return {call.out_a, call.out_b};
+}
+
+std::tuple<at::Tensor, at::Tensor> moving_average_abs_max_cpu_op(const at::Tensor& input, at::Tensor& scale,
+                                                                  at::Tensor& state, at::Tensor& accum,
+                                                                  double moving_rate, int64_t bits, bool training,
+                                                                  c10::string_view rounding) {
+  MovingAverageAbsMaxCall call =
+      prepare_moving_average_abs_max(input, scale, state, accum, moving_rate, bits, rounding);
+  check_abs_max_state_values("fakequant.fake_quant_moving_average_abs_max",
+                             {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}});
+  if (call.args.numel == 0) return {call.output, call.mask};
+  if (training) {
+    float abs_max = 0.0f;
+    ReduceArgs r{call.args.dtype, call.args.input, call.args.numel};
+    reduce_parallel(r, ReduceKind::kAbsMax, &abs_max, nullptr);
+    moving_average_abs_max_update_cpu(call.state, abs_max);
+  }
+  quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
+  return {call.output, call.mask};
+}
+
+std::tuple<at::Tensor, at::Tensor> range_abs_max_cpu_op(const at::Tensor& input, at::Tensor& scale,
+                                                        at::Tensor& window, at::Tensor& iter, int64_t bits,
+                                                        bool training, c10::string_view rounding) {
+  RangeAbsMaxCall call = prepare_range_abs_max(input, scale, window, iter, bits, rounding);
+  check_abs_max_state_values("fakequant.fake_quant_range_abs_max", {{&scale, "scale"}, {&window, "window"}});
+  TORCH_CHECK(*call.state.iter >= 0, "fakequant.fake_quant_range_abs_max: iter must be >= 0, got ", *call.state.iter);
+  if (call.args.numel == 0) return {call.output, call.mask};
+  if (training) {
+    float abs_max = 0.0f;
+    ReduceArgs r{call.args.dtype, call.args.input, call.args.numel};
+    reduce_parallel(r, ReduceKind::kAbsMax, &abs_max, nullptr);
+    range_abs_max_update_cpu(call.state, abs_max);
+  }
+  quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
+  return {call.output, call.mask};
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
+    const at::Tensor& input, const at::Tensor& observer_on, const at::Tensor& fake_quant_on, at::Tensor& running_min,
+    at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point, double averaging_const, int64_t quant_min,
+    int64_t quant_max, c10::optional<int64_t> axis, bool symmetric, bool reduce_range, c10::string_view rounding) {
+  MovingAverageMinMaxCall call =
+      prepare_moving_average_min_max(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                                     averaging_const, quant_min, quant_max, axis, symmetric, reduce_range, rounding);
+  check_min_max_state_values(call);
+  const MovingAverageMinMaxState& s = call.state;
+  const bool observe = call.args.numel > 0 && *s.observer_on != 0;
+  std::vector<float> current_min(observe ? s.channels : 0), current_max(observe ? s.channels : 0);
+  if (observe) {
+    ReduceArgs r{call.args.dtype, call.args.input, call.args.numel, s.channels, call.channel_stride};
+    reduce_parallel(r, ReduceKind::kMinMax, current_min.data(), current_max.data());
+  }
+  moving_average_min_max_update_cpu(s, current_min.data(), current_max.data(), observe);
+  if (s.channels == 1 && !axis.has_value()) {
+    PerTensorQParams qp;
+    qp.scale = s.scale;
+    qp.zero_point = s.zero_point;
+    qp.quant_min = s.quant_min;
+    qp.quant_max = s.quant_max;
+    qp.rounding = call.rounding;
+    qp.enabled = s.fake_quant_on;
+    quant_dequant_parallel(call.args, qp, fake_quant_per_tensor_cpu_range);
+  } else if (call.args.numel > 0) {
+    PerChannelQParams qp;
+    qp.scale = s.scale;
+    qp.zero_point = s.zero_point;
+    qp.channels = s.channels;
+    qp.channel_stride = call.channel_stride;
+    qp.quant_min = s.quant_min;
+    qp.quant_max = s.quant_max;
+    qp.rounding = call.rounding;
+    qp.enabled = s.fake_quant_on;
+    quant_dequant_parallel(call.args, qp, fake_quant_per_channel_cpu_range);
+  }
+  return {call.output, call.mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
+  m.impl("abs_max", &abs_max_cpu_op);
+  m.impl("min_max", &min_max_cpu_op);
+  m.impl("fake_quant_moving_average_abs_max", &moving_average_abs_max_cpu_op);
+  m.impl("fake_quant_range_abs_max", &range_abs_max_cpu_op);
+  m.impl("fused_moving_avg_obs_fake_quant", &fused_moving_avg_obs_fake_quant_cpu_op);
+}
+
+}  // namespace ext
+}  // namespace fakequant

@@ -1,0 +1,95 @@
+"""Typed Python API of the reductions and fused observers (torch.ops.fakequant.*)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._observers import ObserverQuantDequant
+
+
+def abs_max(input: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """``max |input|`` in float32: over the whole tensor (0-d result) or per channel along
+    ``axis`` (``[input.size(axis)]``). NaN propagates (as ``torch.amax``); an empty
+    reduction gives 0. Computed on ``input``'s device without host synchronisation."""
+    return torch.ops.fakequant.abs_max(input, axis)
+
+
+def min_max(input: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(min, max)`` of ``input`` in float32, whole tensor or per channel along ``axis``, as
+    ``torch.aminmax`` (NaN propagates); an empty reduction gives ``(+inf, -inf)``."""
+    return torch.ops.fakequant.min_max(input, axis)
+
+
+def fake_quantize_moving_average_abs_max(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    state: torch.Tensor,
+    accum: torch.Tensor,
+    moving_rate: float = 0.9,
+    bits: int = 8,
+    training: bool = True,
+    rounding: str = "half_away",
+) -> torch.Tensor:
+    """Paddle's ``fake_quantize_dequantize_moving_average_abs_max``.
+
+    ``scale``, ``state`` and ``accum`` are one-element float32 tensors on ``input``'s device.
+    In training they are updated in place (``state = r*state + 1``,
+    ``accum = r*accum + max|x|``, ``scale = accum/state``) and ``input`` is quantized with the
+    new scale; in eval the stored scale is used and nothing changes. Quantization is
+    symmetric: step ``scale / (2**(bits-1) - 1)``, levels ``±(2**(bits-1) - 1)``.
+    ``rounding`` defaults to ``half_away`` (Paddle's ``round_type=1``). Differentiable in
+    ``input`` (clipped straight-through estimator).
+    """
+    return ObserverQuantDequant.apply(
+        torch.ops.fakequant.fake_quant_moving_average_abs_max, input, scale, state, accum, moving_rate, bits,
+        training, rounding,
+    )[0]
+
+
+def fake_quantize_range_abs_max(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    window: torch.Tensor,
+    iter: torch.Tensor,
+    bits: int = 8,
+    training: bool = True,
+    rounding: str = "half_away",
+) -> torch.Tensor:
+    """Paddle's ``fake_quantize_range_abs_max`` (quant-dequant form).
+
+    ``window`` (float32 ``[window_size]``) holds the abs-max of the last ``window_size``
+    training steps, ``iter`` (int64 ``[1]``) counts the steps, ``scale`` (float32 ``[1]``) is
+    the window's maximum; all three live on ``input``'s device and are updated in place in
+    training, with no host synchronisation even when the maximum leaves the window.
+    """
+    return ObserverQuantDequant.apply(
+        torch.ops.fakequant.fake_quant_range_abs_max, input, scale, window, iter, bits, training, rounding
+    )[0]
+
+
+def fused_moving_avg_obs_fake_quant(
+    input: torch.Tensor,
+    observer_on: torch.Tensor,
+    fake_quant_on: torch.Tensor,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    averaging_const: float,
+    quant_min: int,
+    quant_max: int,
+    axis: int | None = None,
+    symmetric: bool = False,
+    reduce_range: bool = False,
+    rounding: str = "half_even",
+) -> torch.Tensor:
+    """PyTorch's moving-average min/max observer fused with the qparam choice and
+    quant-dequant: a drop-in for ``torch.fused_moving_avg_obs_fake_quant`` (per tensor when
+    ``axis`` is None, else per channel along any ``axis``), with fp16/bf16 inputs, a 1-bit
+    saved mask and no host synchronisation. ``observer_on`` / ``fake_quant_on`` are int64
+    ``[1]`` tensors read on the device; ``running_min``, ``running_max``, ``scale`` (float32)
+    and ``zero_point`` (int32) are updated in place."""
+    return ObserverQuantDequant.apply(
+        torch.ops.fakequant.fused_moving_avg_obs_fake_quant, input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+        quant_min, quant_max, axis, symmetric, reduce_range, rounding,
+    )[0]
