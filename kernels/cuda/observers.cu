@@ -160,7 +160,8 @@ size_t reduce_workspace_bytes(const ReduceArgs& args) { return reduce_partials_b
 
 cudaError_t launch_reduce(const ReduceArgs& args, ReduceKind kind, float* out_a, float* out_b, void* workspace,
                           cudaStream_t stream) {
-  if (args.channels <= 0 || args.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (args.channels == 0) return cudaSuccess;  // an empty axis: nothing to reduce into
+  if (args.channels < 0 || args.channel_stride <= 0) return cudaErrorInvalidValue;
   const StoreEpilogue store{out_a, kind == ReduceKind::kMinMax ? out_b : nullptr};
   return kind == ReduceKind::kAbsMax ? launch_reduce_with<ReduceKind::kAbsMax>(args, workspace, store, stream)
                                      : launch_reduce_with<ReduceKind::kMinMax>(args, workspace, store, stream);

@@ -92,8 +92,8 @@ inline ReduceGrid reduce_grid(const ChannelLayout& l) {
   const int64_t target_blocks = static_cast<int64_t>(current_sm_count()) * 8;
   const int64_t per_block = static_cast<int64_t>(kReduceThreads) * kElementsPerThread;
   int64_t splits = (l.per_channel + per_block - 1) / per_block;
-  splits = std::max<int64_t>(1, std::min(splits, std::max<int64_t>(1, target_blocks / l.channels)));
-  const int64_t channel_blocks = std::min<int64_t>(l.channels, 65535);
+  splits = std::max<int64_t>(1, std::min(splits, std::max<int64_t>(1, target_blocks / std::max<int64_t>(1, l.channels))));
+  const int64_t channel_blocks = std::max<int64_t>(1, std::min<int64_t>(l.channels, 65535));
   return {static_cast<unsigned int>(splits), static_cast<unsigned int>(channel_blocks)};
 }
 
@@ -185,7 +185,7 @@ cudaError_t launch_reduce_with(const ReduceArgs& args, void* partials_mem, Epilo
     splits = 0;  // nothing to fold: the finish kernel starts from the identity
   }
   const unsigned int finish_blocks =
-      static_cast<unsigned int>(std::min<int64_t>(l.channels, static_cast<int64_t>(current_sm_count()) * 8));
+      static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(l.channels, current_sm_count() * 8LL)));
   reduce_finish_kernel<kKind><<<finish_blocks, kReduceThreads, 0, stream>>>(partials, l.channels, splits, epilogue);
   return cudaGetLastError();
 }

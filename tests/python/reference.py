@@ -87,3 +87,54 @@ def random_channel_qparams(x, axis, quant_min, quant_max, float_zero_point=False
     else:
         zp = torch.randint(quant_min, quant_max + 1, (c,), dtype=torch.int32, device=x.device)
     return scale.float(), zp
+
+
+# ---------------------------------------------------------------------------------------
+# Observers, written out in numpy float32 / float64 exactly as the reference code they port.
+
+def choose_qparams_reference(mn: float, mx: float, qmin: int, qmax: int, symmetric: bool):
+    """ATen's quant_utils::ChooseQuantizationParams (CPU), as torch.fused_moving_avg_obs_fake_quant
+    calls it, step by step in float32 (np.float32) and float64 (Python floats)."""
+    import numpy as np
+
+    f = np.float32
+    mn, mx = f(mn), f(mx)
+    if mn < 0 and mx > 0 and symmetric:
+        sqmin, sqmax = -((qmax - qmin) // 2 + 1), (qmax - qmin) // 2
+        max_scale = float(max(abs(f(mn / f(sqmin))), abs(f(mx / f(sqmax)))))
+        mn, mx = f(max_scale * sqmin), f(max_scale * sqmax)
+    mn = f(0) if f(0) < mn else mn
+    mx = f(0) if mx < f(0) else mx
+    scale = (float(mx) - float(mn)) / (qmax - qmin)
+    if f(scale) == 0 or np.isinf(f(1) / f(scale)):
+        scale = 0.1
+    small = float(f(6.1e-5))
+    if scale < small:
+        org = f(scale)
+        scale = small
+        if mn == 0:
+            mx = f(f(small) * f(qmax - qmin))
+        elif mx == 0:
+            mn = f(-f(small) * f(qmax - qmin))
+        else:
+            amp = f(f(small) / org)
+            mn, mx = f(mn * amp), f(mx * amp)
+    z_min = qmin - float(mn) / scale
+    z_max = qmax - float(mx) / scale
+    e_min = abs(qmin) - abs(float(mn) / scale)
+    e_max = abs(qmax) - abs(float(mx) / scale)
+    z = z_min if e_min < e_max else z_max
+    if mn < 0 and mx > 0 and symmetric:
+        z = (qmin + qmax) / 2
+    zp = qmin if z < qmin else qmax if z > qmax else int(np.rint(z))
+    return float(f(scale)), zp
+
+
+def moving_average_reference(running: float, current: float, c: float) -> float:
+    """PyTorch's moving-average step in float32: the first observation is taken as is."""
+    import numpy as np
+
+    f = np.float32
+    if np.isinf(running):
+        return float(f(current))
+    return float(f(f(running) + f(f(c) * f(f(current) - f(running)))))

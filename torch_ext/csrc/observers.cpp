@@ -8,11 +8,11 @@ namespace fakequant {
 namespace ext {
 namespace {
 
-// Channel count and memory stride of `axis` in the dense tensor `x` (a size-1 axis may have
-// any stride: use 1).
+// Channel count (possibly 0) and memory stride of `axis` in the dense tensor `x` (a size-1
+// axis may have any stride: use 1).
 std::pair<int64_t, int64_t> channel_geometry(const at::Tensor& x, int64_t ax) {
   const int64_t channels = x.size(ax);
-  return {std::max<int64_t>(channels, 1), channels > 1 ? x.stride(ax) : 1};
+  return {channels, channels > 1 ? x.stride(ax) : 1};
 }
 
 void check_state_tensor(const char* op, const char* arg, const at::Tensor& t, const at::Tensor& input,
