@@ -1,0 +1,178 @@
+// Reductions and fused observers against the ATen way of doing the same job, in the same
+// binary as the quant-dequant benchmarks (main() lives in bench_fake_quant.cpp). Arguments:
+// {numel, dtype code}. Bytes counted are what each op must move: the input read once, the
+// output written and its own mask (1 bit per element for fakequant, 1 byte for ATen's bool).
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdlib>
+#include <tuple>
+
+#include "bench_common.h"
+
+namespace fb = fakequant_bench;
+
+namespace {
+
+constexpr int64_t kChannels = 64;
+
+double must_move(int64_t n, torch::ScalarType dtype, int64_t mask_bytes) {
+  return static_cast<double>(2 * n * torch::elementSize(dtype) + mask_bytes);
+}
+
+std::vector<torch::Tensor> inputs(int64_t n, torch::ScalarType dtype, bool per_channel) {
+  std::vector<torch::Tensor> x;
+  const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
+  for (int s = 0; s < sets; ++s) {
+    auto t = torch::randn({n}, torch::TensorOptions().device(fb::bench_device())).mul(2.0).to(dtype);
+    x.push_back(per_channel ? t.view({kChannels, n / kChannels}) : t);
+  }
+  return x;
+}
+
+torch::TensorOptions opts(torch::ScalarType t) { return torch::TensorOptions().dtype(t).device(fb::bench_device()); }
+
+// --- PyTorch moving-average min/max observer + fake quant -------------------------------
+
+struct MinMaxState {
+  torch::Tensor observer_on, fake_quant_on, running_min, running_max, scale, zero_point;
+  explicit MinMaxState(int64_t channels)
+      : observer_on(torch::ones({1}, opts(torch::kLong))),
+        fake_quant_on(torch::ones({1}, opts(torch::kLong))),
+        running_min(torch::full({channels}, INFINITY, opts(torch::kFloat))),
+        running_max(torch::full({channels}, -INFINITY, opts(torch::kFloat))),
+        scale(torch::ones({channels}, opts(torch::kFloat))),
+        zero_point(torch::zeros({channels}, opts(torch::kInt))) {}
+};
+
+using FusedObserverOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                           at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, double,
+                                                           int64_t, int64_t, std::optional<int64_t>, bool, bool,
+                                                           c10::string_view);
+
+template <bool kPerChannel>
+void BM_FusedObserver_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, kPerChannel);
+  MinMaxState s(kPerChannel ? kChannels : 1);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fused_moving_avg_obs_fake_quant", "")
+                             .typed<FusedObserverOp>();
+  const std::optional<int64_t> axis = kPerChannel ? std::optional<int64_t>(0) : std::nullopt;
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(x[i % x.size()], s.observer_on, s.fake_quant_on, s.running_min, s.running_max, s.scale,
+                       s.zero_point, 0.01, 0, 255, axis, false, false, "half_even");
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, must_move(n, dtype, (n + 7) / 8), n);
+}
+
+template <bool kPerChannel>
+void BM_FusedObserver_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, kPerChannel);
+  MinMaxState s(kPerChannel ? kChannels : 1);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::_fused_moving_avg_obs_fq_helper(x[i % x.size()], s.observer_on, s.fake_quant_on, s.running_min,
+                                                   s.running_max, s.scale, s.zero_point, 0.01, 0, 255, 0,
+                                                   kPerChannel, false);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, must_move(n, dtype, n), n);
+}
+
+// --- Paddle moving_average_abs_max --------------------------------------------------------
+
+using MovingAverageAbsMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::Tensor&, at::Tensor&,
+                                                                 at::Tensor&, double, int64_t, bool, c10::string_view);
+
+void BM_MovingAverageAbsMax_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, false);
+  auto scale = torch::zeros({1}, opts(torch::kFloat)), st = scale.clone(), accum = scale.clone();
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_moving_average_abs_max", "")
+                             .typed<MovingAverageAbsMaxOp>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(x[i % x.size()], scale, st, accum, 0.9, 8, true, "half_even");
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, must_move(n, dtype, (n + 7) / 8), n);
+}
+
+// The same job from ATen ops (what a Paddle-style observer written in PyTorch runs): abs-max,
+// the state update as tensor ops, then the tensor-qparam fake quant.
+void BM_MovingAverageAbsMax_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, false);
+  auto scale = torch::zeros({1}, opts(torch::kFloat)), st = scale.clone(), accum = scale.clone();
+  auto zero_point = torch::zeros({1}, opts(torch::kInt));
+  auto enabled = torch::ones({1}, opts(torch::kLong));
+  fb::run_timed(state, [&](int64_t i) {
+    const auto& xi = x[i % x.size()];
+    auto cur = xi.abs().amax().to(torch::kFloat);
+    st.mul_(0.9).add_(1.0);
+    accum.mul_(0.9).add_(cur);
+    at::div_out(scale, accum, st);
+    auto step = (scale / 127.0).clamp_min(1.17549435e-38f);
+    auto out = at::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(xi, step, zero_point, enabled, -127, 127);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, must_move(n, dtype, n), n);
+}
+
+// --- Reductions ----------------------------------------------------------------------------
+
+using MinMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::optional<int64_t>);
+
+void BM_MinMax_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, false);
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fakequant::min_max", "").typed<MinMaxOp>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(x[i % x.size()], std::nullopt);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+}
+
+void BM_MinMax_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  auto x = inputs(n, dtype, false);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::aminmax(x[i % x.size()]);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+}
+
+void observer_sizes(benchmark::internal::Benchmark* b, bool fp32_only) {
+  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
+  const std::vector<int64_t> full = {1 << 12, 1 << 16, 1 << 20, 1 << 22, 1 << 24};
+  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
+  for (const int64_t dtype : fp32_only ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 1})
+    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
+  b->ArgNames({"numel", "dtype"});
+  fb::configure(b);
+}
+
+// ATen's fused observer takes float32 only.
+void fp32_sizes(benchmark::internal::Benchmark* b) { observer_sizes(b, true); }
+void all_sizes(benchmark::internal::Benchmark* b) { observer_sizes(b, false); }
+
+}  // namespace
+
+BENCHMARK(BM_FusedObserver_fakequant<false>)->Name("BM_FusedObserverPerTensor_fakequant")->Apply(fp32_sizes);
+BENCHMARK(BM_FusedObserver_aten<false>)->Name("BM_FusedObserverPerTensor_aten")->Apply(fp32_sizes);
+BENCHMARK(BM_FusedObserver_fakequant<true>)->Name("BM_FusedObserverPerChannel_fakequant")->Apply(fp32_sizes);
+BENCHMARK(BM_FusedObserver_aten<true>)->Name("BM_FusedObserverPerChannel_aten")->Apply(fp32_sizes);
+BENCHMARK(BM_MovingAverageAbsMax_fakequant)->Apply(all_sizes);
+BENCHMARK(BM_MovingAverageAbsMax_aten)->Apply(all_sizes);
+BENCHMARK(BM_MinMax_fakequant)->Apply(all_sizes);
+BENCHMARK(BM_MinMax_aten)->Apply(all_sizes);
