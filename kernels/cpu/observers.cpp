@@ -12,7 +12,7 @@
 namespace fakequant {
 namespace {
 
-constexpr int kLanes = 8;
+constexpr int kLanes = 16;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -22,15 +22,15 @@ struct Acc {
 
 // Reduce x[0, n) into one accumulator pair.
 template <typename T, ReduceKind kKind>
-Acc reduce_contiguous(const T* __restrict__ x, int64_t n) {
-  float lo[kLanes], hi[kLanes];
-  uint8_t nan[kLanes];
-  for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = kKind == ReduceKind::kAbsMax ? 0.0f : -kInf, nan[j] = 0;
+inline __attribute__((always_inline)) Acc reduce_contiguous_body(const T* __restrict__ x, int64_t n) {
+  // All lanes are floats (the NaN flag too), so every select is one vector blend.
+  float lo[kLanes], hi[kLanes], nan[kLanes];
+  for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = kKind == ReduceKind::kAbsMax ? 0.0f : -kInf, nan[j] = 0.0f;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
       const float v = to_float(x[i + j]);
-      nan[j] |= static_cast<uint8_t>(v != v);
+      nan[j] = v != v ? 1.0f : nan[j];
       if constexpr (kKind == ReduceKind::kAbsMax) {
         const float m = std::fabs(v);
         hi[j] = m > hi[j] ? m : hi[j];
@@ -42,7 +42,7 @@ Acc reduce_contiguous(const T* __restrict__ x, int64_t n) {
   }
   for (; i < n; ++i) {
     const float v = to_float(x[i]);
-    nan[0] |= static_cast<uint8_t>(v != v);
+    nan[0] = v != v ? 1.0f : nan[0];
     if constexpr (kKind == ReduceKind::kAbsMax) {
       hi[0] = std::max(hi[0], std::fabs(v));
     } else {
@@ -55,11 +55,32 @@ Acc reduce_contiguous(const T* __restrict__ x, int64_t n) {
   for (int j = 0; j < kLanes; ++j) {
     r.a = std::min(r.a, lo[j]);
     r.b = std::max(r.b, hi[j]);
-    any_nan |= nan[j] != 0;
+    any_nan |= nan[j] != 0.0f;
   }
   if (any_nan) r.a = r.b = kNaN;
   if constexpr (kKind == ReduceKind::kAbsMax) r.a = r.b;
   return r;
+}
+
+// The same loop compiled for AVX2 where the CPU has it (the library is otherwise built for
+// the baseline ISA; min / max are exact, so both versions give the same bits).
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T, ReduceKind kKind>
+__attribute__((target("avx2"))) Acc reduce_contiguous_avx2(const T* __restrict__ x, int64_t n) {
+  return reduce_contiguous_body<T, kKind>(x, n);
+}
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+template <typename T, ReduceKind kKind>
+Acc reduce_contiguous(const T* __restrict__ x, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return reduce_contiguous_avx2<T, kKind>(x, n);
+#endif
+  return reduce_contiguous_body<T, kKind>(x, n);
 }
 
 template <ReduceKind kKind>
