@@ -31,6 +31,14 @@ PAIRS = [
      "BM_FakeQuantPerChannel_aten", "`at::fake_quantize_per_channel_affine_cachemask`"),
     ("Clipped-STE backward (grad × mask)", "BM_MaskedGrad_fakequant", "BM_MaskedGrad_aten",
      "`grad * mask` with ATen's bool mask"),
+    ("Moving-average min/max observer + quant-dequant, per tensor", "BM_FusedObserverPerTensor_fakequant",
+     "BM_FusedObserverPerTensor_aten", "`at::_fused_moving_avg_obs_fq_helper` (fp32 only)"),
+    ("Moving-average min/max observer + quant-dequant, per channel ([64, numel/64], axis 0)",
+     "BM_FusedObserverPerChannel_fakequant", "BM_FusedObserverPerChannel_aten",
+     "`at::_fused_moving_avg_obs_fq_helper` (fp32 only)"),
+    ("Paddle moving_average_abs_max + quant-dequant", "BM_MovingAverageAbsMax_fakequant",
+     "BM_MovingAverageAbsMax_aten", "abs-max, state update as tensor ops, tensor-qparam fake quant"),
+    ("Per-tensor min/max", "BM_MinMax_fakequant", "BM_MinMax_aten", "`at::aminmax`"),
 ]
 
 
