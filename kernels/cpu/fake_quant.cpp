@@ -5,9 +5,12 @@
 // disjoint group ranges on different threads without sharing a mask byte. Inside a range,
 // elements are processed in blocks: a branch-free elementwise loop that the compiler
 // vectorises (values out, one in-range byte per element to a stack buffer), then a
-// packing loop that turns 8 such bytes into one mask byte with a multiply.
+// packing loop that turns 8 such bytes into one mask byte with a multiply. Stochastic
+// rounding first fills a block-sized buffer with the Philox words of the block's elements
+// (one Philox call per 4 elements), which the elementwise loop then reads like an input.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "fakequant/fake_quant.h"
@@ -48,16 +51,26 @@ struct Segment {
   int64_t end;       // first element (memory offset) the segment does not cover
 };
 
+// The seed of stochastic rounding, as the Philox key and counter offset.
+struct Seed {
+  uint64_t key = 0;
+  uint64_t offset = 0;
+};
+
+// `random[k]` is element k's Philox word (read by Rounding::kStochastic only).
 template <typename T, Rounding kMode, bool kFloatZeroPoint, bool kPerElement>
 inline void fake_quant_segment(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ flags,
-                               int64_t count, const Segment& seg, float qmin, float qmax) {
+                               const uint32_t* __restrict__ random, int64_t count, const Segment& seg, float qmin,
+                               float qmax) {
   const float poison = bits_float(0x7FC00000u);
   for (int64_t k = 0; k < count; ++k) {
     const int64_t t = kPerElement ? k : 0;
     const float s = seg.scale[t], inv = seg.inv[t], zp = seg.zero_point[t];
     const uint8_t keep = seg.valid[t];
-    const QuantDequantResult r = kFloatZeroPoint ? quant_dequant_float_zp(to_float(x[k]), s, inv, zp, qmin, qmax, kMode)
-                                                 : quant_dequant(to_float(x[k]), s, inv, zp, qmin, qmax, kMode);
+    const uint32_t bits = kMode == Rounding::kStochastic ? random[k] : 0u;
+    const QuantDequantResult r = kFloatZeroPoint
+                                     ? quant_dequant_float_zp(to_float(x[k]), s, inv, zp, qmin, qmax, kMode, bits)
+                                     : quant_dequant(to_float(x[k]), s, inv, zp, qmin, qmax, kMode, bits);
     y[k] = from_float<T>(keep ? r.value : poison);
     flags[k] = static_cast<uint8_t>(r.in_range) & keep;
   }
@@ -66,24 +79,34 @@ inline void fake_quant_segment(const T* __restrict__ x, T* __restrict__ y, uint8
 template <typename T, Rounding kMode, bool kFloatZeroPoint, typename SegmentAt>
 void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
                        int64_t numel, int32_t quant_min, int32_t quant_max, int64_t group_begin,
-                       int64_t group_end, SegmentAt segment_at) {
+                       int64_t group_end, Seed seed, SegmentAt segment_at) {
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
 
   alignas(64) uint8_t flags[kBlock];
+  alignas(64) uint32_t random[kBlock];  // one Philox word per element
+  static_assert(kBlock % 4 == 0, "blocks start on a Philox quad");
   for (int64_t g0 = group_begin; g0 < group_end; g0 += kBlockGroups) {
     const int64_t g1 = std::min(g0 + kBlockGroups, group_end);
     const int64_t begin = g0 * kMaskGroup;
     const int64_t len = std::min(g1 * kMaskGroup, numel) - begin;
+    if constexpr (kMode == Rounding::kStochastic) {
+      // Element e takes word e % 4 of quad e / 4; begin is a multiple of 8.
+      const uint64_t first_quad = static_cast<uint64_t>(begin / 4);
+      for (int64_t q = 0; q < (len + 3) / 4; ++q) {
+        const Philox4x32 w = stochastic_words(first_quad + static_cast<uint64_t>(q), seed.key, seed.offset);
+        std::memcpy(random + 4 * q, w.v, sizeof(w.v));
+      }
+    }
     for (int64_t i = 0; i < len;) {
       const Segment seg = segment_at(begin + i);
       const int64_t stop = std::min(len, seg.end - begin);
       if (seg.per_element) {
-        fake_quant_segment<T, kMode, kFloatZeroPoint, true>(in + begin + i, out + begin + i, flags + i, stop - i, seg,
-                                                            qmin, qmax);
+        fake_quant_segment<T, kMode, kFloatZeroPoint, true>(in + begin + i, out + begin + i, flags + i, random + i,
+                                                            stop - i, seg, qmin, qmax);
       } else {
-        fake_quant_segment<T, kMode, kFloatZeroPoint, false>(in + begin + i, out + begin + i, flags + i, stop - i,
-                                                             seg, qmin, qmax);
+        fake_quant_segment<T, kMode, kFloatZeroPoint, false>(in + begin + i, out + begin + i, flags + i, random + i,
+                                                             stop - i, seg, qmin, qmax);
       }
       i = stop;
     }
@@ -95,33 +118,44 @@ void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* _
 }
 
 template <typename T, bool kFloatZeroPoint, typename SegmentAt>
-void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
-                                  int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, const int64_t* seed_ptr,
+                                  int32_t quant_min, int32_t quant_max, int64_t group_begin, int64_t group_end,
+                                  SegmentAt segment_at) {
   const T* in = static_cast<const T*>(a.input);
   T* out = static_cast<T*>(a.output);
-  if (rounding == Rounding::kHalfAway) {
-    fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                               group_begin, group_end, segment_at);
-  } else {
-    fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                               group_begin, group_end, segment_at);
+  switch (rounding) {
+    case Rounding::kHalfAway:
+      fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                 group_begin, group_end, Seed{}, segment_at);
+      break;
+    case Rounding::kStochastic: {
+      if (seed_ptr == nullptr) throw std::invalid_argument("fakequant: stochastic rounding needs a seed");
+      const Seed seed{static_cast<uint64_t>(seed_ptr[0]), static_cast<uint64_t>(seed_ptr[1])};
+      fake_quant_groups<T, Rounding::kStochastic, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                   group_begin, group_end, seed, segment_at);
+      break;
+    }
+    case Rounding::kHalfEven:
+      fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                 group_begin, group_end, Seed{}, segment_at);
+      break;
   }
 }
 
 template <bool kFloatZeroPoint, typename SegmentAt>
-void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
-                               int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, const int64_t* seed, int32_t quant_min,
+                               int32_t quant_max, int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
   switch (a.dtype) {
     case DType::kFloat32:
-      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
-                                                           segment_at);
+      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
+                                                           group_end, segment_at);
       break;
     case DType::kFloat16:
-      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
-                                                          segment_at);
+      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
+                                                          group_end, segment_at);
       break;
     case DType::kBFloat16:
-      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin,
+      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
                                                               group_end, segment_at);
       break;
   }
@@ -165,7 +199,7 @@ void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& a, const PerTensorQPar
             qparams_valid(*qp.scale, *qp.zero_point, qp.quant_min, qp.quant_max));
   const Segment whole{table.scale.data(), table.inv.data(), table.zero_point.data(), table.valid.data(), false,
                       a.numel};
-  fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
+  fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
                                    [&](int64_t) { return whole; });
 }
 
@@ -199,9 +233,11 @@ void fake_quant_per_channel_cpu_range(const FakeQuantArgs& a, const PerChannelQP
                    per_element ? e + (channels - c) : (run + 1) * stride};
   };
   if (float_zp) {
-    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
+    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                    segment_at);
   } else {
-    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
+    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                     segment_at);
   }
 }
 
