@@ -107,7 +107,8 @@ void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
                              .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
                              .typed<PerChannelOp>();
   fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even", std::nullopt);
+    auto out =
+        op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even", std::nullopt);
     benchmark::DoNotOptimize(out);
   });
   fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
@@ -141,7 +142,10 @@ void BM_MaskedGrad_fakequant(benchmark::State& state) {
   const auto dtype = fb::dtype_arg(state.range(1));
   Inputs in = make_inputs(n, dtype);
   std::vector<torch::Tensor> masks;
-  for (const auto& x : in.x) masks.push_back(std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt)));
+  for (const auto& x : in.x) {
+    masks.push_back(
+        std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt)));
+  }
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fakequant::fake_quant_mask_backward", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();

@@ -71,9 +71,9 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
         if (++c == channels) c = 0;
         load_channel(c);
       }
-      const QuantDequantResult r = kFloatZeroPoint
-                                       ? quant_dequant_float_zp(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode, rnd.v[j])
-                                       : quant_dequant(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode, rnd.v[j]);
+      const float xf = to_float(x.v[j]);
+      const QuantDequantResult r = kFloatZeroPoint ? quant_dequant_float_zp(xf, s, inv, z, qmin, qmax, kMode, rnd.v[j])
+                                                   : quant_dequant(xf, s, inv, z, qmin, qmax, kMode, rnd.v[j]);
       y.v[j] = from_float<T>(valid ? r.value : poison);
       const bool exists = full || base + j < numel;  // padding of the last group: bit 0
       bits |= static_cast<uint8_t>((valid && r.in_range && exists) ? 1u : 0u) << j;

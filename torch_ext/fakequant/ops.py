@@ -7,8 +7,10 @@ import torch
 #: Rounding modes accepted by the quant-dequant ops.
 ROUNDINGS = ("half_even", "half_away", "stochastic")
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
+#: Each seed word (Philox key, counter offset) is drawn uniformly from [0, SEED_HIGH): 62
+#: random bits each, a range whose width every randint implementation (eager, and
+#: torch.compile's CPU and Triton lowerings, which compute high - low in int64) represents.
+SEED_HIGH = 2**62
 
 
 def _draw_seed(input: torch.Tensor, rounding: str, generator: torch.Generator | None) -> torch.Tensor | None:
@@ -20,7 +22,7 @@ def _draw_seed(input: torch.Tensor, rounding: str, generator: torch.Generator | 
         if generator is not None:
             raise ValueError(f"generator is only used by rounding='stochastic', got rounding={rounding!r}")
         return None
-    return torch.randint(_INT64_MIN, _INT64_MAX, (2,), dtype=torch.int64, device=input.device, generator=generator)
+    return torch.randint(0, SEED_HIGH, (2,), dtype=torch.int64, device=input.device, generator=generator)
 
 
 def fake_quantize_per_tensor_with_mask(
