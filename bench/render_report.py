@@ -31,6 +31,9 @@ PAIRS = [
      "BM_FakeQuantPerChannel_aten", "`at::fake_quantize_per_channel_affine_cachemask`"),
     ("Clipped-STE backward (grad × mask)", "BM_MaskedGrad_fakequant", "BM_MaskedGrad_aten",
      "`grad * mask` with ATen's bool mask"),
+    ("Per-tensor quant-dequant, stochastic rounding (forward, output + mask, seed drawn per call)",
+     "BM_FakeQuantPerTensorStochastic_fakequant", "BM_FakeQuantPerTensorStochastic_aten",
+     "composite `floor(x / scale + rand_like(x)) + zp`, mask, clamp, dequantise (no ATen op exists)"),
 ]
 
 

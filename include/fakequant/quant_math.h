@@ -204,19 +204,28 @@ FQ_HD uint32_t mul_hi32(uint32_t a, uint32_t b) {
 #endif
 }
 
+constexpr int kPhiloxRounds = 10;
+
+// The key of round r (0-based): the Weyl sequence k + r * W, mod 2^32.
+FQ_HD uint32_t philox_round_key0(uint32_t k0, int round) { return k0 + static_cast<uint32_t>(round) * 0x9E3779B9u; }
+FQ_HD uint32_t philox_round_key1(uint32_t k1, int round) { return k1 + static_cast<uint32_t>(round) * 0xBB67AE85u; }
+
+// One Philox4x32 round with the round's key (rk0, rk1).
+FQ_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t rk0, uint32_t rk1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
+  const uint32_t hi0 = mul_hi32(kM0, c0), lo0 = kM0 * c0;
+  const uint32_t hi1 = mul_hi32(kM1, c2), lo1 = kM1 * c2;
+  const uint32_t n0 = hi1 ^ c1 ^ rk0, n2 = hi0 ^ c3 ^ rk1;
+  c0 = n0, c1 = lo1, c2 = n2, c3 = lo0;
+}
+
 // Philox4x32 with 10 rounds: counter (c0, c1, c2, c3), key (k0, k1).
 FQ_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) k0 += kW0, k1 += kW1;
-    const uint32_t hi0 = mul_hi32(kM0, c0), lo0 = kM0 * c0;
-    const uint32_t hi1 = mul_hi32(kM1, c2), lo1 = kM1 * c2;
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0, c1 = lo1, c2 = n2, c3 = lo0;
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    philox_round(c0, c1, c2, c3, philox_round_key0(k0, round), philox_round_key1(k1, round));
   }
   return {{c0, c1, c2, c3}};
 }
