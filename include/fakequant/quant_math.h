@@ -257,7 +257,8 @@ FQ_HD float floor_nonnegative(float a) {
 //   v >= 0: floor(v + u) = floor(a) + 1   iff t + u >= 1  iff t >= (2^24 - k) * 2^-24
 //   v <  0: floor(v + u) = -(floor(a) + 1) iff u < t      iff t >  k * 2^-24
 // and otherwise +-floor(a). Both thresholds are exact in fp32. Integers (t = 0) never
-// move, +-inf stays +-inf (t is NaN, every comparison false) and NaN stays NaN.
+// move, +-inf stays +-inf (t is NaN, every comparison false) and NaN stays NaN; a zero
+// result keeps v's sign, as rint's does.
 FQ_HD float round_stochastic(float v, uint32_t random) {
   const float u = static_cast<float>(random >> 8) * 5.9604644775390625e-8f;  // k * 2^-24, exact
   const bool negative = v < 0.0f;
@@ -270,7 +271,7 @@ FQ_HD float round_stochastic(float v, uint32_t random) {
   const float t = a - whole;
   const bool up = negative ? (t > u) : (t >= 1.0f - u);
   const float magnitude = whole + (up ? 1.0f : 0.0f);
-  return negative ? 0.0f - magnitude : magnitude;
+  return negative ? -magnitude : magnitude;
 }
 
 // `random` is only read by Rounding::kStochastic.
