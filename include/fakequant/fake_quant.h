@@ -111,10 +111,11 @@ FQ_HD bool qparams_valid(float scale, int32_t zero_point, int32_t quant_min, int
          zero_point <= quant_max;
 }
 
-// CPU reference. Rounding::kStochastic without a seed throws std::invalid_argument. The
-// *_range variants process the mask groups [group_begin, group_end)
+// CPU reference. The *_range variants process the mask groups [group_begin, group_end)
 // (group g covers elements [8g, 8g + 8)), so a caller can split the work across threads
-// on byte boundaries of the mask; the plain variants process everything.
+// on byte boundaries of the mask; the plain variants process everything. Stochastic
+// rounding gives the same result however the work is split (its random words follow the
+// element's offset); without a seed it throws std::invalid_argument.
 void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& args, const PerTensorQParams& qp,
                                      int64_t group_begin, int64_t group_end);
 void fake_quant_per_tensor_cpu(const FakeQuantArgs& args, const PerTensorQParams& qp);

@@ -245,20 +245,27 @@ def test_cuda_equals_cpu_bit_for_bit(dtype, layout):
 # --- only the two neighbouring levels ---------------------------------------------------
 
 
+def neighbour_levels(x, scale, zp, quant_min, quant_max):
+    """The dequantised floor and ceil levels of x / scale (per-tensor, integer zero point),
+    clamped, in x's dtype, on the CPU; and whether the two differ."""
+    v = (x.float().cpu() * torch.reciprocal(scale.cpu())).double()
+    z = float(zp.item())
+    lo = (torch.floor(v) + z).clamp(quant_min, quant_max)
+    hi = (torch.ceil(v) + z).clamp(quant_min, quant_max)
+    s = scale.cpu().double()
+    return ((lo - z) * s).float().to(x.dtype), ((hi - z) * s).float().to(x.dtype), lo != hi
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_values_are_the_floor_or_the_ceil_level(device, dtype):
     x = (torch.randn(20000, device=device) * 2.0).to(dtype)
     scale, zp = per_tensor_qparams(device, scale=0.0371, zp=7)
     y = fakequant.fake_quantize_per_tensor(x, scale, zp, -128, 127, rounding="stochastic")
-    v = (x.float().cpu() * torch.reciprocal(scale.cpu())).double()
-    lo = (torch.floor(v) + 7).clamp(-128, 127)
-    hi = (torch.ceil(v) + 7).clamp(-128, 127)
-    y_hi = ((hi - 7) * scale.cpu().double()).float().to(dtype)
-    y_lo = ((lo - 7) * scale.cpu().double()).float().to(dtype)
+    y_lo, y_hi, differ = neighbour_levels(x, scale, zp, -128, 127)
     yc = y.cpu()
     assert ((yc == y_lo) | (yc == y_hi)).all()
-    assert (yc == y_lo)[lo != hi].any() and (yc == y_hi)[lo != hi].any()  # both levels occur
+    assert (yc == y_lo)[differ].any() and (yc == y_hi)[differ].any()  # both levels occur
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -632,10 +639,9 @@ def test_cuda_graph_capture_fresh_draw_per_replay():
     g.replay()
     torch.cuda.synchronize()
     assert not torch.equal(first, out)  # the captured randint draws a new seed per replay
-    v = (static_x.double() / 0.05).cpu()
+    y_lo, y_hi, _ = neighbour_levels(static_x, scale, zp, -128, 127)
     for y in (first, out):
-        q = (y.double() / 0.05).cpu()
-        assert ((q == torch.floor(v)) | (q == torch.ceil(v)) | (q.abs() >= 127)).all()
+        assert ((y.cpu() == y_lo) | (y.cpu() == y_hi)).all()
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
