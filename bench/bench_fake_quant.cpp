@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
+#include <optional>
 #include <tuple>
 
 #include "bench_common.h"
@@ -42,7 +43,8 @@ Inputs make_inputs(int64_t n, torch::ScalarType dtype) {
 }
 
 using FakeQuantOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                       int64_t, int64_t, c10::string_view);
+                                                       int64_t, int64_t, c10::string_view,
+                                                       const std::optional<at::Tensor>&);
 
 const c10::TypedOperatorHandle<FakeQuantOp>& fakequant_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -57,7 +59,7 @@ void BM_FakeQuantPerTensor_fakequant(benchmark::State& state) {
   Inputs in = make_inputs(n, dtype);
   const auto& op = fakequant_op();
   fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even");
+    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt);
     benchmark::DoNotOptimize(out);
   });
   fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
@@ -94,7 +96,8 @@ ChannelInputs make_channel_inputs(int64_t n, torch::ScalarType dtype) {
 }
 
 using PerChannelOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                        int64_t, int64_t, int64_t, c10::string_view);
+                                                        int64_t, int64_t, int64_t, c10::string_view,
+                                                        const std::optional<at::Tensor>&);
 
 void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
@@ -104,7 +107,8 @@ void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
                              .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
                              .typed<PerChannelOp>();
   fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even");
+    auto out =
+        op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even", std::nullopt);
     benchmark::DoNotOptimize(out);
   });
   fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
@@ -138,7 +142,10 @@ void BM_MaskedGrad_fakequant(benchmark::State& state) {
   const auto dtype = fb::dtype_arg(state.range(1));
   Inputs in = make_inputs(n, dtype);
   std::vector<torch::Tensor> masks;
-  for (const auto& x : in.x) masks.push_back(std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even")));
+  for (const auto& x : in.x) {
+    masks.push_back(
+        std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt)));
+  }
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fakequant::fake_quant_mask_backward", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();

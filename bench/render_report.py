@@ -39,6 +39,9 @@ PAIRS = [
     ("Paddle moving_average_abs_max + quant-dequant", "BM_MovingAverageAbsMax_fakequant",
      "BM_MovingAverageAbsMax_aten", "abs-max, state update as tensor ops, tensor-qparam fake quant"),
     ("Per-tensor min/max", "BM_MinMax_fakequant", "BM_MinMax_aten", "`at::aminmax`"),
+    ("Per-tensor quant-dequant, stochastic rounding (forward, output + mask, seed drawn per call)",
+     "BM_FakeQuantPerTensorStochastic_fakequant", "BM_FakeQuantPerTensorStochastic_aten",
+     "composite `floor(x / scale + rand_like(x)) + zp`, mask, clamp, dequantise (no ATen op exists)"),
 ]
 
 

@@ -29,10 +29,17 @@ std::string check_quant_range(int64_t quant_min, int64_t quant_max);
 std::string check_scale_value(float scale);
 std::string check_zero_point_value(int64_t zero_point, int64_t quant_min, int64_t quant_max);
 
-// "half_even" | "half_away". Returns false (and leaves `out` alone) for anything else.
+// "half_even" | "half_away" | "stochastic". Returns false (and leaves `out` alone) for
+// anything else.
 bool parse_rounding(const std::string& name, Rounding* out);
 const char* rounding_name(Rounding rounding);
-constexpr const char* kAcceptedRoundings = "'half_even', 'half_away'";
+constexpr const char* kAcceptedRoundings = "'half_even', 'half_away', 'stochastic'";
+
+// The seed of stochastic rounding: two int64 values in the data's memory space, read by
+// the kernel (never by the host on the GPU): seed[0] is the Philox key, seed[1] the high
+// 64 bits of the Philox counter (docs/numerics.md, "Stochastic rounding"). Required when
+// rounding is Rounding::kStochastic, ignored otherwise.
+constexpr int64_t kSeedWords = 2;
 
 // The training mask: one bit per element, bit (i % 8) of byte (i / 8), in memory order.
 constexpr int64_t kMaskGroup = 8;
@@ -47,6 +54,7 @@ struct PerTensorQParams {
   int32_t quant_min = -128;
   int32_t quant_max = 127;
   Rounding rounding = Rounding::kHalfEven;
+  const int64_t* seed = nullptr;  // [kSeedWords], Rounding::kStochastic only
   // Optional switch (one int64, same memory space): when it points to 0, the op passes the
   // input through unchanged with every mask bit set (torch.ao's disabled fake quant).
   const int64_t* enabled = nullptr;
@@ -69,6 +77,7 @@ struct PerChannelQParams {
   int32_t quant_min = -128;
   int32_t quant_max = 127;
   Rounding rounding = Rounding::kHalfEven;
+  const int64_t* seed = nullptr;     // [kSeedWords], Rounding::kStochastic only
   const int64_t* enabled = nullptr;  // as in PerTensorQParams
 };
 
@@ -108,7 +117,9 @@ FQ_HD bool qparams_valid(float scale, int32_t zero_point, int32_t quant_min, int
 
 // CPU reference. The *_range variants process the mask groups [group_begin, group_end)
 // (group g covers elements [8g, 8g + 8)), so a caller can split the work across threads
-// on byte boundaries of the mask; the plain variants process everything.
+// on byte boundaries of the mask; the plain variants process everything. Stochastic
+// rounding gives the same result however the work is split (its random words follow the
+// element's offset); without a seed it throws std::invalid_argument.
 void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& args, const PerTensorQParams& qp,
                                      int64_t group_begin, int64_t group_end);
 void fake_quant_per_tensor_cpu(const FakeQuantArgs& args, const PerTensorQParams& qp);

@@ -60,11 +60,23 @@ bool parse_rounding(const std::string& name, Rounding* out) {
     *out = Rounding::kHalfAway;
     return true;
   }
+  if (name == "stochastic") {
+    *out = Rounding::kStochastic;
+    return true;
+  }
   return false;
 }
 
 const char* rounding_name(Rounding rounding) {
-  return rounding == Rounding::kHalfAway ? "half_away" : "half_even";
+  switch (rounding) {
+    case Rounding::kHalfAway:
+      return "half_away";
+    case Rounding::kStochastic:
+      return "stochastic";
+    case Rounding::kHalfEven:
+      break;
+  }
+  return "half_even";
 }
 
 }  // namespace fakequant

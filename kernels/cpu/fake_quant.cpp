@@ -5,9 +5,12 @@
 // disjoint group ranges on different threads without sharing a mask byte. Inside a range,
 // elements are processed in blocks: a branch-free elementwise loop that the compiler
 // vectorises (values out, one in-range byte per element to a stack buffer), then a
-// packing loop that turns 8 such bytes into one mask byte with a multiply.
+// packing loop that turns 8 such bytes into one mask byte with a multiply. Stochastic
+// rounding first fills a block-sized buffer with the Philox words of the block's elements
+// (one Philox call per 4 elements), which the elementwise loop then reads like an input.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "fakequant/fake_quant.h"
@@ -48,16 +51,55 @@ struct Segment {
   int64_t end;       // first element (memory offset) the segment does not cover
 };
 
+// The seed of stochastic rounding, as the Philox key and counter offset.
+struct Seed {
+  uint64_t key = 0;
+  uint64_t offset = 0;
+};
+
+// The Philox words of quads [first_quad, first_quad + quads) (element e takes word e % 4 of
+// quad e / 4) into words[4 * (quad - first_quad) + j]: stochastic_words, evaluated round by
+// round across the block (structure of arrays) so that the compiler vectorises the rounds.
+// On x86-64 an AVX2 clone (8 lanes of 32 x 32 -> 64-bit products instead of SSE2's 2-4) is
+// picked at load time where the CPU has it; integer arithmetic, so every clone gives the same
+// words.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define FQ_PHILOX_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FQ_PHILOX_CLONES
+#endif
+constexpr int64_t kBlockQuads = kBlock / 4;
+FQ_PHILOX_CLONES void philox_block(uint32_t* __restrict__ words, int64_t first_quad, int64_t quads, const Seed& seed) {
+  alignas(64) uint32_t c0[kBlockQuads], c1[kBlockQuads], c2[kBlockQuads], c3[kBlockQuads];
+  const uint32_t k0 = static_cast<uint32_t>(seed.key), k1 = static_cast<uint32_t>(seed.key >> 32);
+  const uint32_t o0 = static_cast<uint32_t>(seed.offset), o1 = static_cast<uint32_t>(seed.offset >> 32);
+  for (int64_t q = 0; q < kBlockQuads; ++q) {
+    const uint64_t quad = static_cast<uint64_t>(first_quad + q);
+    c0[q] = static_cast<uint32_t>(quad), c1[q] = static_cast<uint32_t>(quad >> 32), c2[q] = o0, c3[q] = o1;
+  }
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    const uint32_t rk0 = philox_round_key0(k0, round), rk1 = philox_round_key1(k1, round);
+    for (int64_t q = 0; q < kBlockQuads; ++q) philox_round(c0[q], c1[q], c2[q], c3[q], rk0, rk1);
+  }
+  for (int64_t q = 0; q < quads; ++q) {
+    words[4 * q] = c0[q], words[4 * q + 1] = c1[q], words[4 * q + 2] = c2[q], words[4 * q + 3] = c3[q];
+  }
+}
+
+// `random[k]` is element k's Philox word (read by Rounding::kStochastic only).
 template <typename T, Rounding kMode, bool kFloatZeroPoint, bool kPerElement>
 inline void fake_quant_segment(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ flags,
-                               int64_t count, const Segment& seg, float qmin, float qmax) {
+                               const uint32_t* __restrict__ random, int64_t count, const Segment& seg, float qmin,
+                               float qmax) {
   const float poison = bits_float(0x7FC00000u);
   for (int64_t k = 0; k < count; ++k) {
     const int64_t t = kPerElement ? k : 0;
     const float s = seg.scale[t], inv = seg.inv[t], zp = seg.zero_point[t];
     const uint8_t keep = seg.valid[t];
-    const QuantDequantResult r = kFloatZeroPoint ? quant_dequant_float_zp(to_float(x[k]), s, inv, zp, qmin, qmax, kMode)
-                                                 : quant_dequant(to_float(x[k]), s, inv, zp, qmin, qmax, kMode);
+    const uint32_t bits = kMode == Rounding::kStochastic ? random[k] : 0u;
+    const QuantDequantResult r = kFloatZeroPoint
+                                     ? quant_dequant_float_zp(to_float(x[k]), s, inv, zp, qmin, qmax, kMode, bits)
+                                     : quant_dequant(to_float(x[k]), s, inv, zp, qmin, qmax, kMode, bits);
     y[k] = from_float<T>(keep ? r.value : poison);
     flags[k] = static_cast<uint8_t>(r.in_range) & keep;
   }
@@ -66,24 +108,27 @@ inline void fake_quant_segment(const T* __restrict__ x, T* __restrict__ y, uint8
 template <typename T, Rounding kMode, bool kFloatZeroPoint, typename SegmentAt>
 void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
                        int64_t numel, int32_t quant_min, int32_t quant_max, int64_t group_begin,
-                       int64_t group_end, SegmentAt segment_at) {
+                       int64_t group_end, Seed seed, SegmentAt segment_at) {
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
 
   alignas(64) uint8_t flags[kBlock];
+  alignas(64) uint32_t random[kBlock];  // one Philox word per element
+  static_assert(kBlock % 4 == 0, "blocks start on a Philox quad");
   for (int64_t g0 = group_begin; g0 < group_end; g0 += kBlockGroups) {
     const int64_t g1 = std::min(g0 + kBlockGroups, group_end);
     const int64_t begin = g0 * kMaskGroup;
     const int64_t len = std::min(g1 * kMaskGroup, numel) - begin;
+    if constexpr (kMode == Rounding::kStochastic) philox_block(random, begin / 4, (len + 3) / 4, seed);
     for (int64_t i = 0; i < len;) {
       const Segment seg = segment_at(begin + i);
       const int64_t stop = std::min(len, seg.end - begin);
       if (seg.per_element) {
-        fake_quant_segment<T, kMode, kFloatZeroPoint, true>(in + begin + i, out + begin + i, flags + i, stop - i, seg,
-                                                            qmin, qmax);
+        fake_quant_segment<T, kMode, kFloatZeroPoint, true>(in + begin + i, out + begin + i, flags + i, random + i,
+                                                            stop - i, seg, qmin, qmax);
       } else {
-        fake_quant_segment<T, kMode, kFloatZeroPoint, false>(in + begin + i, out + begin + i, flags + i, stop - i,
-                                                             seg, qmin, qmax);
+        fake_quant_segment<T, kMode, kFloatZeroPoint, false>(in + begin + i, out + begin + i, flags + i, random + i,
+                                                             stop - i, seg, qmin, qmax);
       }
       i = stop;
     }
@@ -95,33 +140,44 @@ void fake_quant_groups(const T* __restrict__ in, T* __restrict__ out, uint8_t* _
 }
 
 template <typename T, bool kFloatZeroPoint, typename SegmentAt>
-void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
-                                  int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, const int64_t* seed_ptr,
+                                  int32_t quant_min, int32_t quant_max, int64_t group_begin, int64_t group_end,
+                                  SegmentAt segment_at) {
   const T* in = static_cast<const T*>(a.input);
   T* out = static_cast<T*>(a.output);
-  if (rounding == Rounding::kHalfAway) {
-    fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                               group_begin, group_end, segment_at);
-  } else {
-    fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                               group_begin, group_end, segment_at);
+  switch (rounding) {
+    case Rounding::kHalfAway:
+      fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                 group_begin, group_end, Seed{}, segment_at);
+      break;
+    case Rounding::kStochastic: {
+      if (seed_ptr == nullptr) throw std::invalid_argument("fakequant: stochastic rounding needs a seed");
+      const Seed seed{static_cast<uint64_t>(seed_ptr[0]), static_cast<uint64_t>(seed_ptr[1])};
+      fake_quant_groups<T, Rounding::kStochastic, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                   group_begin, group_end, seed, segment_at);
+      break;
+    }
+    case Rounding::kHalfEven:
+      fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
+                                                                 group_begin, group_end, Seed{}, segment_at);
+      break;
   }
 }
 
 template <bool kFloatZeroPoint, typename SegmentAt>
-void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, int32_t quant_min, int32_t quant_max,
-                               int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
+void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, const int64_t* seed, int32_t quant_min,
+                               int32_t quant_max, int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
   switch (a.dtype) {
     case DType::kFloat32:
-      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
-                                                           segment_at);
+      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
+                                                           group_end, segment_at);
       break;
     case DType::kFloat16:
-      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin, group_end,
-                                                          segment_at);
+      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
+                                                          group_end, segment_at);
       break;
     case DType::kBFloat16:
-      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, quant_min, quant_max, group_begin,
+      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
                                                               group_end, segment_at);
       break;
   }
@@ -182,7 +238,7 @@ void fake_quant_per_tensor_cpu_range(const FakeQuantArgs& a, const PerTensorQPar
             qparams_valid(*qp.scale, *qp.zero_point, qp.quant_min, qp.quant_max));
   const Segment whole{table.scale.data(), table.inv.data(), table.zero_point.data(), table.valid.data(), false,
                       a.numel};
-  fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end,
+  fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
                                    [&](int64_t) { return whole; });
 }
 
@@ -217,9 +273,11 @@ void fake_quant_per_channel_cpu_range(const FakeQuantArgs& a, const PerChannelQP
                    per_element ? e + (channels - c) : (run + 1) * stride};
   };
   if (float_zp) {
-    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
+    fake_quant_dtype_dispatch<true>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                    segment_at);
   } else {
-    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.quant_min, qp.quant_max, group_begin, group_end, segment_at);
+    fake_quant_dtype_dispatch<false>(a, qp.rounding, qp.seed, qp.quant_min, qp.quant_max, group_begin, group_end,
+                                     segment_at);
   }
 }
 

@@ -2,6 +2,7 @@
 // 8-element mask group, 16-byte accesses when aligned); the channel of each element follows
 // from its memory offset, (offset / channel_stride) % channels, computed once per group and
 // stepped per element (qparams reloaded only when it changes), so any axis and any dense layout (channels_last included) works.
+// Stochastic rounding takes the same Philox words as the per-tensor kernel (by memory offset).
 #include <cstdint>
 
 #include "fakequant/cuda/launch.h"
@@ -18,11 +19,17 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
                                               const float* __restrict__ scales,
                                               const void* __restrict__ zero_points, int64_t channels,
                                               int64_t channel_stride, int32_t quant_min, int32_t quant_max,
+                                              const int64_t* __restrict__ seed,
                                               const int64_t* __restrict__ enabled) {
   if (switched_off(enabled)) return pass_through_groups<T, kVector>(in, out, mask, numel);
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
+  uint64_t key = 0, offset = 0;
+  if constexpr (kMode == Rounding::kStochastic) {
+    key = static_cast<uint64_t>(seed[0]);
+    offset = static_cast<uint64_t>(seed[1]);
+  }
   const int64_t full_groups = numel / kMaskGroup;
   const int64_t groups = mask_bytes(numel);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -55,6 +62,8 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
       }
     };
     load_channel(c);
+    GroupRandom rnd{};
+    if constexpr (kMode == Rounding::kStochastic) rnd = group_random(g, key, offset);
     Group<T> y;
     uint8_t bits = 0;
 #pragma unroll
@@ -64,9 +73,9 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
         if (++c == channels) c = 0;
         load_channel(c);
       }
-      const QuantDequantResult r = kFloatZeroPoint
-                                       ? quant_dequant_float_zp(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode)
-                                       : quant_dequant(to_float(x.v[j]), s, inv, z, qmin, qmax, kMode);
+      const float xf = to_float(x.v[j]);
+      const QuantDequantResult r = kFloatZeroPoint ? quant_dequant_float_zp(xf, s, inv, z, qmin, qmax, kMode, rnd.v[j])
+                                                   : quant_dequant(xf, s, inv, z, qmin, qmax, kMode, rnd.v[j]);
       y.v[j] = from_float<T>(valid ? r.value : poison);
       const bool exists = full || base + j < numel;  // padding of the last group: bit 0
       bits |= static_cast<uint8_t>((valid && r.in_range && exists) ? 1u : 0u) << j;
@@ -91,7 +100,7 @@ void launch_typed(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStrea
   auto go = [&](auto kernel) {
     kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale, qp.zero_point,
                                                        qp.channels, qp.channel_stride, qp.quant_min, qp.quant_max,
-                                                       qp.enabled);
+                                                       qp.seed, qp.enabled);
   };
   if (is_aligned16(in) && is_aligned16(out)) {
     go(fake_quant_per_channel_kernel<T, kMode, kFloatZeroPoint, true>);
@@ -103,12 +112,19 @@ void launch_typed(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStrea
 template <typename T>
 void launch_dispatch(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStream_t stream) {
   const bool float_zp = qp.zero_point_type == ZeroPointType::kFloat32;
-  if (qp.rounding == Rounding::kHalfAway) {
-    float_zp ? launch_typed<T, Rounding::kHalfAway, true>(a, qp, stream)
-             : launch_typed<T, Rounding::kHalfAway, false>(a, qp, stream);
-  } else {
-    float_zp ? launch_typed<T, Rounding::kHalfEven, true>(a, qp, stream)
-             : launch_typed<T, Rounding::kHalfEven, false>(a, qp, stream);
+  switch (qp.rounding) {
+    case Rounding::kHalfAway:
+      float_zp ? launch_typed<T, Rounding::kHalfAway, true>(a, qp, stream)
+               : launch_typed<T, Rounding::kHalfAway, false>(a, qp, stream);
+      break;
+    case Rounding::kStochastic:
+      float_zp ? launch_typed<T, Rounding::kStochastic, true>(a, qp, stream)
+               : launch_typed<T, Rounding::kStochastic, false>(a, qp, stream);
+      break;
+    case Rounding::kHalfEven:
+      float_zp ? launch_typed<T, Rounding::kHalfEven, true>(a, qp, stream)
+               : launch_typed<T, Rounding::kHalfEven, false>(a, qp, stream);
+      break;
   }
 }
 
@@ -118,6 +134,7 @@ cudaError_t launch_fake_quant_per_channel(const FakeQuantArgs& a, const PerChann
                                           cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
   if (qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       launch_dispatch<float>(a, qp, stream);

@@ -5,7 +5,9 @@
 // contiguous bytes and writes 32 contiguous mask bytes. The 16-byte path is taken when
 // input and output are 16-byte aligned (checked at launch); otherwise a scalar path with
 // the same math runs. The last, partial group is handled with bounds checks. Indices are
-// 64-bit and the grid strides, so any numel works.
+// 64-bit and the grid strides, so any numel works. Stochastic rounding (a separate
+// instantiation; the deterministic modes do no Philox work) reads the seed on the device
+// and makes two Philox calls per group.
 #include <cstdint>
 
 #include "fakequant/cuda/launch.h"
@@ -22,6 +24,7 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
                                              const float* __restrict__ scale_ptr,
                                              const int32_t* __restrict__ zero_point_ptr,
                                              int32_t quant_min, int32_t quant_max,
+                                             const int64_t* __restrict__ seed,
                                              const int64_t* __restrict__ enabled) {
   if (switched_off(enabled)) return pass_through_groups<T, kVector>(in, out, mask, numel);
   const float scale = *scale_ptr;
@@ -32,6 +35,11 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
+  uint64_t key = 0, offset = 0;
+  if constexpr (kMode == Rounding::kStochastic) {
+    key = static_cast<uint64_t>(seed[0]);
+    offset = static_cast<uint64_t>(seed[1]);
+  }
 
   const int64_t full_groups = numel / kMaskGroup;
   const int64_t groups = mask_bytes(numel);
@@ -40,19 +48,24 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
        g += stride) {
     const int64_t base = g * kMaskGroup;
     uint8_t bits = 0;
+    GroupRandom rnd{};
+    if constexpr (kMode == Rounding::kStochastic) rnd = group_random(g, key, offset);
     if (g < full_groups) {
       const Group<T> x = load_group<T, kVector>(in + base);
       Group<T> y;
 #pragma unroll
       for (int j = 0; j < kMaskGroup; ++j) {
-        const QuantDequantResult r = quant_dequant(to_float(x.v[j]), scale, inv, zpf, qmin, qmax, kMode);
+        const QuantDequantResult r = quant_dequant(to_float(x.v[j]), scale, inv, zpf, qmin, qmax, kMode, rnd.v[j]);
         y.v[j] = from_float<T>(valid ? r.value : poison);
         bits |= static_cast<uint8_t>((valid && r.in_range) ? 1u : 0u) << j;
       }
       store_group<T, kVector>(out + base, y);
     } else {
-      for (int j = 0; base + j < numel; ++j) {
-        const QuantDequantResult r = quant_dequant(to_float(in[base + j]), scale, inv, zpf, qmin, qmax, kMode);
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (base + j >= numel) break;
+        const QuantDequantResult r =
+            quant_dequant(to_float(in[base + j]), scale, inv, zpf, qmin, qmax, kMode, rnd.v[j]);
         out[base + j] = from_float<T>(valid ? r.value : poison);
         bits |= static_cast<uint8_t>((valid && r.in_range) ? 1u : 0u) << j;
       }
@@ -91,14 +104,21 @@ cudaError_t launch_fq(const FakeQuantArgs& a, const PerTensorQParams& qp, cudaSt
   const LaunchShape shape = grid_for(mask_bytes(a.numel));
   auto go = [&](auto kernel) {
     kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale,
-                                                       qp.zero_point, qp.quant_min, qp.quant_max, qp.enabled);
+                                                       qp.zero_point, qp.quant_min, qp.quant_max, qp.seed, qp.enabled);
   };
-  if (qp.rounding == Rounding::kHalfAway) {
-    vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, true>)
-        : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, false>);
-  } else {
-    vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, true>)
-        : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, false>);
+  switch (qp.rounding) {
+    case Rounding::kHalfAway:
+      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, true>)
+          : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, false>);
+      break;
+    case Rounding::kStochastic:
+      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kStochastic, true>)
+          : go(fake_quant_per_tensor_kernel<T, Rounding::kStochastic, false>);
+      break;
+    case Rounding::kHalfEven:
+      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, true>)
+          : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, false>);
+      break;
   }
   return cudaGetLastError();
 }
@@ -121,6 +141,7 @@ cudaError_t launch_mg(const MaskedGradArgs& a, cudaStream_t stream) {
 cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& a, const PerTensorQParams& qp,
                                          cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
+  if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       return launch_fq<float>(a, qp, stream);

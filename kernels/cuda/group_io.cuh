@@ -71,5 +71,22 @@ __device__ void pass_through_groups(const T* __restrict__ in, T* __restrict__ ou
 
 __device__ __forceinline__ bool switched_off(const int64_t* enabled) { return enabled != nullptr && *enabled == 0; }
 
+// The Philox words of the 8 elements of group g (stochastic rounding): quads 2g and 2g + 1
+// (docs/numerics.md), two Philox calls.
+struct GroupRandom {
+  uint32_t v[kMaskGroup];
+};
+static_assert(kMaskGroup == 8, "a group is two Philox quads");
+
+__device__ __forceinline__ GroupRandom group_random(int64_t g, uint64_t key, uint64_t offset) {
+  GroupRandom r;
+  const uint64_t quad = 2 * static_cast<uint64_t>(g);
+  const Philox4x32 lo = stochastic_words(quad, key, offset);
+  const Philox4x32 hi = stochastic_words(quad + 1, key, offset);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) r.v[j] = lo.v[j], r.v[4 + j] = hi.v[j];
+  return r;
+}
+
 }  // namespace cuda
 }  // namespace fakequant

@@ -175,7 +175,11 @@ TEST(Validation, ScaleAndZeroPoint) {
   fq::Rounding r{};
   EXPECT_TRUE(fq::parse_rounding("half_away", &r));
   EXPECT_EQ(r, fq::Rounding::kHalfAway);
-  EXPECT_FALSE(fq::parse_rounding("stochastic", &r));
+  EXPECT_TRUE(fq::parse_rounding("stochastic", &r));
+  EXPECT_EQ(r, fq::Rounding::kStochastic);
+  EXPECT_STREQ(fq::rounding_name(r), "stochastic");
+  EXPECT_FALSE(fq::parse_rounding("nearest", &r));
+  EXPECT_EQ(r, fq::Rounding::kStochastic);  // left alone
 }
 
 }  // namespace

@@ -247,7 +247,7 @@ BAD_INPUTS_ANY_DEVICE = [
     (dict(quant_min=5, quant_max=4), r"quant_min \(5\) must be <= quant_max \(4\)"),
     (dict(quant_min=-32768, quant_max=32768), r"at most 65536 \(16 bits\)"),
     (dict(quant_min=0, quant_max=100000), r"quant_min and quant_max must lie in"),
-    (dict(rounding="stochastic"), r"rounding must be one of 'half_even', 'half_away', got 'stochastic'"),
+    (dict(rounding="nearest"), r"rounding must be one of 'half_even', 'half_away', 'stochastic', got 'nearest'"),
     (dict(input=torch.randint(0, 5, (10,))), r"input must be float32, float16 or bfloat16"),
     (dict(input=torch.randn(10, dtype=torch.float64)), r"input must be float32, float16 or bfloat16"),
 ]

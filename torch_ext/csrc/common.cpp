@@ -57,17 +57,39 @@ Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t qua
   return mode;
 }
 
+at::Tensor check_seed(const char* op, const at::Tensor& input, Rounding mode, const std::optional<at::Tensor>& seed) {
+  if (mode != Rounding::kStochastic) {
+    TORCH_CHECK(!seed.has_value(), op, ": seed is only used by rounding='stochastic'; pass seed=None with rounding='",
+                rounding_name(mode), "'");
+    return {};
+  }
+  TORCH_CHECK(seed.has_value(), op, ": rounding='stochastic' needs a seed: an int64 tensor of ", kSeedWords,
+              " elements (Philox key, counter offset) on input's device (the Python API draws it from the torch "
+              "generator)");
+  const at::Tensor& s = *seed;
+  TORCH_CHECK(s.scalar_type() == at::kLong, op, ": seed must be an int64 tensor of ", kSeedWords,
+              " elements (Philox key, counter offset), got ", s.scalar_type());
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == kSeedWords, op, ": seed must be a 1-D tensor of ", kSeedWords,
+              " elements (Philox key, counter offset), got shape ", s.sizes());
+  TORCH_CHECK(s.device() == input.device(), op, ": seed must be on the same device as input (", input.device(),
+              "), got ", s.device());
+  return s.contiguous();
+}
+
 PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
                                             const at::Tensor& zero_point, int64_t quant_min,
-                                            int64_t quant_max, c10::string_view rounding) {
+                                            int64_t quant_max, c10::string_view rounding,
+                                            const std::optional<at::Tensor>& seed) {
   constexpr const char* op = "fakequant.fake_quant_per_tensor";
   PerTensorCall call;
   const DType dtype = to_dtype(input, op, "input");
   check_qparam_tensor(scale, input, op, "scale", at::kFloat);
   check_qparam_tensor(zero_point, input, op, "zero_point", at::kInt);
   const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
+  call.seed = check_seed(op, input, mode, seed);
 
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
+  call.qparams.seed = call.seed.defined() ? call.seed.const_data_ptr<int64_t>() : nullptr;
   call.qparams.scale = scale.const_data_ptr<float>();
   call.qparams.zero_point = zero_point.const_data_ptr<int32_t>();
   call.qparams.quant_min = static_cast<int32_t>(quant_min);
@@ -96,7 +118,8 @@ int64_t normalize_axis(const char* op, const at::Tensor& input, int64_t axis) {
 
 PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
                                               const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
-                                              int64_t quant_max, c10::string_view rounding) {
+                                              int64_t quant_max, c10::string_view rounding,
+                                              const std::optional<at::Tensor>& seed) {
   constexpr const char* op = "fakequant.fake_quant_per_channel";
   PerChannelCall call;
   const DType dtype = to_dtype(input, op, "input");
@@ -113,8 +136,10 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
                 input.device(), "), got ", t.device());
   }
   const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
+  call.seed = check_seed(op, input, mode, seed);
 
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
+  call.qparams.seed = call.seed.defined() ? call.seed.const_data_ptr<int64_t>() : nullptr;
   // In a dense tensor the channel of memory offset i is (i / stride(axis)) % C; with one
   // channel any positive stride will do (a size-1 dimension's stride is arbitrary).
   call.qparams.channel_stride = channels > 1 ? call.input.stride(ax) : 1;

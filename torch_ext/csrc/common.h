@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
+
 #include "fakequant/fake_quant.h"
 
 namespace fakequant {
@@ -31,16 +33,23 @@ Rounding check_range_and_rounding(const char* op, int64_t quant_min, int64_t qua
 
 // axis in [-dim, dim) of a tensor with at least one dimension -> [0, dim).
 int64_t normalize_axis(const char* op, const at::Tensor& input, int64_t axis);
+// The seed rules of stochastic rounding: with rounding 'stochastic', `seed` must be given,
+// int64, 1-D of kSeedWords elements, on input's device; with any other rounding it must be
+// absent (nothing is silently ignored). Returns the seed made contiguous, or an undefined
+// tensor when there is none.
+at::Tensor check_seed(const char* op, const at::Tensor& input, Rounding mode, const std::optional<at::Tensor>& seed);
 
 struct PerTensorCall : FakeQuantBuffers {
+  at::Tensor seed;  // contiguous int64 [2] (stochastic rounding) or undefined
   PerTensorQParams qparams;
 };
 
 // Checks everything that can be checked without reading tensor values (dtypes, shapes,
-// devices, the quant range, the rounding name) and allocates the outputs.
+// devices, the quant range, the rounding name, the seed) and allocates the outputs.
 PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
                                             const at::Tensor& zero_point, int64_t quant_min,
-                                            int64_t quant_max, c10::string_view rounding);
+                                            int64_t quant_max, c10::string_view rounding,
+                                            const std::optional<at::Tensor>& seed = std::nullopt);
 
 // Value checks of scale / zero_point; only done where the values are on the host.
 void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
@@ -48,6 +57,7 @@ void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& z
 
 struct PerChannelCall : FakeQuantBuffers {
   at::Tensor scale, zero_point;  // contiguous (kept alive for the kernel)
+  at::Tensor seed;               // contiguous int64 [2] (stochastic rounding) or undefined
   PerChannelQParams qparams;
 };
 
@@ -55,7 +65,8 @@ struct PerChannelCall : FakeQuantBuffers {
 // with C = input.size(axis); axis in [-dim, dim).
 PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
                                               const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
-                                              int64_t quant_max, c10::string_view rounding);
+                                              int64_t quant_max, c10::string_view rounding,
+                                              const std::optional<at::Tensor>& seed = std::nullopt);
 
 void check_per_channel_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
                                      int64_t quant_min, int64_t quant_max);

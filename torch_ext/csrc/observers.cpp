@@ -25,6 +25,16 @@ void check_state_tensor(const char* op, const char* arg, const at::Tensor& t, co
   TORCH_CHECK(t.is_contiguous(), op, ": ", arg, " must be contiguous (it is updated in place)");
 }
 
+// The observers take the deterministic roundings only (stochastic rounding needs a seed tensor,
+// which the quant-dequant ops take).
+Rounding deterministic_rounding(const char* op, int64_t quant_min, int64_t quant_max, c10::string_view rounding) {
+  const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
+  TORCH_CHECK(mode != Rounding::kStochastic, op,
+              ": rounding must be 'half_even' or 'half_away' (stochastic rounding is offered by "
+              "fake_quant_per_tensor / fake_quant_per_channel), got 'stochastic'");
+  return mode;
+}
+
 void check_bits(const char* op, int64_t bits) {
   TORCH_CHECK(bits >= 2 && bits <= 16, op, ": bits must lie in [2, 16], got ", bits);
 }
@@ -65,7 +75,7 @@ MovingAverageAbsMaxCall prepare_moving_average_abs_max(const at::Tensor& input, 
   check_bits(op, bits);
   call.bits = static_cast<int32_t>(bits);
   const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
-  call.rounding = check_range_and_rounding(op, -bin_cnt, bin_cnt, rounding);
+  call.rounding = deterministic_rounding(op, -bin_cnt, bin_cnt, rounding);
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   call.state.scale = scale.mutable_data_ptr<float>();
   call.state.state = state.mutable_data_ptr<float>();
@@ -87,7 +97,7 @@ RangeAbsMaxCall prepare_range_abs_max(const at::Tensor& input, const at::Tensor&
   check_bits(op, bits);
   call.bits = static_cast<int32_t>(bits);
   const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
-  call.rounding = check_range_and_rounding(op, -bin_cnt, bin_cnt, rounding);
+  call.rounding = deterministic_rounding(op, -bin_cnt, bin_cnt, rounding);
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   call.state.scale = scale.mutable_data_ptr<float>();
   call.state.window = window.mutable_data_ptr<float>();
@@ -122,7 +132,7 @@ MovingAverageMinMaxCall prepare_moving_average_min_max(const at::Tensor& input, 
   check_state_tensor(op, "zero_point", zero_point, input, at::kInt, channels, rule);
   TORCH_CHECK(std::isfinite(averaging_const) && averaging_const >= 0.0 && averaging_const <= 1.0, op,
               ": averaging_const must lie in [0, 1], got ", averaging_const);
-  call.rounding = check_range_and_rounding(op, quant_min, quant_max, rounding);
+  call.rounding = deterministic_rounding(op, quant_min, quant_max, rounding);
   // reduce_range halves the range as ATen's ChooseQuantizationParams does (C++ division).
   const int64_t qmin = reduce_range ? quant_min / 2 : quant_min;
   const int64_t qmax = reduce_range ? quant_max / 2 : quant_max;

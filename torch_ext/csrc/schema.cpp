@@ -7,17 +7,19 @@ TORCH_LIBRARY(fakequant, m) {
   // Per-tensor affine quant-dequant with tensor qparams (scale: float32, 1 element;
   // zero_point: int32, 1 element). Returns the output (same dtype and layout as input)
   // and the clipped-STE mask packed 1 bit per element (uint8, ceil(numel / 8) bytes, bit
-  // i % 8 of byte i / 8, in the output's memory order).
+  // i % 8 of byte i / 8, in the output's memory order). rounding: "half_even", "half_away"
+  // or "stochastic"; seed (int64 [2] on input's device: Philox key, counter offset) is
+  // required by "stochastic" and rejected by the others (docs/numerics.md).
   m.def(
       "fake_quant_per_tensor(Tensor input, Tensor scale, Tensor zero_point, int quant_min, "
-      "int quant_max, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
+      "int quant_max, str rounding=\"half_even\", Tensor? seed=None) -> (Tensor output, Tensor mask)",
       {at::Tag::pt2_compliant_tag});
   // Per-channel affine quant-dequant along `axis` (negative wraps): scale float32 [C],
   // zero_point int32 [C] (added after rounding) or float32 [C] (added before rounding, as
-  // ATen does for float zero points), C = input.size(axis). Outputs as above.
+  // ATen does for float zero points), C = input.size(axis). Outputs, rounding and seed as above.
   m.def(
       "fake_quant_per_channel(Tensor input, Tensor scale, Tensor zero_point, int axis, int quant_min, "
-      "int quant_max, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
+      "int quant_max, str rounding=\"half_even\", Tensor? seed=None) -> (Tensor output, Tensor mask)",
       {at::Tag::pt2_compliant_tag});
   // grad_input = grad_output where the packed mask bit is set, else 0. grad_output must be
   // laid out like the forward output (the Python autograd formula ensures it).

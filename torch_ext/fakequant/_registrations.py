@@ -33,16 +33,38 @@ def _check_same_device(op: str, input: torch.Tensor, scale: torch.Tensor, zero_p
         )
 
 
+def _check_rounding_and_seed(op: str, input: torch.Tensor, rounding: str, seed: torch.Tensor | None) -> None:
+    # The rounding and seed rules of torch_ext/csrc/common.cpp (check_seed), same messages.
+    torch._check(rounding in ("half_even", "half_away", "stochastic"), lambda: f"fakequant.{op}: rounding must be "
+                 f"one of 'half_even', 'half_away', 'stochastic', got '{rounding}'")
+    if rounding != "stochastic":
+        torch._check(seed is None, lambda: f"fakequant.{op}: seed is only used by rounding='stochastic'; "
+                     f"pass seed=None with rounding='{rounding}'")
+        return
+    torch._check(seed is not None, lambda: f"fakequant.{op}: rounding='stochastic' needs a seed: an int64 tensor "
+                 "of 2 elements (Philox key, counter offset) on input's device (the Python API draws it from the "
+                 "torch generator)")
+    torch._check(seed.dtype == torch.int64, lambda: f"fakequant.{op}: seed must be an int64 tensor of 2 elements "
+                 f"(Philox key, counter offset), got {seed.dtype}")
+    torch._check(seed.dim() == 1 and seed.shape[0] == 2, lambda: f"fakequant.{op}: seed must be a 1-D tensor of 2 "
+                 f"elements (Philox key, counter offset), got shape {list(seed.shape)}")
+    torch._check(seed.device == input.device, lambda: f"fakequant.{op}: seed must be on the same device as input "
+                 f"({input.device}), got {seed.device}")
+
+
 @torch.library.register_fake(f"{_lib}::fake_quant_per_tensor")
-def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even"):
+def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even", seed=None):
     _check_same_device("fake_quant_per_tensor", input, scale, zero_point)
+    _check_rounding_and_seed("fake_quant_per_tensor", input, rounding, seed)
     x = _dense_or_contiguous(input)
     return torch.empty_like(x), _mask_like(x)
 
 
 @torch.library.register_fake(f"{_lib}::fake_quant_per_channel")
-def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, rounding="half_even"):
+def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, rounding="half_even",
+                                 seed=None):
     _check_same_device("fake_quant_per_channel", input, scale, zero_point)
+    _check_rounding_and_seed("fake_quant_per_channel", input, rounding, seed)
     x = _dense_or_contiguous(input)
     return torch.empty_like(x), _mask_like(x)
 
@@ -69,7 +91,7 @@ def _masked_setup_context(ctx, inputs, output):
 
 def _masked_backward(ctx, grad_output, grad_mask):
     """Clipped STE: the gradient flows to `input` where the saved 1-bit mask is set; the
-    qparams get none (these ops do not learn them)."""
+    qparams (and the seed of stochastic rounding) get none (these ops do not learn them)."""
     (mask,) = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../common.h"
@@ -19,9 +20,10 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor
                                                                 const at::Tensor& scale,
                                                                 const at::Tensor& zero_point,
                                                                 int64_t quant_min, int64_t quant_max,
-                                                                c10::string_view rounding) {
+                                                                c10::string_view rounding,
+                                                                const std::optional<at::Tensor>& seed) {
   PerTensorCall call =
-      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding);
+      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed);
   check_per_tensor_qparam_values(scale, zero_point, quant_min, quant_max);
   at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
     fake_quant_per_tensor_cpu_range(call.args, call.qparams, begin, end);
@@ -33,9 +35,10 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cpu_op(const at::Tenso
                                                                  const at::Tensor& scale,
                                                                  const at::Tensor& zero_point, int64_t axis,
                                                                  int64_t quant_min, int64_t quant_max,
-                                                                 c10::string_view rounding) {
+                                                                 c10::string_view rounding,
+                                                                 const std::optional<at::Tensor>& seed) {
   PerChannelCall call =
-      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding);
+      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
   check_per_channel_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
   at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
     fake_quant_per_channel_cpu_range(call.args, call.qparams, begin, end);

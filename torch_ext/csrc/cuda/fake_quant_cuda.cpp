@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../common.h"
@@ -19,11 +20,12 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cuda_op(const at::Tenso
                                                                  const at::Tensor& scale,
                                                                  const at::Tensor& zero_point,
                                                                  int64_t quant_min, int64_t quant_max,
-                                                                 c10::string_view rounding) {
+                                                                 c10::string_view rounding,
+                                                                 const std::optional<at::Tensor>& seed) {
   // Checks first (a CPU input with CUDA qparams lands here too), then the guard; the
   // outputs are allocated on input's device whatever the current device is.
   PerTensorCall call =
-      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding);
+      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed);
   const c10::cuda::CUDAGuard guard(input.device());
   C10_CUDA_CHECK(cuda::launch_fake_quant_per_tensor(call.args, call.qparams,
                                                     c10::cuda::getCurrentCUDAStream().stream()));
@@ -34,9 +36,10 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cuda_op(const at::Tens
                                                                   const at::Tensor& scale,
                                                                   const at::Tensor& zero_point, int64_t axis,
                                                                   int64_t quant_min, int64_t quant_max,
-                                                                  c10::string_view rounding) {
+                                                                  c10::string_view rounding,
+                                                                  const std::optional<at::Tensor>& seed) {
   PerChannelCall call =
-      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding);
+      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
   const c10::cuda::CUDAGuard guard(input.device());
   C10_CUDA_CHECK(cuda::launch_fake_quant_per_channel(call.args, call.qparams,
                                                      c10::cuda::getCurrentCUDAStream().stream()));
