@@ -240,6 +240,7 @@ def _bad(**over):
         ({"quant_min": 0, "quant_max": 1, "reduce_range": True}, r"after reduce_range halves it"),
         ({"quant_min": 0, "quant_max": 1 << 20}, r"quant_min and quant_max must lie in"),
         ({"rounding": "up"}, r"rounding must be one of"),
+        ({"rounding": "stochastic"}, r"rounding must be 'half_even' or 'half_away'"),
         ({"running_min": torch.tensor([0.0, float("nan"), 0.0, 0.0])}, r"of channel 1 must not be NaN"),
         ({"scale": torch.ones(4, device="meta")}, r"scale must be on the same device as input"),
     ],
@@ -334,6 +335,7 @@ def _paddle_bad(**over):
         ({"scale": torch.tensor([-1.0])}, r"scale must be finite and >= 0, got -1"),
         ({"input": torch.ones(3, dtype=torch.int64)}, r"input must be float32"),
         ({"rounding": "nearest"}, r"rounding must be one of"),
+        ({"rounding": "stochastic"}, r"rounding must be 'half_even' or 'half_away'"),
     ],
 )
 def test_moving_average_abs_max_bad_input(over, message):
