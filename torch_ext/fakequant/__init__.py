@@ -9,6 +9,7 @@ from ._library import library_path, load_library
 load_library()
 
 from . import _registrations  # noqa: E402,F401  (registers fake kernels and autograd)
+from . import _weight_quant  # noqa: E402,F401
 from .ops import (  # noqa: E402
     ROUNDINGS,
     fake_quantize_per_channel,
@@ -17,15 +18,23 @@ from .ops import (  # noqa: E402
     fake_quantize_per_tensor_with_mask,
     masked_grad,
 )
+from .weight_quant import (  # noqa: E402
+    FLOAT32_EPS,
+    fake_quantize_weight_abs_max,
+    fake_quantize_weight_abs_max_with_mask,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLOAT32_EPS",
     "ROUNDINGS",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",
     "fake_quantize_per_tensor_with_mask",
+    "fake_quantize_weight_abs_max",
+    "fake_quantize_weight_abs_max_with_mask",
     "library_path",
     "masked_grad",
 ]
