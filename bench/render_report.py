@@ -31,6 +31,9 @@ PAIRS = [
      "BM_FakeQuantPerChannel_aten", "`at::fake_quantize_per_channel_affine_cachemask`"),
     ("Clipped-STE backward (grad × mask)", "BM_MaskedGrad_fakequant", "BM_MaskedGrad_aten",
      "`grad * mask` with ATen's bool mask"),
+    ("Weight per-channel abs-max + quant-dequant (axis 0; [64,64], ResNet-50 conv weights, 4096×4096 Linear)",
+     "BM_WeightAbsMax_fakequant", "BM_WeightAbsMax_aten",
+     "`amax(abs(w))`, `clamp_min(amax / 127, eps)`, `fake_quantize_per_channel_affine_cachemask`"),
 ]
 
 

@@ -342,7 +342,7 @@ bool weight_abs_max_one_pass(const WeightAbsMaxArgs& a) {
 cudaError_t launch_fake_quant_weight_abs_max(const WeightAbsMaxArgs& a, const int32_t* zero_points,
                                              cudaStream_t stream) {
   if (a.channels <= 0) return cudaSuccess;
-  if (a.numel < 0 || (a.channels > 1 && a.channel_stride <= 0)) return cudaErrorInvalidValue;
+  if (a.numel < 0 || (a.numel > 0 && a.channels > 1 && a.channel_stride <= 0)) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       return launch_typed<float>(a, zero_points, stream);
