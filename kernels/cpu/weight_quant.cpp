@@ -21,27 +21,41 @@ constexpr int64_t kTileElements = 16384;
 size_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // max |x| over a run, as abs_bits. |x| bits are non-negative as signed integers, so a signed
-// max (which SSE2 and every later x86 extension vectorise) orders them correctly.
+// max (which SSE2 and every later x86 extension vectorise) orders them correctly. kLanes
+// independent maxima (four vector registers) keep the loop from waiting on one dependency
+// chain of compare-and-select.
+template <typename Bits, int kLanes, typename Load>
+Bits abs_max_lanes(int64_t n, Load load) {
+  Bits m[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const Bits b = load(i + j);
+      m[j] = b > m[j] ? b : m[j];
+    }
+  }
+  Bits r = 0;
+  for (; i < n; ++i) {
+    const Bits b = load(i);
+    r = b > r ? b : r;
+  }
+  for (int j = 0; j < kLanes; ++j) r = m[j] > r ? m[j] : r;
+  return r;
+}
+
 uint32_t abs_max_bits_run(const float* x, int64_t n) {
-  int32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  return static_cast<uint32_t>(abs_max_lanes<int32_t, 16>(n, [x](int64_t i) {
     uint32_t u;
     std::memcpy(&u, x + i, sizeof(u));
-    const int32_t b = static_cast<int32_t>(u & 0x7FFFFFFFu);
-    m = b > m ? b : m;
-  }
-  return static_cast<uint32_t>(m);
+    return static_cast<int32_t>(u & 0x7FFFFFFFu);
+  }));
 }
 
 // 16-bit floats: the same integer max on the 16-bit patterns (magnitude in the low 15 bits,
 // NaN above inf in both fp16 and bf16), widened to the fp32 abs_bits at the end.
 template <typename T>
 uint32_t abs_max_bits_run(const T* x, int64_t n) {
-  int16_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int16_t b = static_cast<int16_t>(x[i].bits & 0x7FFFu);
-    m = b > m ? b : m;
-  }
+  const int16_t m = abs_max_lanes<int16_t, 32>(n, [x](int64_t i) { return static_cast<int16_t>(x[i].bits & 0x7FFFu); });
   return abs_bits(to_float(T{static_cast<uint16_t>(m)}));
 }
 
@@ -55,21 +69,26 @@ void abs_max_bits_row(const T* x, int64_t n, uint32_t* acc) {
   }
 }
 
+// Memory order, stepping the channel from run to run (no division per run: runs can be a
+// few elements long, e.g. the 3x3 kernel positions of axis 1 of a conv weight).
 template <typename T>
 void channel_abs_max_typed(const T* x, int64_t channels, int64_t stride, int64_t begin, int64_t end,
                            uint32_t* acc) {
-  for (int64_t e = begin; e < end;) {
-    const int64_t run = e / stride;
-    const int64_t c = run % channels;
-    if (stride == 1 && channels > 1) {
+  if (stride == 1 && channels > 1) {
+    for (int64_t e = begin, c = begin % channels; e < end; c = 0) {
       const int64_t n = std::min(channels - c, end - e);
       abs_max_bits_row(x + e, n, acc + c);
       e += n;
-    } else {
-      const int64_t n = std::min((run + 1) * stride, end) - e;
-      acc[c] = std::max(acc[c], abs_max_bits_run(x + e, n));
-      e += n;
     }
+    return;
+  }
+  int64_t run = begin / stride;
+  int64_t c = run % channels;
+  for (int64_t e = begin, run_end = (run + 1) * stride; e < end; run_end += stride) {
+    const int64_t n = std::min(run_end, end) - e;
+    acc[c] = std::max(acc[c], abs_max_bits_run(x + e, n));
+    e += n;
+    if (++c == channels) c = 0;
   }
 }
 
