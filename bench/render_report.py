@@ -42,6 +42,9 @@ PAIRS = [
     ("Per-tensor quant-dequant, stochastic rounding (forward, output + mask, seed drawn per call)",
      "BM_FakeQuantPerTensorStochastic_fakequant", "BM_FakeQuantPerTensorStochastic_aten",
      "composite `floor(x / scale + rand_like(x)) + zp`, mask, clamp, dequantise (no ATen op exists)"),
+    ("Weight per-channel abs-max + quant-dequant (axis 0; [64,64], ResNet-50 conv weights, 4096×4096 Linear)",
+     "BM_WeightAbsMax_fakequant", "BM_WeightAbsMax_aten",
+     "`amax(abs(w))`, `clamp_min(amax / 127, eps)`, `fake_quantize_per_channel_affine_cachemask`"),
 ]
 
 

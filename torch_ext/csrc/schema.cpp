@@ -56,4 +56,13 @@ TORCH_LIBRARY(fakequant, m) {
       "float averaging_const, int quant_min, int quant_max, int? axis=None, bool symmetric=False, "
       "bool reduce_range=False, str rounding=\"half_even\") -> (Tensor output, Tensor mask)",
       {at::Tag::pt2_compliant_tag});
+  // Weight fake quantization with per-channel abs-max scales (symmetric, zero point 0):
+  // scale[c] = max(absmax_c / ((quant_max - quant_min) / 2), eps) in float32 (PyTorch's
+  // per_channel_symmetric observer), then the per-channel quant-dequant of fake_quant_per_channel
+  // along `axis` (negative wraps). quant_min == -quant_max or -quant_max - 1. Returns the
+  // output and mask as fake_quant_per_channel does, and scale (float32 [C], not differentiable).
+  m.def(
+      "fake_quant_weight_abs_max(Tensor weight, int axis, int quant_min, int quant_max, "
+      "str rounding=\"half_even\", float eps=1.1920928955078125e-07) -> (Tensor output, Tensor mask, Tensor scale)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -17,6 +17,7 @@ from .observers import (  # noqa: E402
     fused_moving_avg_obs_fake_quant,
     min_max,
 )
+from . import _weight_quant  # noqa: E402,F401
 from .ops import (  # noqa: E402
     ROUNDINGS,
     fake_quantize_per_channel,
@@ -25,10 +26,16 @@ from .ops import (  # noqa: E402
     fake_quantize_per_tensor_with_mask,
     masked_grad,
 )
+from .weight_quant import (  # noqa: E402
+    FLOAT32_EPS,
+    fake_quantize_weight_abs_max,
+    fake_quantize_weight_abs_max_with_mask,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLOAT32_EPS",
     "ROUNDINGS",
     "abs_max",
     "fake_quantize_moving_average_abs_max",
@@ -39,6 +46,8 @@ __all__ = [
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",
     "fake_quantize_per_tensor_with_mask",
+    "fake_quantize_weight_abs_max",
+    "fake_quantize_weight_abs_max_with_mask",
     "library_path",
     "masked_grad",
 ]

@@ -1,0 +1,109 @@
+// Weight fake quantization with per-channel abs-max scales: fakequant's one op vs the ATen
+// composite doing the same job (abs, amax over the other dims, scale = clamp(amax / half, eps),
+// fake_quantize_per_channel_affine_cachemask), on ResNet-50 conv weight shapes and a Linear
+// weight, along axis 0. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16), shape index}.
+// Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps the [64, 64] (numel 4096) and [2048, 512, 1, 1]
+// shapes.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdlib>
+#include <tuple>
+#include <vector>
+
+#include "bench_common.h"
+
+namespace fb = fakequant_bench;
+
+namespace {
+
+constexpr int64_t kQuantMin = -127;
+constexpr int64_t kQuantMax = 127;
+constexpr double kEps = 1.1920928955078125e-07;
+
+// [64, 64] (small, and the smoke test's numel), ResNet-50 conv weights, a 4096 x 4096 Linear.
+const std::vector<std::vector<int64_t>>& weight_shapes() {
+  static const std::vector<std::vector<int64_t>> shapes = {
+      {64, 64}, {64, 64, 3, 3}, {256, 64, 1, 1}, {512, 512, 3, 3}, {2048, 512, 1, 1}, {4096, 4096}};
+  return shapes;
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+struct WeightInputs {
+  std::vector<torch::Tensor> w;
+  std::vector<int64_t> other_dims;
+  torch::Tensor zero_points;  // for the ATen composite (int32 zeros [C])
+};
+
+WeightInputs make_weights(const std::vector<int64_t>& shape, torch::ScalarType dtype) {
+  const int64_t n = numel_of(shape);
+  WeightInputs in;
+  const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
+  const auto opts = torch::TensorOptions().device(fb::bench_device());
+  for (int s = 0; s < sets; ++s) in.w.push_back(torch::randn(shape, opts).mul(0.05).to(dtype));
+  for (int64_t d = 1; d < static_cast<int64_t>(shape.size()); ++d) in.other_dims.push_back(d);
+  in.zero_points = torch::zeros({shape[0]}, opts.dtype(torch::kInt));
+  return in;
+}
+
+// Bytes each must move: fakequant reads the weight once, writes output, 1-bit mask and
+// scales; the composite reads it twice (amax, then the quant-dequant) and writes a bool mask.
+double weight_fakequant_bytes(int64_t n, int64_t c, torch::ScalarType dtype) {
+  return static_cast<double>(2 * n * torch::elementSize(dtype) + (n + 7) / 8 + 4 * c);
+}
+double weight_aten_bytes(int64_t n, int64_t c, torch::ScalarType dtype) {
+  return static_cast<double>(3 * n * torch::elementSize(dtype) + n + 4 * c);
+}
+
+using WeightOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, int64_t,
+                                                                c10::string_view, double);
+
+void BM_WeightAbsMax_fakequant(benchmark::State& state) {
+  const auto& shape = weight_shapes()[state.range(2)];
+  const int64_t n = numel_of(shape);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  WeightInputs in = make_weights(shape, dtype);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_weight_abs_max", "")
+                             .typed<WeightOp>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(in.w[i % in.w.size()], 0, kQuantMin, kQuantMax, "half_even", kEps);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, weight_fakequant_bytes(n, shape[0], dtype), n);
+}
+
+void BM_WeightAbsMax_aten(benchmark::State& state) {
+  const auto& shape = weight_shapes()[state.range(2)];
+  const int64_t n = numel_of(shape);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  WeightInputs in = make_weights(shape, dtype);
+  const double half = static_cast<double>(kQuantMax - kQuantMin) / 2.0;
+  fb::run_timed(state, [&](int64_t i) {
+    const torch::Tensor& w = in.w[i % in.w.size()];
+    const torch::Tensor absmax = at::amax(at::abs(w), in.other_dims).to(torch::kFloat);
+    const torch::Tensor scale = at::clamp_min(absmax / half, kEps);
+    auto out = at::fake_quantize_per_channel_affine_cachemask(w, scale, in.zero_points, 0, kQuantMin, kQuantMax);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, weight_aten_bytes(n, shape[0], dtype), n);
+}
+
+void weight_args(benchmark::internal::Benchmark* b) {
+  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
+  const std::vector<int64_t> full = {0, 1, 2, 3, 4, 5};
+  const std::vector<int64_t> fast = {0, 4};
+  for (const int64_t dtype : {0, 1})
+    for (const int64_t s : quick ? fast : full) b->Args({numel_of(weight_shapes()[s]), dtype, s});
+  b->ArgNames({"numel", "dtype", "shape"});
+  fb::configure(b);
+}
+
+}  // namespace
+
+BENCHMARK(BM_WeightAbsMax_fakequant)->Apply(weight_args);
+BENCHMARK(BM_WeightAbsMax_aten)->Apply(weight_args);
