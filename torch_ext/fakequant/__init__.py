@@ -9,6 +9,8 @@ from ._library import library_path, load_library
 load_library()
 
 from . import _registrations  # noqa: E402,F401  (registers fake kernels and autograd)
+from . import _learnable  # noqa: E402,F401  (learnable-qparam fake kernels and autograd)
+from .learnable import fake_quantize_learnable_per_channel, fake_quantize_learnable_per_tensor  # noqa: E402
 from .ops import (  # noqa: E402
     ROUNDINGS,
     fake_quantize_per_channel,
@@ -22,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ROUNDINGS",
+    "fake_quantize_learnable_per_channel",
+    "fake_quantize_learnable_per_tensor",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",
