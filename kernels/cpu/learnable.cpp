@@ -197,11 +197,11 @@ void fake_quant_learnable_cpu(const LearnableForwardArgs& a, const LearnableQPar
 
 LearnableBackwardPlan plan_learnable_backward_cpu(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
   LearnableBackwardPlan plan;
-  const int64_t channels = std::max<int64_t>(qp.channels, 1);
+  const int64_t channels = qp.channels;  // 0 only for an empty input (a zero-size axis)
   plan.channels = channels;
   plan.reduce = a.grad_scale != nullptr || a.grad_zero_point != nullptr;
   int64_t chunks = std::clamp<int64_t>((a.numel + kMinChunk - 1) / kMinChunk, 1, kMaxChunks);
-  chunks = std::min(chunks, std::max<int64_t>(1, a.numel / (kElementsPerPartial * channels)));
+  chunks = std::min(chunks, std::max<int64_t>(1, a.numel / (kElementsPerPartial * std::max<int64_t>(channels, 1))));
   plan.chunks = chunks;
   plan.chunk_elements = (a.numel + chunks - 1) / chunks;
   plan.scale.resize(channels);

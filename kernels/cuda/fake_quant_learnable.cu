@@ -482,17 +482,17 @@ size_t learnable_backward_workspace_bytes(const LearnableBackwardArgs& a, const 
 
 cudaError_t launch_fake_quant_learnable_backward(const LearnableBackwardArgs& a, const LearnableQParams& qp,
                                                  void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
   const int64_t channels = qp.channels;
   if (a.numel == 0) {
     // Nothing to sum: the qparam gradients are 0.
-    if (a.grad_scale != nullptr) {
+    if (a.grad_scale != nullptr && channels > 0) {
       const cudaError_t e = cudaMemsetAsync(a.grad_scale, 0, channels * sizeof(float), stream);
       if (e != cudaSuccess) return e;
     }
-    if (a.grad_zero_point != nullptr) return cudaMemsetAsync(a.grad_zero_point, 0, channels * sizeof(float), stream);
+    if (a.grad_zero_point != nullptr && channels > 0) return cudaMemsetAsync(a.grad_zero_point, 0, channels * sizeof(float), stream);
     return cudaSuccess;
   }
+  if (channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
   const BackwardPlan plan = plan_backward(a, qp);
   if (static_cast<size_t>(2 * plan.partials) * sizeof(double) > workspace_bytes) return cudaErrorInvalidValue;
   if (plan.blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;

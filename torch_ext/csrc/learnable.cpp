@@ -48,7 +48,7 @@ int64_t check_common(const char* op, const at::Tensor& input, const at::Tensor& 
   const float gf = static_cast<float>(grad_factor);
   TORCH_CHECK(std::isfinite(gf), op, ": grad_factor must be finite (as float32), got ", grad_factor);
   qp->kind = axis.has_value() ? LearnableKind::kPerChannel : LearnableKind::kPerTensor;
-  qp->channels = channels.has_value() ? std::max<int64_t>(*channels, 1) : 1;
+  qp->channels = channels.has_value() ? *channels : 1;  // 0 only for an empty input
   qp->quant_min = static_cast<int32_t>(quant_min);
   qp->quant_max = static_cast<int32_t>(quant_max);
   qp->grad_factor = gf;

@@ -32,6 +32,9 @@ def _per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, grad
 
 def _backward_fake(op, grad_output, input, scale, zero_point, output_mask):
     _check_same_device(op, input, scale, zero_point)
+    torch._check(grad_output.device == input.device,
+                 lambda: f"fakequant.{op}: grad_output must be on the same device as input ({input.device}), "
+                 f"got {grad_output.device}")
     x = _dense_or_contiguous(input)
     grad_input = torch.empty_like(x) if output_mask[0] else x.new_empty((0,))
     grad_scale = scale.new_empty(scale.shape, dtype=torch.float32) if output_mask[1] else \

@@ -24,6 +24,7 @@ at::Tensor learnable_forward(const char* op, const at::Tensor& input, const at::
   LearnableForwardCall call =
       prepare_learnable_forward(op, input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
   check_learnable_qparam_values(op, call.scale, call.zero_point, axis.has_value());
+  if (call.args.numel == 0) return call.output;
   const LearnableQParams& lq = call.qparams;
   std::vector<float> scales(lq.channels);
   std::vector<int32_t> zero_points(lq.channels);
