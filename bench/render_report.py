@@ -31,6 +31,11 @@ PAIRS = [
      "BM_FakeQuantPerChannel_aten", "`at::fake_quantize_per_channel_affine_cachemask`"),
     ("Clipped-STE backward (grad × mask)", "BM_MaskedGrad_fakequant", "BM_MaskedGrad_aten",
      "`grad * mask` with ATen's bool mask"),
+    ("Learnable per-tensor (LSQ/LSQ+) forward + backward (grad_input, grad_scale, grad_zero_point)",
+     "BM_LearnablePerTensor_fakequant", "BM_LearnablePerTensor_aten",
+     "`at::_fake_quantize_learnable_per_tensor_affine` + `_backward`"),
+    ("Learnable per-channel forward + backward (axis 0 of [64, numel/64])", "BM_LearnablePerChannel_fakequant",
+     "BM_LearnablePerChannel_aten", "`at::_fake_quantize_learnable_per_channel_affine` + `_backward`"),
 ]
 
 
