@@ -41,6 +41,30 @@ float backward_zero_point(const LearnableQParams& qp, float zero_point) {
                                               : learnable_zero_point_backward_per_channel(zero_point, qmin, qmax);
 }
 
+// 8 double lanes as two 4-wide vectors (GCC/Clang vector extensions, lowered to whatever the
+// target has): written as a scalar loop, GCC keeps 16 scalar accumulators and converts and
+// adds one element at a time. Lane j adds elements j, j + 8, ... of a run.
+typedef double Double4 __attribute__((vector_size(32)));
+typedef float Float4 __attribute__((vector_size(16)));
+struct Lanes {
+  Double4 lo, hi;
+};
+
+inline void add_lanes(Lanes& lanes, const float* terms) {
+  Float4 a, b;
+  std::memcpy(&a, terms, sizeof(a));
+  std::memcpy(&b, terms + 4, sizeof(b));
+  lanes.lo += __builtin_convertvector(a, Double4);
+  lanes.hi += __builtin_convertvector(b, Double4);
+}
+
+inline double lanes_total(const Lanes& lanes) {
+  double total = 0.0;
+  for (int j = 0; j < 4; ++j) total += lanes.lo[j];
+  for (int j = 0; j < 4; ++j) total += lanes.hi[j];
+  return total;
+}
+
 // The qparams of one run: constant (entry 0 throughout) or per element (entry k for element k).
 struct BackwardSegment {
   const float* scale;
@@ -56,8 +80,8 @@ inline void backward_run(const T* __restrict__ x, const T* __restrict__ dy, T* _
   const float poison = bits_float(0x7FC00000u);
   alignas(64) float terms_scale[kBlock];
   alignas(64) float terms_zero_point[kBlock];
-  double lane_scale[kLanes] = {};
-  double lane_zero_point[kLanes] = {};
+  Lanes lane_scale = {};
+  Lanes lane_zero_point = {};
   for (int64_t b0 = 0; b0 < count; b0 += kBlock) {
     const int64_t len = std::min(kBlock, count - b0);
     for (int64_t k = 0; k < len; ++k) {
@@ -83,19 +107,15 @@ inline void backward_run(const T* __restrict__ x, const T* __restrict__ dy, T* _
         const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
         for (int64_t k = len; k < padded; ++k) terms_scale[k] = 0.0f, terms_zero_point[k] = 0.0f;
         for (int64_t k = 0; k < padded; k += kLanes) {
-          for (int64_t j = 0; j < kLanes; ++j) {
-            lane_scale[j] += static_cast<double>(terms_scale[k + j]);
-            lane_zero_point[j] += static_cast<double>(terms_zero_point[k + j]);
-          }
+          add_lanes(lane_scale, terms_scale + k);
+          add_lanes(lane_zero_point, terms_zero_point + k);
         }
       }
     }
   }
   if constexpr (kReduce && !kPerElement) {
-    double s = 0.0, z = 0.0;
-    for (int64_t j = 0; j < kLanes; ++j) s += lane_scale[j], z += lane_zero_point[j];
-    *sum_scale += s;
-    *sum_zero_point += z;
+    *sum_scale += lanes_total(lane_scale);
+    *sum_zero_point += lanes_total(lane_zero_point);
   }
 }
 
