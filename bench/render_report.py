@@ -45,6 +45,11 @@ PAIRS = [
     ("Weight per-channel abs-max + quant-dequant (axis 0; [64,64], ResNet-50 conv weights, 4096×4096 Linear)",
      "BM_WeightAbsMax_fakequant", "BM_WeightAbsMax_aten",
      "`amax(abs(w))`, `clamp_min(amax / 127, eps)`, `fake_quantize_per_channel_affine_cachemask`"),
+    ("Learnable per-tensor (LSQ/LSQ+) forward + backward (grad_input, grad_scale, grad_zero_point)",
+     "BM_LearnablePerTensor_fakequant", "BM_LearnablePerTensor_aten",
+     "`at::_fake_quantize_learnable_per_tensor_affine` + `_backward`"),
+    ("Learnable per-channel forward + backward (axis 0 of [64, numel/64])", "BM_LearnablePerChannel_fakequant",
+     "BM_LearnablePerChannel_aten", "`at::_fake_quantize_learnable_per_channel_affine` + `_backward`"),
 ]
 
 

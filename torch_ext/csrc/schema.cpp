@@ -65,4 +65,31 @@ TORCH_LIBRARY(fakequant, m) {
       "fake_quant_weight_abs_max(Tensor weight, int axis, int quant_min, int quant_max, "
       "str rounding=\"half_even\", float eps=1.1920928955078125e-07) -> (Tensor output, Tensor mask, Tensor scale)",
       {at::Tag::pt2_compliant_tag});
+  // Learnable scale / zero point (LSQ, LSQ+), the semantics of ATen's
+  // _fake_quantize_learnable_per_{tensor,channel}_affine: scale and zero_point are float32
+  // tensors (1 element per-tensor, [C] per-channel) on input's device; the forward rounds the
+  // zero point (nearbyint, clamp) and quantises as fake_quant_per_tensor / _per_channel do;
+  // grad_factor scales the qparam gradients only. No mask: the backward recomputes from input
+  // (the scale gradient needs x itself).
+  m.def(
+      "fake_quant_learnable_per_tensor(Tensor input, Tensor scale, Tensor zero_point, int quant_min, "
+      "int quant_max, float grad_factor=1.0) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "fake_quant_learnable_per_channel(Tensor input, Tensor scale, Tensor zero_point, int axis, int quant_min, "
+      "int quant_max, float grad_factor=1.0) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  // Gradients of the above for input (input's dtype and layout), scale and zero_point
+  // (float32, shaped like them). Outputs whose output_mask entry is false are not computed
+  // and come back as empty ([0]) tensors.
+  m.def(
+      "fake_quant_learnable_per_tensor_backward(Tensor grad_output, Tensor input, Tensor scale, Tensor zero_point, "
+      "int quant_min, int quant_max, float grad_factor=1.0, bool[3] output_mask=[True, True, True]) -> "
+      "(Tensor grad_input, Tensor grad_scale, Tensor grad_zero_point)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "fake_quant_learnable_per_channel_backward(Tensor grad_output, Tensor input, Tensor scale, Tensor zero_point, "
+      "int axis, int quant_min, int quant_max, float grad_factor=1.0, bool[3] output_mask=[True, True, True]) -> "
+      "(Tensor grad_input, Tensor grad_scale, Tensor grad_zero_point)",
+      {at::Tag::pt2_compliant_tag});
 }

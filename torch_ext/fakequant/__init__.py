@@ -18,6 +18,8 @@ from .observers import (  # noqa: E402
     min_max,
 )
 from . import _weight_quant  # noqa: E402,F401
+from . import _learnable  # noqa: E402,F401  (learnable-qparam fake kernels and autograd)
+from .learnable import fake_quantize_learnable_per_channel, fake_quantize_learnable_per_tensor  # noqa: E402
 from .ops import (  # noqa: E402
     ROUNDINGS,
     fake_quantize_per_channel,
@@ -42,6 +44,8 @@ __all__ = [
     "fake_quantize_range_abs_max",
     "fused_moving_avg_obs_fake_quant",
     "min_max",
+    "fake_quantize_learnable_per_channel",
+    "fake_quantize_learnable_per_tensor",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_tensor",

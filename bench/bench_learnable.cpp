@@ -1,0 +1,153 @@
+// Learnable scale / zero point (LSQ, LSQ+): one training step's worth of work - the forward
+// quant-dequant and the backward that returns grad_input, grad_scale and grad_zero_point -
+// fakequant's ops vs ATen's _fake_quantize_learnable_per_{tensor,channel}_affine and their
+// backward ops, called directly (no autograd overhead on either side). Arguments: {numel,
+// dtype code (0 fp32, 1 bf16)}. ATen's backward ops take bf16 input (computed in fp32, with
+// grad_input returned as fp32), so bf16 is timed on both sides. Quick mode
+// (FAKEQUANT_BENCH_QUICK=1) keeps two sizes.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <array>
+#include <cstdlib>
+#include <tuple>
+
+#include "bench_common.h"
+
+namespace fb = fakequant_bench;
+
+namespace {
+
+constexpr int64_t kQuantMin = -128;
+constexpr int64_t kQuantMax = 127;
+constexpr int64_t kChannels = 64;  // per-channel: axis 0 of [64, numel / 64]
+
+struct LearnableInputs {
+  std::vector<torch::Tensor> x, dy;
+  torch::Tensor scale, zero_point;
+};
+
+LearnableInputs make_inputs(int64_t n, torch::ScalarType dtype, bool per_channel) {
+  LearnableInputs in;
+  const auto opts = torch::TensorOptions().device(fb::bench_device());
+  const int sets = fb::rotation_sets(3 * n * torch::elementSize(dtype));  // x, dy and the outputs rotate
+  for (int s = 0; s < sets; ++s) {
+    torch::Tensor x = torch::randn({n}, opts).mul(2.0).to(dtype);
+    torch::Tensor dy = torch::randn({n}, opts).to(dtype);
+    if (per_channel) x = x.view({kChannels, n / kChannels}), dy = dy.view({kChannels, n / kChannels});
+    in.x.push_back(x);
+    in.dy.push_back(dy);
+  }
+  const int64_t c = per_channel ? kChannels : 1;
+  in.scale = torch::rand({c}, opts.dtype(torch::kFloat)).mul(0.02).add(0.01);
+  in.zero_point = torch::rand({c}, opts.dtype(torch::kFloat)).mul(20.0).sub(10.0);
+  return in;
+}
+
+// The bytes one training step must move: forward reads x and writes y, backward reads x and
+// grad_output and writes grad_input (the qparam gradients are a few bytes). The same count is
+// used for ATen, which moves more (its bool mask, two full-size fp32 gradient vectors written
+// and read back for the sums), so GB/s compare like times.
+double step_bytes(int64_t n, torch::ScalarType dtype) { return static_cast<double>(5 * n * torch::elementSize(dtype)); }
+
+using ForwardPerTensor = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double);
+using BackwardPerTensor = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
+    std::array<bool, 3>);
+using ForwardPerChannel = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                     int64_t, double);
+using BackwardPerChannel = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double,
+    std::array<bool, 3>);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+constexpr double kGradFactor = 0.01;
+constexpr std::array<bool, 3> kAllGrads = {true, true, true};
+
+void BM_LearnablePerTensor_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LearnableInputs in = make_inputs(n, dtype, false);
+  const auto fwd = op<ForwardPerTensor>("fakequant::fake_quant_learnable_per_tensor");
+  const auto bwd = op<BackwardPerTensor>("fakequant::fake_quant_learnable_per_tensor_backward");
+  fb::run_timed(state, [&](int64_t i) {
+    const auto& x = in.x[i % in.x.size()];
+    auto y = fwd.call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor);
+    auto grads = bwd.call(in.dy[i % in.dy.size()], x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor,
+                          kAllGrads);
+    benchmark::DoNotOptimize(y);
+    benchmark::DoNotOptimize(grads);
+  });
+  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+}
+
+void BM_LearnablePerTensor_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LearnableInputs in = make_inputs(n, dtype, false);
+  fb::run_timed(state, [&](int64_t i) {
+    const auto& x = in.x[i % in.x.size()];
+    auto y = at::_fake_quantize_learnable_per_tensor_affine(x, in.scale, in.zero_point, kQuantMin, kQuantMax,
+                                                            kGradFactor);
+    auto grads = at::_fake_quantize_learnable_per_tensor_affine_backward(in.dy[i % in.dy.size()], x, in.scale,
+                                                                         in.zero_point, kQuantMin, kQuantMax,
+                                                                         kGradFactor);
+    benchmark::DoNotOptimize(y);
+    benchmark::DoNotOptimize(grads);
+  });
+  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+}
+
+void BM_LearnablePerChannel_fakequant(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LearnableInputs in = make_inputs(n, dtype, true);
+  const auto fwd = op<ForwardPerChannel>("fakequant::fake_quant_learnable_per_channel");
+  const auto bwd = op<BackwardPerChannel>("fakequant::fake_quant_learnable_per_channel_backward");
+  fb::run_timed(state, [&](int64_t i) {
+    const auto& x = in.x[i % in.x.size()];
+    auto y = fwd.call(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor);
+    auto grads = bwd.call(in.dy[i % in.dy.size()], x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor,
+                          kAllGrads);
+    benchmark::DoNotOptimize(y);
+    benchmark::DoNotOptimize(grads);
+  });
+  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+}
+
+void BM_LearnablePerChannel_aten(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LearnableInputs in = make_inputs(n, dtype, true);
+  fb::run_timed(state, [&](int64_t i) {
+    const auto& x = in.x[i % in.x.size()];
+    auto y = at::_fake_quantize_learnable_per_channel_affine(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax,
+                                                             kGradFactor);
+    auto grads = at::_fake_quantize_learnable_per_channel_affine_backward(in.dy[i % in.dy.size()], x, in.scale,
+                                                                          in.zero_point, 0, kQuantMin, kQuantMax,
+                                                                          kGradFactor);
+    benchmark::DoNotOptimize(y);
+    benchmark::DoNotOptimize(grads);
+  });
+  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+}
+
+void learnable_sizes(benchmark::internal::Benchmark* b) {
+  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
+  const std::vector<int64_t> full = {1 << 12, 1 << 14, 1 << 18, 1 << 20, 1 << 22, 1 << 24};
+  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
+  for (const int64_t dtype : {0, 1})
+    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
+  b->ArgNames({"numel", "dtype"});
+  fb::configure(b);
+}
+
+}  // namespace
+
+BENCHMARK(BM_LearnablePerTensor_fakequant)->Apply(learnable_sizes);
+BENCHMARK(BM_LearnablePerTensor_aten)->Apply(learnable_sizes);
+BENCHMARK(BM_LearnablePerChannel_fakequant)->Apply(learnable_sizes);
+BENCHMARK(BM_LearnablePerChannel_aten)->Apply(learnable_sizes);
