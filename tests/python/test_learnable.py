@@ -204,7 +204,10 @@ def check_against_formula(x, scale, zp, axis, qmin, qmax, grad_factor, dy=None):
     return dy, (y, dx, ds, dz), (abs_s, abs_z)
 
 
-def check_against_aten(x, scale, zp, axis, qmin, qmax, grad_factor, dy, ours, abs_sums):
+def check_against_aten(x, scale, zp, axis, qmin, qmax, grad_factor, dy, ours, abs_sums, backward=True):
+    """Forward bit for bit; on the CPU grad_input bit for bit; the sums within ATen's float32
+    summation error. ATen's CUDA backward rounds before adding the zero point, so on the GPU
+    only random data (no exact ties) is compared with it (backward=False elsewhere)."""
     y, dx, ds, dz = ours
     ay, adx, ads, adz = run_aten(x, scale, zp, axis, qmin, qmax, grad_factor, dy)
     if x.dtype == torch.float16:
@@ -213,7 +216,7 @@ def check_against_aten(x, scale, zp, axis, qmin, qmax, grad_factor, dy, ours, ab
                 x, scale, zp, axis % x.dim(), qmin, qmax, grad_factor)
     finite = ~torch.isnan(x)
     assert torch.equal(y[finite], ay.to(x.dtype)[finite])  # ATen maps NaN to a number
-    if x.device.type == "cpu" and not ATEN_CPU_FMA:
+    if not backward or (x.device.type == "cpu" and not ATEN_CPU_FMA):
         return
     if x.device.type == "cpu":
         assert_bits_equal(dx, adx)
@@ -274,7 +277,7 @@ def test_boundaries_and_ties_per_tensor(device, zero_point):
         zp = torch.tensor([zero_point], device=device)
         dy, ours, abs_sums = check_against_formula(x, scale, zp, None, -128, 127, 1.0)
         if ATEN_HAS_LEARNABLE:
-            check_against_aten(x, scale, zp, None, -128, 127, 1.0, dy, ours, abs_sums)
+            check_against_aten(x, scale, zp, None, -128, 127, 1.0, dy, ours, abs_sums, backward=device == "cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -393,13 +396,12 @@ def test_boundaries_and_ties_per_channel(device):
     assert_bits_equal(gx, ref_dx)
     assert_bits_equal(gs, ts.reshape(-1))
     assert_bits_equal(gz, tz.reshape(-1))
-    if ATEN_HAS_LEARNABLE and (device == "cuda" or ATEN_CPU_FMA):
+    if ATEN_HAS_LEARNABLE and device == "cpu" and ATEN_CPU_FMA:  # ATen's CUDA rounds differently
         ax, as_, az = torch.ops.aten._fake_quantize_learnable_per_channel_affine_backward(
             dy, x, scale, zp, 0, -128, 127, 1.3)
-        if device == "cpu":
-            assert_bits_equal(gx, ax)
-            assert_bits_equal(gs, as_)
-            assert_bits_equal(gz, az)
+        assert_bits_equal(gx, ax)
+        assert_bits_equal(gs, as_)
+        assert_bits_equal(gz, az)
 
 
 @pytest.mark.parametrize("device", DEVICES)
