@@ -8,17 +8,12 @@
 #include "fakequant/cuda/observers.h"
 #include "fakequant/observers.h"
 
+#include "cuda_test_util.cuh"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
-
-bool have_gpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
 
 template <typename T>
 T* to_device(const std::vector<T>& v) {

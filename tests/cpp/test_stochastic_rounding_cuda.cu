@@ -13,28 +13,12 @@
 #include "fakequant/cuda/launch.h"
 #include "fakequant/fake_quant.h"
 
+#include "cuda_test_util.cuh"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
-
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)
-
-bool have_gpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t n) { EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
 
 template <typename T>
 std::vector<T> random_values(int64_t n, uint32_t seed) {
@@ -44,13 +28,6 @@ std::vector<T> random_values(int64_t n, uint32_t seed) {
   for (auto& e : v) e = fq::from_float<T>(dist(rng));
   if (n > 4) v[1] = fq::from_float<T>(1e4f), v[2] = fq::from_float<T>(-1e4f);
   return v;
-}
-
-template <typename T>
-constexpr fq::DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return fq::DType::kFloat32;
-  if constexpr (std::is_same_v<T, fq::Half>) return fq::DType::kFloat16;
-  return fq::DType::kBFloat16;
 }
 
 std::array<int64_t, 2> random_seed(uint64_t s) {

@@ -13,35 +13,12 @@
 #include "fakequant/cuda/weight_quant.h"
 #include "fakequant/weight_quant.h"
 
+#include "cuda_test_util.cuh"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
-
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)
-
-bool have_gpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t n) { EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
-template <typename T>
-constexpr fq::DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return fq::DType::kFloat32;
-  if constexpr (std::is_same_v<T, fq::Half>) return fq::DType::kFloat16;
-  return fq::DType::kBFloat16;
-}
 
 struct Layout {
   int64_t outer, channels, inner;
