@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks to build and test fakequant. Idempotent: anything
 # already present is left alone, so a second run takes seconds.
 #   apt: cmake, ninja, GoogleTest, Google Benchmark, a C++ compiler
-#   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core
+#   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core, torchao
+#        (torch.ao.quantization's successor; the QAT modules are tested against both)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -32,7 +33,7 @@ elif [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 
 py_missing=()
-for mod in pytest numpy expecttest scikit_build_core; do
+for mod in pytest numpy expecttest scikit_build_core torchao; do
   "$PYTHON" -c "import $mod" 2>/dev/null || py_missing+=("$mod")
 done
 if [ ${#py_missing[@]} -gt 0 ]; then
