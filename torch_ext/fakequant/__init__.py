@@ -34,12 +34,19 @@ from .weight_quant import (  # noqa: E402
     fake_quantize_weight_abs_max_with_mask,
 )
 
+from . import nn  # noqa: E402  (fakequant.nn: QAT modules)
+from .fuse import fuse_conv_bn  # noqa: E402
+from .quant_aware import convert, quant_aware  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "FLOAT32_EPS",
     "ROUNDINGS",
     "abs_max",
+    "convert",
+    "fuse_conv_bn",
+    "quant_aware",
     "fake_quantize_moving_average_abs_max",
     "fake_quantize_range_abs_max",
     "fused_moving_avg_obs_fake_quant",

@@ -1,0 +1,3 @@
+"""``fakequant.nn``: QAT modules (``fakequant.nn.qat``)."""
+
+from . import qat  # noqa: F401
