@@ -169,9 +169,12 @@ class Linear(nn.Linear):
 
 
 def _flag(fake_quant, name):
-    """A FakeQuantizeBase on/off flag (a uint8 buffer) as a Python bool."""
-    flag = getattr(fake_quant, name)
-    return bool(flag) if isinstance(flag, bool) else bool(flag.reshape(-1)[0])
+    """A FakeQuantizeBase on/off switch as a Python bool: our modules keep a host copy (no
+    device read); others have only the uint8 buffer."""
+    host = {"observer_enabled": "_observer_on", "fake_quant_enabled": "_fake_quant_on"}[name]
+    if hasattr(fake_quant, host):
+        return bool(getattr(fake_quant, host))
+    return bool(getattr(fake_quant, name).reshape(-1)[0])
 
 
 def _fused_weight_spec(weight_fake_quant):
@@ -179,6 +182,7 @@ def _fused_weight_spec(weight_fake_quant):
     and does exactly what the op does (per-output-channel abs-max recomputed every step), else
     ``None`` (the module then composes the same math from PyTorch ops)."""
     try:
+        from ..convbn import conv_bn_fake_quant  # noqa: F401
         from .fake_quantize import AbsMaxWeightFakeQuantize
     except ImportError:
         return None
