@@ -34,6 +34,9 @@ from .weight_quant import (  # noqa: E402
     fake_quantize_weight_abs_max_with_mask,
 )
 
+from . import nn  # noqa: E402  (fake-quantize modules for QAT)
+from . import qconfig  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -54,4 +57,6 @@ __all__ = [
     "fake_quantize_weight_abs_max_with_mask",
     "library_path",
     "masked_grad",
+    "nn",
+    "qconfig",
 ]
