@@ -81,7 +81,7 @@ except ImportError:  # pragma: no cover - exercised only on a torch without torc
             return _PartialWrapper(partial(cls, **kwargs))
 
 
-_SPEC_KEYS = ("dtype", "quant_min", "quant_max", "qscheme", "ch_axis", "is_dynamic")
+_SPEC_KEYS = ("dtype", "quant_min", "quant_max", "qscheme", "ch_axis", "is_dynamic", "factory_kwargs")
 
 #: Integer range of each quantized dtype a module may report.
 _DTYPE_RANGES = {
@@ -121,6 +121,14 @@ def _take_spec(name: str, spec: dict, **mine) -> torch.dtype:
     dtype = spec.get("dtype") or mine["dtype"]
     _check_dtype_range(name, dtype, mine["quant_min"], mine["quant_max"])
     return dtype
+
+
+def _to_factory_device(module: nn.Module, spec: dict) -> None:
+    """torch.ao's QAT modules pass ``factory_kwargs={"device": ..., "dtype": ...}`` to their
+    weight fake quantizer: the state goes to that device (its dtypes stay float32 / int)."""
+    device = (spec.get("factory_kwargs") or {}).get("device")
+    if device is not None:
+        module.to(device)
 
 
 def _check_rounding(name: str, rounding: str) -> None:
@@ -258,6 +266,7 @@ class MovingAverageAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
         self.moving_rate = float(moving_rate)
         self.register_buffer("state", torch.tensor([1.0], dtype=torch.float32))
         self.register_buffer("accum", torch.tensor([1.0], dtype=torch.float32))
+        _to_factory_device(self, spec)
 
     def _call(self, x, training):
         return _observers.fake_quantize_moving_average_abs_max(x, self.scale, self.state, self.accum,
@@ -281,6 +290,7 @@ class RangeAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
         self.window_size = int(window_size)
         self.register_buffer("window", torch.zeros(self.window_size, dtype=torch.float32))
         self.register_buffer("iter", torch.zeros(1, dtype=torch.int64))
+        _to_factory_device(self, spec)
 
     def _call(self, x, training):
         return _observers.fake_quantize_range_abs_max(x, self.scale, self.window, self.iter, self.bits, training,
@@ -307,7 +317,11 @@ def _qmin_qmax(quant_min: int, quant_max: int, reduce_range: bool) -> tuple[int,
 class _MinMaxState(nn.Module):
     """Holds ``min_val`` / ``max_val`` / ``eps`` under the names of PyTorch's
     ``MovingAverage(PerChannel)MinMaxObserver``, so that the state-dict keys
-    (``activation_post_process.min_val`` ...) are those of ``FusedMovingAvgObsFakeQuantize``."""
+    (``activation_post_process.min_val`` ...) are those of ``FusedMovingAvgObsFakeQuantize``.
+    ``_version`` is the observers' (3: ``min_val`` / ``max_val`` names, ``eps`` a buffer), which
+    their ``_load_from_state_dict`` reads from the state dict's metadata."""
+
+    _version = 3
 
     def __init__(self, per_channel: bool, eps: float) -> None:
         super().__init__()
@@ -364,7 +378,6 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
             if getattr(base, "__name__", "") not in ("MovingAverageMinMaxObserver",
                                                      "MovingAveragePerChannelMinMaxObserver"):
                 raise ValueError(f"{name}: observer must be a moving-average min/max observer, got {observer!r}")
-        observer_kwargs.pop("factory_kwargs", None)
         if qscheme not in _PER_CHANNEL + _PER_TENSOR:
             raise ValueError(f"{name}: qscheme must be one of {list(_PER_TENSOR + _PER_CHANNEL)}, got {qscheme}")
         _check_rounding(name, rounding)
@@ -387,8 +400,12 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
         self.rounding = rounding
         self.ahead_relu = bool(ahead_relu)
         self.activation_post_process = _MinMaxState(self.is_per_channel, eps)
+        # The observer attributes torch.ao's convert reads from activation_post_process.
+        for attr in ("quant_min", "quant_max", "dtype", "qscheme", "ch_axis", "reduce_range", "averaging_constant"):
+            setattr(self.activation_post_process, attr, getattr(self, attr))
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
+        _to_factory_device(self, observer_kwargs)
 
     @property
     def min_val(self) -> torch.Tensor:
@@ -537,6 +554,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
         self._initialized = False
         self._sized = not self.is_per_channel
+        _to_factory_device(self, spec)
 
     def reset_qparams(self) -> None:
         """Initialise the scale / zero point again from the next observed batch."""
@@ -650,6 +668,7 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
         self.dtype = _take_spec(name, spec, **mine)
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
+        _to_factory_device(self, spec)
 
     def _store_scale(self, scale: torch.Tensor) -> None:
         with torch.no_grad():
