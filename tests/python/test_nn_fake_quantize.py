@@ -409,10 +409,7 @@ def test_abs_max_weight_equals_torch_ao_fake_quantize(ch_axis):
     mine = AbsMaxWeightFakeQuantize(ch_axis=ch_axis)
     for step, (obs, fq) in enumerate(FLAGS):
         set_flags([mine, theirs], obs, fq)
-        if ch_axis is None:
-            theirs.activation_post_process.reset_min_max_vals()  # memoryless, as the weight's own abs-max
-        else:
-            theirs.activation_post_process.reset_min_max_vals()
+        theirs.activation_post_process.reset_min_max_vals()  # memoryless, as the weight's own abs-max
         w = rand(8, 4, 3, 3).requires_grad_()
         y1, y2 = mine(w), theirs(w)
         assert torch.equal(y1, y2), step
