@@ -145,7 +145,7 @@ def test_ahead_relu_options_add_positive_range_output_quantizers():
     config = {"activation_quantize_type": "moving_average_abs_max", "ahead_bn_relu": True,
               "ahead_linear_relu": True, "ahead_conv_relu": True, "fuse_bn": False}
     q = fakequant.quant_aware(Net(), config)
-    assert q.conv1.output_fake_quant is not None  # conv1 -> bn1: not a conv->relu under fuse_bn=False
+    assert q.conv1.output_fake_quant is None  # conv1 feeds bn1, not a ReLU (fuse_bn=False)
     q = fakequant.quant_aware(Net(), dict(config, fuse_bn=True))
     for name in ("conv1", "dw", "fc"):  # conv+bn->relu (module and F.relu), linear->F.relu
         ofq = getattr(q, name).output_fake_quant

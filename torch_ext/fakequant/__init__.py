@@ -34,7 +34,8 @@ from .weight_quant import (  # noqa: E402
     fake_quantize_weight_abs_max_with_mask,
 )
 
-from . import nn  # noqa: E402  (fakequant.nn: QAT modules)
+from . import nn  # noqa: E402  (fakequant.nn: fake-quantize modules; fakequant.nn.qat: QAT modules)
+from . import qconfig  # noqa: E402
 from .fuse import fuse_conv_bn  # noqa: E402
 from .quant_aware import convert, quant_aware  # noqa: E402
 
@@ -61,4 +62,6 @@ __all__ = [
     "fake_quantize_weight_abs_max_with_mask",
     "library_path",
     "masked_grad",
+    "nn",
+    "qconfig",
 ]

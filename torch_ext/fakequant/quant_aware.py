@@ -150,13 +150,14 @@ def _activation_fake_quant(cfg, ahead_relu=False):
     from .nn import MovingAverageAbsMaxFakeQuantize, RangeAbsMaxFakeQuantize
 
     kind, bits, rounding = cfg["activation_quantize_type"], cfg["activation_bits"], cfg["rounding"]
-    if kind == "abs_max":
+    if kind == "abs_max":  # stateless: the ReLU goes in front of it
         fq = _abs_max_fq(bits, None, rounding)
-    elif kind == "range_abs_max":
-        fq = RangeAbsMaxFakeQuantize(bits=bits, window_size=cfg["window_size"], rounding=rounding)
-    else:
-        fq = MovingAverageAbsMaxFakeQuantize(bits=bits, moving_rate=cfg["moving_rate"], rounding=rounding)
-    return AheadReLU(fq) if ahead_relu else fq
+        return AheadReLU(fq) if ahead_relu else fq
+    if kind == "range_abs_max":
+        return RangeAbsMaxFakeQuantize(bits=bits, window_size=cfg["window_size"], rounding=rounding,
+                                       ahead_relu=ahead_relu)
+    return MovingAverageAbsMaxFakeQuantize(bits=bits, moving_rate=cfg["moving_rate"], rounding=rounding,
+                                           ahead_relu=ahead_relu)
 
 
 def _conv_op_type(conv):
@@ -237,10 +238,9 @@ def quant_aware(model: nn.Module, config: dict | None = None, inplace: bool = Fa
 
 
 def _leaf_types():
-    from .nn import fake_quantize
+    from .nn import FakeQuantizeBase
 
-    return (qat.Conv2d, qat.Linear, qat.ConvBn2d, AheadReLU) + tuple(
-        getattr(fake_quantize, n) for n in fake_quantize.__all__ if isinstance(getattr(fake_quantize, n), type))
+    return (qat.Conv2d, qat.Linear, qat.ConvBn2d, AheadReLU, FakeQuantizeBase)
 
 
 _SHAPE_QUERIES = ("size", "dim", "numel", len, getattr)
