@@ -51,7 +51,8 @@ def get_qat_constructors(
                 MovingAverageMinMaxFakeQuantize, quant_min=-128, quant_max=127, dtype=torch.qint8,
                 qscheme=torch.per_tensor_symmetric)
         elif weight_quantize_type == "abs_max":
-            weight = partial(AbsMaxWeightFakeQuantize, quant_min=-128, quant_max=127, ch_axis=0 if per_channel else None)
+            weight = partial(AbsMaxWeightFakeQuantize, quant_min=-128, quant_max=127,
+                             ch_axis=0 if per_channel else None)
         else:
             raise ValueError("get_qat_qconfig: backend='pytorch' takes weight_quantize_type "
                              f"'moving_average_min_max' or 'abs_max', got {weight_quantize_type!r}")
