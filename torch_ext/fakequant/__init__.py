@@ -34,12 +34,16 @@ from .weight_quant import (  # noqa: E402
     fake_quantize_weight_abs_max_with_mask,
 )
 
+from . import _convbn  # noqa: E402,F401  (ConvBN fake kernels and autograd)
+from .convbn import conv_bn_fake_quant  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "FLOAT32_EPS",
     "ROUNDINGS",
     "abs_max",
+    "conv_bn_fake_quant",
     "fake_quantize_moving_average_abs_max",
     "fake_quantize_range_abs_max",
     "fused_moving_avg_obs_fake_quant",
