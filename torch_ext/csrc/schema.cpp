@@ -106,7 +106,7 @@ TORCH_LIBRARY(fakequant, m) {
   m.def(
       "conv_bn_fake_quant(Tensor input, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, "
       "Tensor(a!) running_mean, Tensor(b!) running_var, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
-      "int groups=1, float eps=1e-05, float momentum=0.1, str mode=\"batch\", bool training=True, bool relu=False, "
+      "int groups=1, float eps=1e-05, float momentum=0.1, str fold_mode=\"batch\", bool training=True, bool relu=False, "
       "bool quantize_weight=True, int quant_min=-128, int quant_max=127, str rounding=\"half_even\", "
       "float weight_eps=1.1920928955078125e-07) -> (Tensor output, Tensor pre_bn, Tensor weight_q, "
       "Tensor weight_mask, Tensor relu_mask, Tensor channel_state)",
@@ -117,7 +117,7 @@ TORCH_LIBRARY(fakequant, m) {
   m.def(
       "conv_bn_fake_quant_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor pre_bn, Tensor weight_q, "
       "Tensor weight_mask, Tensor relu_mask, Tensor channel_state, int[2] stride, int[2] padding, int[2] dilation, "
-      "int groups, str mode, bool training, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, "
+      "int groups, str fold_mode, bool training, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_params)",
       {at::Tag::pt2_compliant_tag});
 }

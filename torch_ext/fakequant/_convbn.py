@@ -42,14 +42,14 @@ def _mask_bytes(n) -> int:
 
 @torch.library.register_fake(f"{_lib}::{_OP}")
 def _conv_bn_fake_quant_fake(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=(1,),
-                             padding=(0,), dilation=(1,), groups=1, eps=1e-5, momentum=0.1, mode="batch",
+                             padding=(0,), dilation=(1,), groups=1, eps=1e-5, momentum=0.1, fold_mode="batch",
                              training=True, relu=False, quantize_weight=True, quant_min=-128, quant_max=127,
                              rounding="half_even", weight_eps=1.1920928955078125e-07):
     op = f"fakequant.{_OP}"
     torch._check(input.dim() == 4, lambda: f"{op}: input must be a 4-d NCHW tensor, got {input.dim()} dimensions")
     torch._check(weight.dim() == 4, lambda: f"{op}: weight must be a 4-d [out_channels, in_channels/groups, kh, kw] "
                  f"tensor, got {weight.dim()} dimensions")
-    torch._check(mode in ("batch", "running"), lambda: f"{op}: mode must be 'batch' or 'running', got '{mode}'")
+    torch._check(fold_mode in ("batch", "running"), lambda: f"{op}: mode must be 'batch' or 'running', got '{fold_mode}'")
     for name, t in (("weight", weight), ("bn_weight", bn_weight), ("bn_bias", bn_bias),
                     ("running_mean", running_mean), ("running_var", running_var)):
         torch._check(t.device == input.device, lambda name=name, t=t: f"{op}: {name} must be on the same device as "
@@ -67,7 +67,7 @@ def _conv_bn_fake_quant_fake(input, weight, bias, bn_weight, bn_bias, running_me
 
 @torch.library.register_fake(f"{_lib}::{_OP}_backward")
 def _conv_bn_fake_quant_backward_fake(grad_output, input, weight, pre_bn, weight_q, weight_mask, relu_mask,
-                                      channel_state, stride, padding, dilation, groups, mode, training, output_mask):
+                                      channel_state, stride, padding, dilation, groups, fold_mode, training, output_mask):
     fmt = _activation_format(input)
     grad_input = (torch.empty_like(input, memory_format=fmt) if output_mask[0] else input.new_empty((0,)))
     grad_weight = (weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty((0,)))
