@@ -35,8 +35,8 @@ struct ActivationLayout {
   int64_t outer = 0;
   int64_t channels = 1;
   int64_t inner = 1;
-  int64_t numel() const { return outer * channels * inner; }
-  int64_t per_channel() const { return outer * inner; }
+  FQ_HD int64_t numel() const { return outer * channels * inner; }
+  FQ_HD int64_t per_channel() const { return outer * inner; }
 };
 
 // Rows of the per-channel state saved for backward: double [kConvBnRows, C].
