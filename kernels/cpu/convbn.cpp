@@ -73,6 +73,8 @@ void for_each_run(const ActivationLayout& l, int64_t begin, int64_t end, F f) {
 
 inline bool mask_bit(const uint8_t* mask, int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1u) != 0; }
 
+constexpr int kLanes = 4;
+
 }  // namespace
 
 void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t end, double* s1, double* s2) {
@@ -83,14 +85,24 @@ void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t
     const int64_t inner = a.layout.inner;
     for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
       const double shift = static_cast<double>(load_acc(x[c * inner]));
-      double t1 = 0.0, t2 = 0.0;
-      for (int64_t i = b; i < e; ++i) {
-        const double d = static_cast<double>(load_acc(x[i])) - shift;
-        t1 += d;
-        t2 += d * d;
+      // Four independent partial sums per run (the double adds would otherwise wait on one
+      // dependency chain; without reassociation the compiler keeps them scalar).
+      double t1[kLanes] = {}, t2[kLanes] = {};
+      int64_t i = b;
+      for (; i + kLanes <= e; i += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+          const double d = static_cast<double>(load_acc(x[i + j])) - shift;
+          t1[j] += d;
+          t2[j] += d * d;
+        }
       }
-      s1[c] += t1;
-      s2[c] += t2;
+      for (; i < e; ++i) {
+        const double d = static_cast<double>(load_acc(x[i])) - shift;
+        t1[0] += d;
+        t2[0] += d * d;
+      }
+      s1[c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
+      s2[c] += (t2[0] + t2[1]) + (t2[2] + t2[3]);
     });
   });
 }
@@ -121,17 +133,33 @@ void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, in
     const T* dy = static_cast<const T*>(a.grad_output);
     const T* z = static_cast<const T*>(a.pre_bn);
     const uint8_t* mask = a.relu_mask;
-    for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
-      const double mean = z != nullptr ? a.mean[c] : 0.0;
-      double t0 = 0.0, t1 = 0.0;
-      for (int64_t i = b; i < e; ++i) {
-        const double g = (mask == nullptr || mask_bit(mask, i)) ? static_cast<double>(load_acc(dy[i])) : 0.0;
-        t0 += g;
-        if (z != nullptr) t1 += g * (static_cast<double>(load_acc(z[i])) - mean);
-      }
-      sums[c] += t0;
-      sums[C + c] += t1;
-    });
+    auto sum_runs = [&](auto has_mask, auto has_z) {
+      for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+        const double mean = has_z ? a.mean[c] : 0.0;
+        double t0[kLanes] = {}, t1[kLanes] = {};
+        auto add = [&](int64_t i, int j) {
+          // Load, then select: no branch on the (random) ReLU bits.
+          const double d = static_cast<double>(load_acc(dy[i]));
+          double g = d;
+          if constexpr (decltype(has_mask)::value) g = mask_bit(mask, i) ? d : 0.0;
+          t0[j] += g;
+          if constexpr (decltype(has_z)::value) t1[j] += g * (static_cast<double>(load_acc(z[i])) - mean);
+        };
+        int64_t i = b;
+        for (; i + kLanes <= e; i += kLanes)
+          for (int j = 0; j < kLanes; ++j) add(i + j, j);
+        for (; i < e; ++i) add(i, 0);
+        sums[c] += (t0[0] + t0[1]) + (t0[2] + t0[3]);
+        sums[C + c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
+      });
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if (mask != nullptr) {
+      z != nullptr ? sum_runs(Yes{}, Yes{}) : sum_runs(Yes{}, No{});
+    } else {
+      z != nullptr ? sum_runs(No{}, Yes{}) : sum_runs(No{}, No{});
+    }
   });
 }
 
@@ -146,27 +174,34 @@ void convbn_epilogue_cpu_range(const ConvBnEpilogueArgs& a, int64_t group_begin,
   const int64_t end = std::min(group_end * kMaskGroup, numel);
   if (begin >= end) return;
   const int64_t C = a.layout.channels;
-  if (a.relu_mask != nullptr) std::memset(a.relu_mask + group_begin, 0, static_cast<size_t>(mask_bytes(end) - group_begin));
   dispatch(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     const T* x = static_cast<const T*>(a.input);
     T* y = static_cast<T*>(a.output);
     const Acc* coef = static_cast<const Acc*>(a.coef);
-    uint8_t* mask = a.relu_mask;
+    const bool relu = a.relu_mask != nullptr;
     for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
       const Acc A = coef[c], B = coef[C + c];
-      if (mask == nullptr) {
+      if (!relu) {
         for (int64_t i = b; i < e; ++i) y[i] = store_as<T, Acc>(load_acc(x[i]) * A + B);
         return;
       }
       for (int64_t i = b; i < e; ++i) {
         const Acc v = load_acc(x[i]) * A + B;
-        const bool positive = v > Acc(0);
         y[i] = store_as<T, Acc>(v <= Acc(0) ? Acc(0) : v);  // NaN passes, as torch.relu
-        mask[i >> 3] = static_cast<uint8_t>(mask[i >> 3] | (static_cast<unsigned>(positive) << (i & 7)));
       }
     });
+    if (!relu) return;
+    // Bit i = output > 0 (ReLU's output is positive exactly where its input was), one byte
+    // per group of 8, from the stored output.
+    for (int64_t g = group_begin; g < mask_bytes(end); ++g) {
+      const int64_t base = g * kMaskGroup;
+      const int n = static_cast<int>(std::min<int64_t>(kMaskGroup, end - base));
+      unsigned bits = 0;
+      for (int j = 0; j < n; ++j) bits |= static_cast<unsigned>(load_acc(y[base + j]) > Acc(0)) << j;
+      a.relu_mask[g] = static_cast<uint8_t>(bits);
+    }
   });
 }
 
@@ -187,14 +222,26 @@ void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin,
     T* dz = static_cast<T*>(a.grad_pre_bn);
     const Acc* coef = static_cast<const Acc*>(a.coef);
     const uint8_t* mask = a.relu_mask;
-    for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
-      const Acc K = coef[c], MG = coef[C + c], M = coef[2 * C + c], AX = coef[3 * C + c];
-      for (int64_t i = b; i < e; ++i) {
-        const Acc g = (mask == nullptr || mask_bit(mask, i)) ? load_acc(dy[i]) : Acc(0);
-        const Acc centered = z != nullptr ? (load_acc(z[i]) - M) * AX : Acc(0);
-        dz[i] = store_as<T, Acc>(K * ((g - MG) - centered));
-      }
-    });
+    auto backward_runs = [&](auto has_mask, auto has_z) {
+      for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+        const Acc K = coef[c], MG = coef[C + c], M = coef[2 * C + c], AX = coef[3 * C + c];
+        for (int64_t i = b; i < e; ++i) {
+          const Acc d = load_acc(dy[i]);
+          Acc g = d;
+          if constexpr (decltype(has_mask)::value) g = mask_bit(mask, i) ? d : Acc(0);
+          Acc centered = Acc(0);
+          if constexpr (decltype(has_z)::value) centered = (load_acc(z[i]) - M) * AX;
+          dz[i] = store_as<T, Acc>(K * ((g - MG) - centered));
+        }
+      });
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if (mask != nullptr) {
+      z != nullptr ? backward_runs(Yes{}, Yes{}) : backward_runs(Yes{}, No{});
+    } else {
+      z != nullptr ? backward_runs(No{}, Yes{}) : backward_runs(No{}, No{});
+    }
   });
 }
 
