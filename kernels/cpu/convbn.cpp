@@ -75,6 +75,23 @@ inline bool mask_bit(const uint8_t* mask, int64_t i) { return ((mask[i >> 3] >> 
 
 constexpr int kLanes = 4;
 
+// v where the ReLU bit is set, else +0 (NaN included), by masking the bits: a select the
+// compiler could turn into a branch on random bits costs more than the rest of the loop.
+inline float keep_if(float v, bool bit) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  u &= 0u - static_cast<uint32_t>(bit);
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+inline double keep_if(double v, bool bit) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  u &= uint64_t{0} - static_cast<uint64_t>(bit);
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
 }  // namespace
 
 void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t end, double* s1, double* s2) {
@@ -141,7 +158,7 @@ void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, in
           // Load, then select: no branch on the (random) ReLU bits.
           const double d = static_cast<double>(load_acc(dy[i]));
           double g = d;
-          if constexpr (decltype(has_mask)::value) g = mask_bit(mask, i) ? d : 0.0;
+          if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
           t0[j] += g;
           if constexpr (decltype(has_z)::value) t1[j] += g * (static_cast<double>(load_acc(z[i])) - mean);
         };
@@ -228,7 +245,7 @@ void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin,
         for (int64_t i = b; i < e; ++i) {
           const Acc d = load_acc(dy[i]);
           Acc g = d;
-          if constexpr (decltype(has_mask)::value) g = mask_bit(mask, i) ? d : Acc(0);
+          if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
           Acc centered = Acc(0);
           if constexpr (decltype(has_z)::value) centered = (load_acc(z[i]) - M) * AX;
           dz[i] = store_as<T, Acc>(K * ((g - MG) - centered));
