@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <random>
+#include <ostream>
+#include <string>
 #include <vector>
 
 #include "fakequant/convbn.h"
@@ -16,6 +18,10 @@ struct Case {
   int64_t n, c, hw;
   bool channels_last;
 };
+
+void PrintTo(const Case& k, std::ostream* os) {
+  *os << "[" << k.n << ", " << k.c << ", " << k.hw << "]" << (k.channels_last ? " channels_last" : " nchw");
+}
 
 fq::ActivationLayout layout_of(const Case& k) {
   fq::ActivationLayout l;
@@ -153,7 +159,12 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ConvBnCpu,
                          ::testing::Values(Case{3, 5, 49, false}, Case{3, 5, 49, true}, Case{2, 4, 1, false},
-                                           Case{1, 7, 13, true}, Case{4, 3, 64, false}));
+                                           Case{1, 7, 13, true}, Case{4, 3, 64, false}),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           const Case& k = info.param;
+                           return "n" + std::to_string(k.n) + "c" + std::to_string(k.c) + "hw" + std::to_string(k.hw) +
+                                  (k.channels_last ? "_channels_last" : "_nchw");
+                         });
 
 TEST(ConvBnCpuWeight, FoldAndWeightGrad) {
   const int64_t C = 6, L = 27;

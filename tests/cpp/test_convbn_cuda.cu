@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <random>
+#include <ostream>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.cuh"
@@ -35,6 +37,10 @@ struct Shape {
   int64_t n, c, hw;
   bool channels_last;
 };
+
+void PrintTo(const Shape& k, std::ostream* os) {
+  *os << "[" << k.n << ", " << k.c << ", " << k.hw << "]" << (k.channels_last ? " channels_last" : " nchw");
+}
 
 fq::ActivationLayout layout_of(const Shape& s) {
   fq::ActivationLayout l;
@@ -136,7 +142,12 @@ TEST_P(ConvBnCuda, ElementwisePassesMatchCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ConvBnCuda,
                          ::testing::Values(Shape{4, 16, 3136, false}, Shape{4, 16, 3136, true}, Shape{3, 5, 49, false},
-                                           Shape{3, 70, 49, true}, Shape{2, 3, 1, false}));
+                                           Shape{3, 70, 49, true}, Shape{2, 3, 1, false}),
+                         [](const ::testing::TestParamInfo<Shape>& info) {
+                           const Shape& k = info.param;
+                           return "n" + std::to_string(k.n) + "c" + std::to_string(k.c) + "hw" + std::to_string(k.hw) +
+                                  (k.channels_last ? "_channels_last" : "_nchw");
+                         });
 
 TEST(ConvBnCudaWeight, FoldWeightGradAndChannelsMatchCpu) {
   SKIP_WITHOUT_GPU();
