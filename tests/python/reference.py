@@ -138,3 +138,77 @@ def moving_average_reference(running: float, current: float, c: float) -> float:
     if np.isinf(running):
         return float(f(current))
     return float(f(f(running) + f(f(c) * f(f(current) - f(running)))))
+
+
+# ---------------------------------------------------------------------------------------
+# ConvBN (docs/convbn.md), composed from ATen ops, to be read: the three training/eval
+# expressions with the weight fake quantization as a straight-through identity.
+
+def _quantize_fold_ste(fold, fold_for_q, quant_min, quant_max, rounding):
+    """Q(fold) in value (per-output-channel symmetric abs-max of the float32 tensor
+    fold_for_q, written out), gradient = Q's clipped-STE mask times the gradient."""
+    f32 = fold_for_q.detach().float()
+    amax = f32.abs().amax(dim=(1, 2, 3))
+    scale = torch.clamp(amax / ((quant_max - quant_min) / 2), min=torch.finfo(torch.float32).eps)
+    q, mask = fake_quant_per_channel_formula(f32, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
+                                             quant_min, quant_max, rounding)
+    mask = mask.to(fold.dtype)
+    return fold * mask + (q.to(fold.dtype) - fold * mask).detach(), mask
+
+
+def _fold_for_q(w, s, weight_dtype):
+    # The op folds float32 (and 16-bit) weights in float32: one product with s rounded to
+    # float32; float64 weights in float64, rounded to float32 for the quantization.
+    if weight_dtype == torch.float64:
+        return (w.detach() * s.reshape(-1, 1, 1, 1)).float()
+    return w.detach().float() * s.float().reshape(-1, 1, 1, 1)
+
+
+def conv_bn_reference(x, w, bias, gamma, beta, running_mean, running_var, *, stride=1, padding=0, dilation=1,
+                      groups=1, eps=1e-5, momentum=0.1, mode="batch", training=True, relu=False,
+                      quantize_weight=True, quant_min=-128, quant_max=127, rounding="half_even", fold_scale=None,
+                      weight_dtype=None):
+    """(y, new_running_mean, new_running_var) of the ConvBN op in x's dtype arithmetic
+    (call with float64 tensors), differentiable in x, w, bias, gamma, beta. fold_scale (if
+    given) replaces the reference's own fold scale inside Q only, so that a float32 run can be
+    compared with the op's quantised weight; weight_dtype is the op's weight dtype (how it
+    rounds the fold), w's own by default."""
+    import torch.nn.functional as F
+
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    rm, rv = running_mean.clone().to(x.dtype), running_var.clone().to(x.dtype)
+    b = bias if bias is not None else torch.zeros_like(gamma)
+    shape = (1, -1, 1, 1)
+
+    def Q(fold, s):
+        if not quantize_weight:
+            return fold, torch.ones_like(fold)
+        s_q = fold_scale if fold_scale is not None else s.detach()
+        return _quantize_fold_ste(fold, _fold_for_q(w, s_q, weight_dtype or w.dtype), quant_min, quant_max, rounding)
+
+    if not training:
+        s = gamma / torch.sqrt(rv + eps)
+        wq, _ = Q(w * s.reshape(-1, 1, 1, 1), s)
+        y = F.conv2d(x, wq, None, **conv) + (beta + s * (b - rm)).reshape(shape)
+    elif mode == "running":
+        # torch.ao.nn.intrinsic.qat.ConvBn2d._forward_approximate, with s = 1 where gamma == 0.
+        s = torch.where(gamma == 0, torch.ones_like(gamma), gamma / torch.sqrt(rv + eps))
+        wq, _ = Q(w * s.reshape(-1, 1, 1, 1), s)
+        c = F.conv2d(x, wq, None, **conv) / s.reshape(shape) + b.reshape(shape)
+        y = F.batch_norm(c, rm, rv, gamma, beta, training=True, momentum=momentum, eps=eps)
+    else:
+        # Batch mode: value of the fold with batch statistics, gradient of the unfused graph
+        # (training BN on conv(x, W) + bias) with Q's mask on the weight gradient.
+        z0 = F.conv2d(x.detach(), w.detach(), None, **conv)
+        mu0 = z0.mean(dim=(0, 2, 3))
+        var = z0.var(dim=(0, 2, 3), unbiased=False)
+        s = gamma.detach() / torch.sqrt(var + eps)
+        wq, mask = Q(w.detach() * s.reshape(-1, 1, 1, 1), s)
+        w_ste = w * mask + (w - w * mask).detach()
+        z = F.conv2d(x, w_ste, bias, **conv)
+        unfused = F.batch_norm(z, rm, rv, gamma, beta, training=True, momentum=momentum, eps=eps)
+        fused = F.conv2d(x, wq, None, **conv) + (beta - s * mu0).reshape(shape)
+        y = unfused + (fused - unfused).detach()
+    if relu:
+        y = torch.relu(y)
+    return y, rm, rv

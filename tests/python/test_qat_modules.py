@@ -24,7 +24,8 @@ needs_ao = pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.qua
 
 
 def ao_qconfig():
-    """Weight fake quant = per-channel symmetric min/max of the current weight (qint8)."""
+    """Weight fake quant = per-channel symmetric min/max (qint8); the observer keeps the range
+    of every call, which equals the current weight's while the weight does not change."""
     weight = aq.FakeQuantize.with_args(observer=aq.PerChannelMinMaxObserver, quant_min=-128, quant_max=127,
                                        dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     return aq.QConfig(activation=aq.FakeQuantize.with_args(observer=aq.MovingAverageMinMaxObserver), weight=weight)
@@ -72,7 +73,15 @@ def test_convbn_running_mode_equals_torch_ao(case, relu):
     ao.eval()
     ours.eval()
     x = torch.randn(2, case["in_channels"], 9, 9, generator=gen)
-    torch.testing.assert_close(ours(x), ao(x), rtol=1e-5, atol=1e-5)
+    y = ours(x)
+    # eval folds with the op's arithmetic (s in float64, docs/convbn.md): exactly conv with the
+    # folded quantized weight; torch.ao folds in float32, so a weight at a rounding boundary
+    # may land one quantization level apart there
+    w, b = ours.eval_folded_weight_and_bias()
+    expected = F.conv2d(x, ours.weight_fake_quant(w), b, ours.stride, ours.padding, ours.dilation, ours.groups)
+    torch.testing.assert_close(y, F.relu(expected) if relu else expected, rtol=1e-6, atol=1e-6)
+    y_ao = ao(x)
+    assert (y - y_ao).abs().max() <= 0.05 * y_ao.abs().max()
 
 
 def symmetric_scale(w, qmin, qmax):
@@ -196,9 +205,9 @@ def test_convbn_freeze_bn_stats_folds_running_stats_and_trains():
     x = torch.randn(3, 4, 8, 8, generator=gen)
     y = m(x)
     torch.testing.assert_close(m.bn.running_mean, before, rtol=0, atol=0)
-    w = m.weight.detach() * (m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)).detach().reshape(-1, 1, 1, 1)
-    wq = m.weight_fake_quant(w)
-    b = m.bn.bias + m.bn.weight * (m.bias - m.bn.running_mean) / torch.sqrt(m.bn.running_var + m.bn.eps)
+    s = (m.bn.weight.double() / torch.sqrt(m.bn.running_var.double() + m.bn.eps)).detach()  # fold scale, float64
+    wq = m.weight_fake_quant(m.weight.detach() * s.float().reshape(-1, 1, 1, 1))
+    b = (m.bn.bias.double() + s * (m.bias.double() - m.bn.running_mean.double())).float()
     torch.testing.assert_close(y, F.relu(F.conv2d(x, wq) + b.detach().reshape(1, -1, 1, 1)))
     y.sum().backward()
     assert m.weight.grad.abs().sum() > 0 and m.bn.weight.grad.abs().sum() > 0
@@ -336,3 +345,43 @@ def test_fuse_conv_bn_leaves_shared_outputs_alone():
     torch.testing.assert_close(fused(x), model(x))
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fakequant.fuse_conv_bn("model")
+
+
+@pytest.mark.parametrize("fold_mode", qat.FOLD_MODES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_convbn_runs_the_fused_op_with_our_weight_quantizer(fold_mode, relu, monkeypatch):
+    """With AbsMaxWeightFakeQuantize(ch_axis=0) the module is a thin call of conv_bn_fake_quant."""
+    gen = torch.Generator().manual_seed(10)
+    qconfig = qat.QConfig(activation=None, weight=lambda: fakequant.nn.AbsMaxWeightFakeQuantize(
+        quant_min=-127, quant_max=127, ch_axis=0, rounding="half_away"))
+    cls = qat.ConvBnReLU2d if relu else qat.ConvBn2d
+    m = cls(6, 8, 3, stride=2, padding=1, bias=True, qconfig=qconfig, fold_mode=fold_mode)
+    randomize_bn(m.bn, gen)
+    ref = copy.deepcopy(m)
+
+    def composite_not_expected(*args):
+        raise AssertionError("the composed path ran")
+
+    monkeypatch.setattr(qat.ConvBn2d, "_forward_composite", composite_not_expected)
+    for training in (True, False):
+        m.train(training)
+        x = torch.randn(3, 6, 9, 9, generator=gen)
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y = m(xo)
+        p = {n: t.detach().clone().requires_grad_() for n, t in ref.named_parameters()}
+        y_ref = fakequant.conv_bn_fake_quant(
+            xr, p["weight"], p["bias"], p["bn.weight"], p["bn.bias"], ref.bn.running_mean, ref.bn.running_var,
+            stride=2, padding=1, eps=m.bn.eps, momentum=0.1, mode=fold_mode, training=training, relu=relu,
+            quant_min=-127, quant_max=127, rounding="half_away")
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        torch.testing.assert_close(m.bn.running_var, ref.bn.running_var, rtol=0, atol=0)
+        g = torch.randn(y.shape, generator=gen)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(xo.grad, xr.grad, rtol=0, atol=0)
+        for name, t in m.named_parameters():
+            torch.testing.assert_close(t.grad, p[name].grad, rtol=0, atol=0, msg=name)
+            t.grad = None
+    m.weight_fake_quant.disable_fake_quant()  # quantize_weight=False: the float fold
+    m.train()
+    assert torch.isfinite(m(torch.randn(2, 6, 9, 9, generator=gen))).all()

@@ -92,4 +92,32 @@ TORCH_LIBRARY(fakequant, m) {
       "int axis, int quant_min, int quant_max, float grad_factor=1.0, bool[3] output_mask=[True, True, True]) -> "
       "(Tensor grad_input, Tensor grad_scale, Tensor grad_zero_point)",
       {at::Tag::pt2_compliant_tag});
+  // ConvBN fake quantization, forward fused / backward unfused (docs/convbn.md): conv2d
+  // (weight [C_out, C_in/groups, kh, kw], optional conv bias) + BatchNorm2d (bn_weight,
+  // bn_bias) + optional ReLU, the weight folded with the BN scale and fake-quantized per output
+  // channel (fake_quant_weight_abs_max on the float32 fold). mode "batch" (fold with batch
+  // statistics) or "running" (torch.ao ConvBn2d's approximation); training=False folds with the
+  // running statistics. In training running_mean / running_var (float32 [C_out]) are updated
+  // in place like nn.BatchNorm2d's. Returns the output (input's dtype, NCHW or channels_last
+  // like input) and what the backward needs: pre_bn (the activation BN normalises; [0] in
+  // eval), weight_q (the quantised fold, input's dtype), weight_mask (1 bit per weight element,
+  // [0] without quantize_weight), relu_mask (1 bit per output element, [0] without relu),
+  // channel_state (float64 [6, C_out]).
+  m.def(
+      "conv_bn_fake_quant(Tensor input, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor(a!) running_mean, Tensor(b!) running_var, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
+      "int groups=1, float eps=1e-05, float momentum=0.1, str fold_mode=\"batch\", bool training=True, bool relu=False, "
+      "bool quantize_weight=True, int quant_min=-128, int quant_max=127, str rounding=\"half_even\", "
+      "float weight_eps=1.1920928955078125e-07) -> (Tensor output, Tensor pre_bn, Tensor weight_q, "
+      "Tensor weight_mask, Tensor relu_mask, Tensor channel_state)",
+      {at::Tag::pt2_compliant_tag});
+  // Its backward from the saved tensors: grad_input (input's dtype), grad_weight (weight's
+  // dtype) and grad_params (float64 [3, C_out]: bn_weight, bn_bias, conv bias); outputs whose
+  // output_mask entry is false come back as empty ([0]) tensors.
+  m.def(
+      "conv_bn_fake_quant_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor pre_bn, Tensor weight_q, "
+      "Tensor weight_mask, Tensor relu_mask, Tensor channel_state, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, str fold_mode, bool training, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_params)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -34,6 +34,8 @@ from .weight_quant import (  # noqa: E402
     fake_quantize_weight_abs_max_with_mask,
 )
 
+from . import _convbn  # noqa: E402,F401  (ConvBN fake kernels and autograd)
+from .convbn import conv_bn_fake_quant  # noqa: E402
 from . import nn  # noqa: E402  (fakequant.nn: fake-quantize modules; fakequant.nn.qat: QAT modules)
 from . import qconfig  # noqa: E402
 from .fuse import fuse_conv_bn  # noqa: E402
@@ -48,6 +50,7 @@ __all__ = [
     "convert",
     "fuse_conv_bn",
     "quant_aware",
+    "conv_bn_fake_quant",
     "fake_quantize_moving_average_abs_max",
     "fake_quantize_range_abs_max",
     "fused_moving_avg_obs_fake_quant",

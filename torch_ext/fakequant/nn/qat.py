@@ -32,6 +32,9 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair
 from torch.nn.utils import fuse_conv_bn_weights
 
+from ..convbn import conv_bn_fake_quant
+from .fake_quantize import AbsMaxWeightFakeQuantize
+
 __all__ = [
     "Conv2d",
     "ConvBn2d",
@@ -181,11 +184,6 @@ def _fused_weight_spec(weight_fake_quant):
     """The arguments of the fused op's weight quantization when ``weight_fake_quant`` is ours
     and does exactly what the op does (per-output-channel abs-max recomputed every step), else
     ``None`` (the module then composes the same math from PyTorch ops)."""
-    try:
-        from ..convbn import conv_bn_fake_quant  # noqa: F401
-        from .fake_quantize import AbsMaxWeightFakeQuantize
-    except ImportError:
-        return None
     if type(weight_fake_quant) is not AbsMaxWeightFakeQuantize or weight_fake_quant.ch_axis != 0:
         return None
     if not _flag(weight_fake_quant, "observer_enabled"):
@@ -335,8 +333,6 @@ class ConvBn2d(nn.Conv2d):
         spec = _fused_weight_spec(self.weight_fake_quant) if padding is not None else None
         factor = self._exponential_average_factor()
         if spec is not None:
-            from ..convbn import conv_bn_fake_quant
-
             out = conv_bn_fake_quant(
                 input, self.weight, self.bias, self.bn.weight, self.bn.bias, self.bn.running_mean,
                 self.bn.running_var, stride=self.stride, padding=padding, dilation=self.dilation,
@@ -416,11 +412,15 @@ class ConvBn2d(nn.Conv2d):
         return qat
 
     def _running_fold(self, w, b):
+        """Eval fold with the running statistics, with the op's arithmetic (quant_math.h
+        convbn_fold_eval): s = gamma / sqrt(running_var + eps) in float64, rounded once to
+        float32 for the weight; the bias ``beta + s * (b - running_mean)`` in float64."""
         bn = self.bn
-        sigma = torch.sqrt(bn.running_var + bn.eps)
-        k = bn.weight / sigma
-        bias = b if b is not None else torch.zeros_like(bn.bias)
-        return w * k.reshape(-1, 1, 1, 1), bn.bias + k * (bias - bn.running_mean)
+        s = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
+        bias = b.double() if b is not None else torch.zeros_like(s)
+        folded_bias = bn.bias.double() + s * (bias - bn.running_mean.double())
+        return w * s.to(w.dtype if w.dtype != torch.float64 else torch.float64).reshape(-1, 1, 1, 1), \
+            folded_bias.to(bn.bias.dtype)
 
     def eval_folded_weight_and_bias(self):
         """The folded weight (before weight fake quantization) and bias of the eval forward, computed

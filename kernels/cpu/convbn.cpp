@@ -1,0 +1,312 @@
+// CPU reference of the ConvBN kernels (fakequant/convbn.h).
+//
+// Activations are walked in memory order as runs of one channel ([b, e) with one channel c):
+// NCHW gives runs of H*W elements, channels_last runs of one element with the channel
+// stepping by one. Sums are accumulated in double.
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "fakequant/convbn.h"
+
+namespace fakequant {
+namespace {
+
+// Element access in the compute type: float for float32/16-bit storage, double for double.
+inline float load_acc(float v) { return v; }
+inline float load_acc(Half v) { return to_float(v); }
+inline float load_acc(BFloat16 v) { return to_float(v); }
+inline double load_acc(double v) { return v; }
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+template <typename T, typename Acc>
+inline T store_as(Acc v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return from_float<T>(v);
+  }
+}
+
+template <typename F>
+void dispatch(ConvBnDType dtype, F f) {
+  switch (dtype) {
+    case ConvBnDType::kFloat32:
+      f(float{});
+      break;
+    case ConvBnDType::kFloat16:
+      f(Half{});
+      break;
+    case ConvBnDType::kBFloat16:
+      f(BFloat16{});
+      break;
+    case ConvBnDType::kFloat64:
+      f(double{});
+      break;
+  }
+}
+
+// f(c, b, e) for the runs of one channel covering [begin, end) in memory order.
+template <typename F>
+void for_each_run(const ActivationLayout& l, int64_t begin, int64_t end, F f) {
+  if (begin >= end) return;
+  const int64_t inner = l.inner;
+  int64_t run = begin / inner;
+  int64_t c = run % l.channels;
+  for (int64_t e = begin; e < end;) {
+    const int64_t run_end = std::min((run + 1) * inner, end);
+    f(c, e, run_end);
+    e = run_end;
+    ++run;
+    if (++c == l.channels) c = 0;
+  }
+}
+
+inline bool mask_bit(const uint8_t* mask, int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1u) != 0; }
+
+constexpr int kLanes = 4;
+
+// v where the ReLU bit is set, else +0 (NaN included), by masking the bits: a select the
+// compiler could turn into a branch on random bits costs more than the rest of the loop.
+inline float keep_if(float v, bool bit) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  u &= 0u - static_cast<uint32_t>(bit);
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+inline double keep_if(double v, bool bit) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  u &= uint64_t{0} - static_cast<uint64_t>(bit);
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+}  // namespace
+
+void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t end, double* s1, double* s2) {
+  end = std::min(end, a.layout.numel());
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(a.input);
+    const int64_t inner = a.layout.inner;
+    for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+      const double shift = static_cast<double>(load_acc(x[c * inner]));
+      // Four independent partial sums per run (the double adds would otherwise wait on one
+      // dependency chain; without reassociation the compiler keeps them scalar).
+      double t1[kLanes] = {}, t2[kLanes] = {};
+      int64_t i = b;
+      for (; i + kLanes <= e; i += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+          const double d = static_cast<double>(load_acc(x[i + j])) - shift;
+          t1[j] += d;
+          t2[j] += d * d;
+        }
+      }
+      for (; i < e; ++i) {
+        const double d = static_cast<double>(load_acc(x[i])) - shift;
+        t1[0] += d;
+        t2[0] += d * d;
+      }
+      s1[c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
+      s2[c] += (t2[0] + t2[1]) + (t2[2] + t2[3]);
+    });
+  });
+}
+
+void channel_moments_finish_cpu(const ChannelMomentsArgs& a, const double* s1, const double* s2) {
+  const double n = static_cast<double>(a.layout.per_channel());
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(a.input);
+    for (int64_t c = 0; c < a.layout.channels; ++c) {
+      const double shift = n > 0 ? static_cast<double>(load_acc(x[c * a.layout.inner])) : 0.0;
+      convbn_moments_from_sums(shift, s1[c], s2[c], n, a.mean + c, a.var + c);
+    }
+  });
+}
+
+void channel_moments_cpu(const ChannelMomentsArgs& a) {
+  std::vector<double> s1(static_cast<size_t>(a.layout.channels), 0.0), s2(s1);
+  channel_moment_sums_cpu(a, 0, a.layout.numel(), s1.data(), s2.data());
+  channel_moments_finish_cpu(a, s1.data(), s2.data());
+}
+
+void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, int64_t end, double* sums) {
+  end = std::min(end, a.layout.numel());
+  const int64_t C = a.layout.channels;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* dy = static_cast<const T*>(a.grad_output);
+    const T* z = static_cast<const T*>(a.pre_bn);
+    const uint8_t* mask = a.relu_mask;
+    auto sum_runs = [&](auto has_mask, auto has_z) {
+      for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+        const double mean = has_z ? a.mean[c] : 0.0;
+        double t0[kLanes] = {}, t1[kLanes] = {};
+        auto add = [&](int64_t i, int j) {
+          // Load, then select: no branch on the (random) ReLU bits.
+          const double d = static_cast<double>(load_acc(dy[i]));
+          double g = d;
+          if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
+          t0[j] += g;
+          if constexpr (decltype(has_z)::value) t1[j] += g * (static_cast<double>(load_acc(z[i])) - mean);
+        };
+        int64_t i = b;
+        for (; i + kLanes <= e; i += kLanes)
+          for (int j = 0; j < kLanes; ++j) add(i + j, j);
+        for (; i < e; ++i) add(i, 0);
+        sums[c] += (t0[0] + t0[1]) + (t0[2] + t0[3]);
+        sums[C + c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
+      });
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if (mask != nullptr) {
+      z != nullptr ? sum_runs(Yes{}, Yes{}) : sum_runs(Yes{}, No{});
+    } else {
+      z != nullptr ? sum_runs(No{}, Yes{}) : sum_runs(No{}, No{});
+    }
+  });
+}
+
+void channel_grad_sums_cpu(const ChannelGradSumsArgs& a) {
+  std::fill(a.sums, a.sums + 2 * a.layout.channels, 0.0);
+  channel_grad_sums_cpu_range(a, 0, a.layout.numel(), a.sums);
+}
+
+void convbn_epilogue_cpu_range(const ConvBnEpilogueArgs& a, int64_t group_begin, int64_t group_end) {
+  const int64_t numel = a.layout.numel();
+  const int64_t begin = std::min(group_begin * kMaskGroup, numel);
+  const int64_t end = std::min(group_end * kMaskGroup, numel);
+  if (begin >= end) return;
+  const int64_t C = a.layout.channels;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    const T* x = static_cast<const T*>(a.input);
+    T* y = static_cast<T*>(a.output);
+    const Acc* coef = static_cast<const Acc*>(a.coef);
+    const bool relu = a.relu_mask != nullptr;
+    for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+      const Acc A = coef[c], B = coef[C + c];
+      if (!relu) {
+        for (int64_t i = b; i < e; ++i) y[i] = store_as<T, Acc>(load_acc(x[i]) * A + B);
+        return;
+      }
+      for (int64_t i = b; i < e; ++i) {
+        const Acc v = load_acc(x[i]) * A + B;
+        y[i] = store_as<T, Acc>(v <= Acc(0) ? Acc(0) : v);  // NaN passes, as torch.relu
+      }
+    });
+    if (!relu) return;
+    // Bit i = output > 0 (ReLU's output is positive exactly where its input was), one byte
+    // per group of 8, from the stored output.
+    for (int64_t g = group_begin; g < mask_bytes(end); ++g) {
+      const int64_t base = g * kMaskGroup;
+      const int n = static_cast<int>(std::min<int64_t>(kMaskGroup, end - base));
+      unsigned bits = 0;
+      for (int j = 0; j < n; ++j) bits |= static_cast<unsigned>(load_acc(y[base + j]) > Acc(0)) << j;
+      a.relu_mask[g] = static_cast<uint8_t>(bits);
+    }
+  });
+}
+
+void convbn_epilogue_cpu(const ConvBnEpilogueArgs& a) {
+  convbn_epilogue_cpu_range(a, 0, mask_bytes(a.layout.numel()));
+}
+
+void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin, int64_t group_end) {
+  const int64_t numel = a.layout.numel();
+  const int64_t begin = std::min(group_begin * kMaskGroup, numel);
+  const int64_t end = std::min(group_end * kMaskGroup, numel);
+  const int64_t C = a.layout.channels;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    const T* dy = static_cast<const T*>(a.grad_output);
+    const T* z = static_cast<const T*>(a.pre_bn);
+    T* dz = static_cast<T*>(a.grad_pre_bn);
+    const Acc* coef = static_cast<const Acc*>(a.coef);
+    const uint8_t* mask = a.relu_mask;
+    auto backward_runs = [&](auto has_mask, auto has_z) {
+      for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+        const Acc K = coef[c], MG = coef[C + c], M = coef[2 * C + c], AX = coef[3 * C + c];
+        for (int64_t i = b; i < e; ++i) {
+          const Acc d = load_acc(dy[i]);
+          Acc g = d;
+          if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
+          Acc centered = Acc(0);
+          if constexpr (decltype(has_z)::value) centered = (load_acc(z[i]) - M) * AX;
+          dz[i] = store_as<T, Acc>(K * ((g - MG) - centered));
+        }
+      });
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if (mask != nullptr) {
+      z != nullptr ? backward_runs(Yes{}, Yes{}) : backward_runs(Yes{}, No{});
+    } else {
+      z != nullptr ? backward_runs(No{}, Yes{}) : backward_runs(No{}, No{});
+    }
+  });
+}
+
+void convbn_backward_cpu(const ConvBnBackwardArgs& a) {
+  convbn_backward_cpu_range(a, 0, mask_bytes(a.layout.numel()));
+}
+
+void fold_weight_cpu_range(const FoldWeightArgs& a, int64_t c_begin, int64_t c_end) {
+  const int64_t L = a.channel_length;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    const T* w = static_cast<const T*>(a.weight);
+    Acc* out = static_cast<Acc*>(a.folded);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const Acc s = static_cast<Acc>(a.scale[c]);
+      for (int64_t j = c * L; j < (c + 1) * L; ++j) out[j] = load_acc(w[j]) * s;
+    }
+  });
+}
+
+void fold_weight_cpu(const FoldWeightArgs& a) { fold_weight_cpu_range(a, 0, a.channels); }
+
+void weight_grad_cpu_range(const WeightGradArgs& a, int64_t c_begin, int64_t c_end) {
+  const int64_t L = a.channel_length;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    const T* gc = static_cast<const T*>(a.grad_conv);
+    const T* w = static_cast<const T*>(a.weight);
+    T* gw = static_cast<T*>(a.grad_weight);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const Acc s = a.scale != nullptr ? static_cast<Acc>(a.scale[c]) : Acc(1);
+      double sum = 0.0;
+      for (int64_t j = c * L; j < (c + 1) * L; ++j) {
+        const Acc d = (a.mask == nullptr || mask_bit(a.mask, j)) ? load_acc(gc[j]) : Acc(0);
+        gw[j] = store_as<T, Acc>(d * s);
+        sum += static_cast<double>(d) * static_cast<double>(load_acc(w[j]));
+      }
+      if (a.weight_sums != nullptr) a.weight_sums[c] = sum;
+    }
+  });
+}
+
+void weight_grad_cpu(const WeightGradArgs& a) { weight_grad_cpu_range(a, 0, a.channels); }
+
+void convbn_channels_cpu(const ConvBnChannelArgs& a) {
+  for (int64_t c = 0; c < a.channels; ++c) convbn_channel(a, c);
+}
+
+}  // namespace fakequant
