@@ -639,7 +639,9 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
 
     ``scale = max(absmax / ((quant_max - quant_min) / 2), eps)``, zero point 0: the values of
     ``torch.ao.quantization.FakeQuantize`` with ``PerChannelMinMaxObserver``
-    (per_channel_symmetric, qint8) for the default ``[-128, 127]``; ``quant_min=-127`` is
+    (per_channel_symmetric, qint8) for the default ``[-128, 127]`` when that observer is reset
+    every step (it keeps the extremes of every call; this scale follows the current weight,
+    as Paddle's abs-max does); ``quant_min=-127`` is
     Paddle's ``channel_wise_abs_max``. The ``scale`` / ``zero_point`` buffers keep the last
     scales; with the observer disabled they are reused. ``quant_min``, ``quant_max``,
     ``ch_axis``, ``rounding`` and ``eps`` are public (fused conv-bn modules read them).
