@@ -1,14 +1,21 @@
 // Shared pieces of the fakequant microbenchmarks: device selection, timing (CUDA events
 // with manual time on the GPU, real time on the CPU), input rotation so that small sizes
-// do not measure a warm cache, and decimal GB/s counters.
+// do not measure a warm cache, cached random inputs, the size sweep and the layer shapes
+// every family uses (so that the copy baseline exists at each size), and decimal GB/s
+// counters.
 #pragma once
 
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <map>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #if defined(FAKEQUANT_BENCH_CUDA)
@@ -41,10 +48,110 @@ inline int64_t rotation_bytes() {
   return 64LL << 20;
 }
 
-// How many copies of a working set of `set_bytes` to rotate through (at most 64).
+// How many copies of a working set of `set_bytes` to rotate through so that together they
+// span rotation_bytes(): one for sets at least that large (a 256M-element fp32 set is used
+// alone, so the memory a benchmark holds stays about twice its working set), at most 4096
+// for the smallest (a 4K-element fp32 set, 32 KB with its output, needs 2048 on the CPU and
+// about 3200 on an H100 to leave L2).
 inline int rotation_sets(int64_t set_bytes) {
   const int64_t want = (rotation_bytes() + set_bytes - 1) / std::max<int64_t>(set_bytes, 1);
-  return static_cast<int>(std::clamp<int64_t>(want, 1, 64));
+  return static_cast<int>(std::clamp<int64_t>(want, 1, 4096));
+}
+
+inline bool quick_mode() { return std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr; }
+
+// FAKEQUANT_BENCH_MAX_NUMEL: no size (sweep or layer shape) above it is registered.
+inline int64_t max_numel() {
+  const char* cap = std::getenv("FAKEQUANT_BENCH_MAX_NUMEL");
+  const int64_t v = cap ? std::atoll(cap) : 0;
+  return v > 0 ? v : INT64_MAX;
+}
+
+// The size sweep of every family: 4K to 256M elements in steps of 4 (full mode), 4K and 1M
+// (quick mode; ctest's bench_smoke runs the 4K ones). FAKEQUANT_BENCH_MAX_NUMEL drops larger
+// sizes (for a device with less memory, or a shorter run; the report says which sizes ran).
+inline std::vector<int64_t> sweep_sizes() {
+  std::vector<int64_t> sizes;
+  if (quick_mode()) {
+    sizes = {int64_t{1} << 12, int64_t{1} << 20};
+  } else {
+    for (int shift = 12; shift <= 28; shift += 2) sizes.push_back(int64_t{1} << shift);
+  }
+  sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [](int64_t n) { return n > max_numel(); }), sizes.end());
+  return sizes;
+}
+
+// Real layer shapes: ResNet-50 conv weights and activations (batch 32, NCHW) and a 4096 x 4096
+// Linear weight, plus [64, 64] (4096 elements, the smoke size). Benchmarks take the index as
+// their `shape` argument and label the run with the shape; per-channel ops use axis 0 for
+// weights and axis 1 (C) for activations.
+struct LayerShape {
+  std::vector<int64_t> sizes;
+  bool activation;
+  const char* what;
+};
+
+inline const std::vector<LayerShape>& layer_shapes() {
+  static const std::vector<LayerShape> shapes = {
+      {{64, 64}, false, "weight"},
+      {{64, 64, 3, 3}, false, "ResNet-50 conv weight"},
+      {{256, 64, 1, 1}, false, "ResNet-50 conv weight"},
+      {{512, 512, 3, 3}, false, "ResNet-50 conv weight"},
+      {{2048, 512, 1, 1}, false, "ResNet-50 conv weight"},
+      {{4096, 4096}, false, "Linear weight"},
+      {{32, 64, 56, 56}, true, "ResNet-50 activation"},
+      {{32, 256, 56, 56}, true, "ResNet-50 activation"},
+      {{32, 2048, 7, 7}, true, "ResNet-50 activation"},
+  };
+  return shapes;
+}
+
+inline int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+// "32x64x56x56", plus " axis A" when a per-channel axis is given.
+inline std::string shape_label(const std::vector<int64_t>& shape, int64_t axis = -1) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  if (axis >= 0) s += " axis " + std::to_string(axis);
+  return s;
+}
+
+// Layer-shape indices a family runs: all (full mode), [64, 64] and [2048, 512, 1, 1] (quick).
+inline std::vector<int64_t> layer_indices(bool weights_only) {
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < static_cast<int64_t>(layer_shapes().size()); ++i) {
+    if (weights_only && layer_shapes()[i].activation) continue;
+    if (quick_mode() && i != 0 && i != 4) continue;
+    if (numel_of(layer_shapes()[i].sizes) > max_numel()) continue;
+    idx.push_back(i);
+  }
+  return idx;
+}
+
+// `sets` random 1-D tensors of `n` elements, N(0, scale^2) drawn in fp32 and cast to `dtype`,
+// on the bench device. Cached: Google Benchmark calls a benchmark function again for its
+// warm-up, its iteration estimate and each repetition, and drawing 256M normals takes seconds
+// on the CPU. The cache keeps the tensors of one (n, dtype) at a time; `tag` tells apart
+// inputs of the same size (x and grad_output). Benchmarks only read these tensors.
+inline std::vector<torch::Tensor> random_sets(int64_t n, torch::ScalarType dtype, int sets, double scale,
+                                              int tag = 0) {
+  using Key = std::tuple<int, double, int>;
+  static std::pair<int64_t, torch::ScalarType> current{-1, torch::kFloat};
+  static std::map<Key, std::vector<torch::Tensor>> cache;
+  if (current != std::make_pair(n, dtype)) {
+    cache.clear();
+    current = {n, dtype};
+  }
+  auto& entry = cache[Key{sets, scale, tag}];
+  if (entry.empty()) {
+    const auto opts = torch::TensorOptions().device(bench_device());
+    for (int s = 0; s < sets; ++s) entry.push_back(torch::randn({n}, opts).mul_(scale).to(dtype));
+  }
+  return entry;
 }
 
 // Runs `body(i)` once per benchmark iteration, timed the right way for the device.
@@ -100,6 +207,22 @@ inline torch::ScalarType dtype_arg(int64_t code) {
     default:
       return torch::kFloat;
   }
+}
+
+// Registers the size sweep over `dtypes` (codes of dtype_arg) as {numel, dtype}.
+inline void sweep_args(benchmark::internal::Benchmark* b, const std::vector<int64_t>& dtypes) {
+  for (const int64_t dtype : dtypes)
+    for (const int64_t n : sweep_sizes()) b->Args({n, dtype});
+  b->ArgNames({"numel", "dtype"});
+  configure(b);
+}
+
+// Registers layer shapes over `dtypes` as {numel, dtype, shape index}.
+inline void layer_args(benchmark::internal::Benchmark* b, const std::vector<int64_t>& dtypes, bool weights_only) {
+  for (const int64_t dtype : dtypes)
+    for (const int64_t s : layer_indices(weights_only)) b->Args({numel_of(layer_shapes()[s].sizes), dtype, s});
+  b->ArgNames({"numel", "dtype", "shape"});
+  configure(b);
 }
 
 }  // namespace fakequant_bench

@@ -1,6 +1,8 @@
 // Quant-dequant ops: fakequant's per-tensor and per-channel ops and masked backward vs the
-// ATen ops doing the same job, and a plain copy, in one binary, on the device present. Arguments: {numel, dtype code
-// (0 fp32, 1 bf16, 2 fp16)}. Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps two sizes.
+// ATen ops doing the same job, in one binary, on the device present (the copy baseline is in
+// bench_copy.cpp). Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16)} over the size
+// sweep, and {numel, dtype, shape index} over the layer shapes (bench_common.h). Quick mode
+// (FAKEQUANT_BENCH_QUICK=1) keeps two sizes and two shapes. This file holds main().
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
@@ -34,9 +36,7 @@ double aten_bytes(int64_t n, torch::ScalarType dtype) {
 Inputs make_inputs(int64_t n, torch::ScalarType dtype) {
   const int64_t elem = torch::elementSize(dtype);
   Inputs in;
-  const int sets = fb::rotation_sets(2 * n * elem);
-  for (int s = 0; s < sets; ++s)
-    in.x.push_back(torch::randn({n}, torch::TensorOptions().device(fb::bench_device())).mul(2.0).to(dtype));
+  in.x = fb::random_sets(n, dtype, fb::rotation_sets(2 * n * elem), 2.0);
   in.scale = torch::full({1}, kScale, torch::TensorOptions().dtype(torch::kFloat).device(fb::bench_device()));
   in.zero_point = torch::full({1}, kZeroPoint, torch::TensorOptions().dtype(torch::kInt).device(fb::bench_device()));
   return in;
@@ -126,16 +126,6 @@ void BM_FakeQuantPerChannel_aten(benchmark::State& state) {
   fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
-void BM_Copy(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  Inputs in = make_inputs(n, dtype);
-  std::vector<torch::Tensor> out;
-  for (size_t s = 0; s < in.x.size(); ++s) out.push_back(torch::empty_like(in.x[s]));
-  fb::run_timed(state, [&](int64_t i) { out[i % out.size()].copy_(in.x[i % in.x.size()]); });
-  fb::set_bandwidth(state, static_cast<double>(2 * n * torch::elementSize(dtype)), n);
-}
-
 // Backward: fakequant's packed-mask gradient vs ATen's grad * bool mask.
 void BM_MaskedGrad_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
@@ -170,25 +160,98 @@ void BM_MaskedGrad_aten(benchmark::State& state) {
   fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
-void sizes(benchmark::internal::Benchmark* b) {
-  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
-  const std::vector<int64_t> full = {1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24, 1 << 26};
-  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
-  for (const int64_t dtype : {0, 1})
-    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
-  b->ArgNames({"numel", "dtype"});
-  fb::configure(b);
+// --- Layer shapes -------------------------------------------------------------------------
+// Per tensor: the shape only sets numel. Per channel: weights along axis 0, activations along
+// axis 1 (C of NCHW: runs of H*W elements per channel).
+
+struct LayerInputs {
+  std::vector<torch::Tensor> x;
+  torch::Tensor scale, zero_point;
+  int64_t axis = 0;
+};
+
+LayerInputs make_layer_inputs(benchmark::State& state, torch::ScalarType dtype, bool per_channel) {
+  const fb::LayerShape& shape = fb::layer_shapes()[state.range(2)];
+  const int64_t n = fb::numel_of(shape.sizes);
+  LayerInputs in;
+  for (const auto& t : fb::random_sets(n, dtype, fb::rotation_sets(2 * n * torch::elementSize(dtype)), 2.0))
+    in.x.push_back(t.view(shape.sizes));
+  const auto opts = torch::TensorOptions().device(fb::bench_device());
+  if (per_channel) {
+    in.axis = shape.activation ? 1 : 0;
+    const int64_t c = shape.sizes[in.axis];
+    in.scale = torch::rand({c}, opts.dtype(torch::kFloat)).mul(0.02).add(0.01);
+    in.zero_point = torch::randint(-10, 10, {c}, opts.dtype(torch::kInt));
+  } else {
+    in.scale = torch::full({1}, kScale, opts.dtype(torch::kFloat));
+    in.zero_point = torch::full({1}, kZeroPoint, opts.dtype(torch::kInt));
+  }
+  state.SetLabel(fb::shape_label(shape.sizes, per_channel ? in.axis : -1));
+  return in;
 }
+
+void BM_FakeQuantPerTensorLayer_fakequant(benchmark::State& state) {
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LayerInputs in = make_layer_inputs(state, dtype, false);
+  const auto& op = fakequant_op();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, fakequant_bytes(state.range(0), dtype), state.range(0));
+}
+
+void BM_FakeQuantPerTensorLayer_aten(benchmark::State& state) {
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LayerInputs in = make_layer_inputs(state, dtype, false);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::fake_quantize_per_tensor_affine_cachemask(in.x[i % in.x.size()], kScale, kZeroPoint, kQuantMin,
+                                                             kQuantMax);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, aten_bytes(state.range(0), dtype), state.range(0));
+}
+
+void BM_FakeQuantPerChannelLayer_fakequant(benchmark::State& state) {
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LayerInputs in = make_layer_inputs(state, dtype, true);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
+                             .typed<PerChannelOp>();
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, in.axis, kQuantMin, kQuantMax, "half_even",
+                       std::nullopt);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, fakequant_bytes(state.range(0), dtype), state.range(0));
+}
+
+void BM_FakeQuantPerChannelLayer_aten(benchmark::State& state) {
+  const auto dtype = fb::dtype_arg(state.range(1));
+  LayerInputs in = make_layer_inputs(state, dtype, true);
+  fb::run_timed(state, [&](int64_t i) {
+    auto out = at::fake_quantize_per_channel_affine_cachemask(in.x[i % in.x.size()], in.scale, in.zero_point, in.axis,
+                                                              kQuantMin, kQuantMax);
+    benchmark::DoNotOptimize(out);
+  });
+  fb::set_bandwidth(state, aten_bytes(state.range(0), dtype), state.range(0));
+}
+
+void sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
+void layers(benchmark::internal::Benchmark* b) { fb::layer_args(b, {0, 1}, false); }
 
 }  // namespace
 
-BENCHMARK(BM_Copy)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerTensor_fakequant)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerTensor_aten)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerChannel_fakequant)->Apply(sizes);
 BENCHMARK(BM_FakeQuantPerChannel_aten)->Apply(sizes);
 BENCHMARK(BM_MaskedGrad_fakequant)->Apply(sizes);
 BENCHMARK(BM_MaskedGrad_aten)->Apply(sizes);
+BENCHMARK(BM_FakeQuantPerTensorLayer_fakequant)->Apply(layers);
+BENCHMARK(BM_FakeQuantPerTensorLayer_aten)->Apply(layers);
+BENCHMARK(BM_FakeQuantPerChannelLayer_fakequant)->Apply(layers);
+BENCHMARK(BM_FakeQuantPerChannelLayer_aten)->Apply(layers);
 
 int main(int argc, char** argv) {
   torch::manual_seed(0);

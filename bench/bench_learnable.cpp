@@ -3,8 +3,8 @@
 // fakequant's ops vs ATen's _fake_quantize_learnable_per_{tensor,channel}_affine and their
 // backward ops, called directly (no autograd overhead on either side). Arguments: {numel,
 // dtype code (0 fp32, 1 bf16)}. ATen's backward ops take bf16 input (computed in fp32, with
-// grad_input returned as fp32), so bf16 is timed on both sides. Quick mode
-// (FAKEQUANT_BENCH_QUICK=1) keeps two sizes.
+// grad_input returned as fp32), so bf16 is timed on both sides. Sizes: the sweep of
+// bench_common.h.
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
@@ -30,9 +30,10 @@ LearnableInputs make_inputs(int64_t n, torch::ScalarType dtype, bool per_channel
   LearnableInputs in;
   const auto opts = torch::TensorOptions().device(fb::bench_device());
   const int sets = fb::rotation_sets(3 * n * torch::elementSize(dtype));  // x, dy and the outputs rotate
+  const std::vector<torch::Tensor> xs = fb::random_sets(n, dtype, sets, 2.0, /*tag=*/0);
+  const std::vector<torch::Tensor> dys = fb::random_sets(n, dtype, sets, 1.0, /*tag=*/1);
   for (int s = 0; s < sets; ++s) {
-    torch::Tensor x = torch::randn({n}, opts).mul(2.0).to(dtype);
-    torch::Tensor dy = torch::randn({n}, opts).to(dtype);
+    torch::Tensor x = xs[s], dy = dys[s];
     if (per_channel) x = x.view({kChannels, n / kChannels}), dy = dy.view({kChannels, n / kChannels});
     in.x.push_back(x);
     in.dy.push_back(dy);
@@ -135,15 +136,7 @@ void BM_LearnablePerChannel_aten(benchmark::State& state) {
   fb::set_bandwidth(state, step_bytes(n, dtype), n);
 }
 
-void learnable_sizes(benchmark::internal::Benchmark* b) {
-  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
-  const std::vector<int64_t> full = {1 << 12, 1 << 14, 1 << 18, 1 << 20, 1 << 22, 1 << 24};
-  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
-  for (const int64_t dtype : {0, 1})
-    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
-  b->ArgNames({"numel", "dtype"});
-  fb::configure(b);
-}
+void learnable_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
 }  // namespace
 

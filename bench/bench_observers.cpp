@@ -21,11 +21,8 @@ double must_move(int64_t n, torch::ScalarType dtype, int64_t mask_bytes) {
 
 std::vector<torch::Tensor> inputs(int64_t n, torch::ScalarType dtype, bool per_channel) {
   std::vector<torch::Tensor> x;
-  const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
-  for (int s = 0; s < sets; ++s) {
-    auto t = torch::randn({n}, torch::TensorOptions().device(fb::bench_device())).mul(2.0).to(dtype);
+  for (const auto& t : fb::random_sets(n, dtype, fb::rotation_sets(2 * n * torch::elementSize(dtype)), 2.0))
     x.push_back(per_channel ? t.view({kChannels, n / kChannels}) : t);
-  }
   return x;
 }
 
@@ -152,19 +149,9 @@ void BM_MinMax_aten(benchmark::State& state) {
   fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
 }
 
-void observer_sizes(benchmark::internal::Benchmark* b, bool fp32_only) {
-  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
-  const std::vector<int64_t> full = {1 << 12, 1 << 16, 1 << 20, 1 << 22, 1 << 24};
-  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
-  for (const int64_t dtype : fp32_only ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 1})
-    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
-  b->ArgNames({"numel", "dtype"});
-  fb::configure(b);
-}
-
 // ATen's fused observer takes float32 only.
-void fp32_sizes(benchmark::internal::Benchmark* b) { observer_sizes(b, true); }
-void all_sizes(benchmark::internal::Benchmark* b) { observer_sizes(b, false); }
+void fp32_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0}); }
+void all_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
 }  // namespace
 

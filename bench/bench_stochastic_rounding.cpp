@@ -3,8 +3,8 @@
 // floor(x / scale + rand_like(x)) + zero_point, then the mask, clamp and dequantisation as
 // separate ATen ops, is what a user would write. Both sides draw their randomness inside
 // the timed region: fakequant a 2-element seed (at::randint, as the Python API does), ATen a
-// full-size uniform tensor. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16)}; quick
-// mode (FAKEQUANT_BENCH_QUICK=1) keeps two sizes. Linked into fakequant_bench.
+// full-size uniform tensor. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16)} over the
+// size sweep of bench_common.h. Linked into fakequant_bench.
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
@@ -35,11 +35,7 @@ double aten_bytes(int64_t n, torch::ScalarType dtype) {
 }
 
 std::vector<torch::Tensor> make_inputs(int64_t n, torch::ScalarType dtype) {
-  std::vector<torch::Tensor> x;
-  const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
-  for (int s = 0; s < sets; ++s)
-    x.push_back(torch::randn({n}, torch::TensorOptions().device(fb::bench_device())).mul(2.0).to(dtype));
-  return x;
+  return fb::random_sets(n, dtype, fb::rotation_sets(2 * n * torch::elementSize(dtype)), 2.0);
 }
 
 using FakeQuantOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -79,15 +75,7 @@ void BM_FakeQuantPerTensorStochastic_aten(benchmark::State& state) {
   fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
-void sizes(benchmark::internal::Benchmark* b) {
-  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
-  const std::vector<int64_t> full = {1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24, 1 << 26};
-  const std::vector<int64_t> fast = {1 << 12, 1 << 20};
-  for (const int64_t dtype : {0, 1})
-    for (const int64_t n : quick ? fast : full) b->Args({n, dtype});
-  b->ArgNames({"numel", "dtype"});
-  fb::configure(b);
-}
+void sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
 }  // namespace
 

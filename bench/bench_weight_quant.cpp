@@ -1,9 +1,9 @@
 // Weight fake quantization with per-channel abs-max scales: fakequant's one op vs the ATen
 // composite doing the same job (abs, amax over the other dims, scale = clamp(amax / half, eps),
 // fake_quantize_per_channel_affine_cachemask), on ResNet-50 conv weight shapes and a Linear
-// weight, along axis 0. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16), shape index}.
-// Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps the [64, 64] (numel 4096) and [2048, 512, 1, 1]
-// shapes.
+// weight, along axis 0. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16), index into
+// bench_common.h's layer shapes}. Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps the [64, 64]
+// (numel 4096) and [2048, 512, 1, 1] shapes.
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
@@ -20,19 +20,6 @@ constexpr int64_t kQuantMin = -127;
 constexpr int64_t kQuantMax = 127;
 constexpr double kEps = 1.1920928955078125e-07;
 
-// [64, 64] (small, and the smoke test's numel), ResNet-50 conv weights, a 4096 x 4096 Linear.
-const std::vector<std::vector<int64_t>>& weight_shapes() {
-  static const std::vector<std::vector<int64_t>> shapes = {
-      {64, 64}, {64, 64, 3, 3}, {256, 64, 1, 1}, {512, 512, 3, 3}, {2048, 512, 1, 1}, {4096, 4096}};
-  return shapes;
-}
-
-int64_t numel_of(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
-  return n;
-}
-
 struct WeightInputs {
   std::vector<torch::Tensor> w;
   std::vector<int64_t> other_dims;
@@ -40,11 +27,11 @@ struct WeightInputs {
 };
 
 WeightInputs make_weights(const std::vector<int64_t>& shape, torch::ScalarType dtype) {
-  const int64_t n = numel_of(shape);
+  const int64_t n = fb::numel_of(shape);
   WeightInputs in;
   const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
   const auto opts = torch::TensorOptions().device(fb::bench_device());
-  for (int s = 0; s < sets; ++s) in.w.push_back(torch::randn(shape, opts).mul(0.05).to(dtype));
+  for (const auto& t : fb::random_sets(n, dtype, sets, 0.05)) in.w.push_back(t.view(shape));
   for (int64_t d = 1; d < static_cast<int64_t>(shape.size()); ++d) in.other_dims.push_back(d);
   in.zero_points = torch::zeros({shape[0]}, opts.dtype(torch::kInt));
   return in;
@@ -63,8 +50,9 @@ using WeightOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor
                                                                 c10::string_view, double);
 
 void BM_WeightAbsMax_fakequant(benchmark::State& state) {
-  const auto& shape = weight_shapes()[state.range(2)];
-  const int64_t n = numel_of(shape);
+  const auto& shape = fb::layer_shapes()[state.range(2)].sizes;
+  const int64_t n = fb::numel_of(shape);
+  state.SetLabel(fb::shape_label(shape, 0));
   const auto dtype = fb::dtype_arg(state.range(1));
   WeightInputs in = make_weights(shape, dtype);
   static const auto op = c10::Dispatcher::singleton()
@@ -78,8 +66,9 @@ void BM_WeightAbsMax_fakequant(benchmark::State& state) {
 }
 
 void BM_WeightAbsMax_aten(benchmark::State& state) {
-  const auto& shape = weight_shapes()[state.range(2)];
-  const int64_t n = numel_of(shape);
+  const auto& shape = fb::layer_shapes()[state.range(2)].sizes;
+  const int64_t n = fb::numel_of(shape);
+  state.SetLabel(fb::shape_label(shape, 0));
   const auto dtype = fb::dtype_arg(state.range(1));
   WeightInputs in = make_weights(shape, dtype);
   const double half = static_cast<double>(kQuantMax - kQuantMin) / 2.0;
@@ -93,15 +82,8 @@ void BM_WeightAbsMax_aten(benchmark::State& state) {
   fb::set_bandwidth(state, weight_aten_bytes(n, shape[0], dtype), n);
 }
 
-void weight_args(benchmark::internal::Benchmark* b) {
-  const bool quick = std::getenv("FAKEQUANT_BENCH_QUICK") != nullptr;
-  const std::vector<int64_t> full = {0, 1, 2, 3, 4, 5};
-  const std::vector<int64_t> fast = {0, 4};
-  for (const int64_t dtype : {0, 1})
-    for (const int64_t s : quick ? fast : full) b->Args({numel_of(weight_shapes()[s]), dtype, s});
-  b->ArgNames({"numel", "dtype", "shape"});
-  fb::configure(b);
-}
+// Weight shapes of bench_common.h's layer table: [64, 64], ResNet-50 conv weights, Linear.
+void weight_args(benchmark::internal::Benchmark* b) { fb::layer_args(b, {0, 1}, /*weights_only=*/true); }
 
 }  // namespace
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main command: build and run the microbenchmarks on the device present (the GPU when
 # torch sees one, else the CPU), keep the raw Google Benchmark JSON (with device, date,
-# commit) under bench/results/<device>/, render the Markdown report beside it and refresh
-# README's benchmark section.
-#   bash ci/bench.sh            full sizes (1K .. 64M elements), 5 repetitions, medians
-#   bash ci/bench.sh --quick    two sizes, 3 short repetitions (seconds; CI runs this)
+# commit) under bench/results/<device>/ with the host-overhead JSON of bench/bench_modules.py,
+# render the Markdown report beside them (tables, %copy and speedup_vs_aten, a derived JSON,
+# one GB/s plot per op family under plots/) and refresh README's benchmark section.
+#   bash ci/bench.sh            full: sizes 4K .. 256M elements and the layer shapes, 5
+#                               repetitions, medians (about 20 minutes on a 2-core CPU)
+#   bash ci/bench.sh --quick    two sizes and two shapes, 3 short repetitions (CI runs this;
+#                               results go to the build folder, not bench/results)
 # Environment: FAKEQUANT_BUILD_DIR (default build/bench), FAKEQUANT_SKIP_SETUP=1 to skip
 # ci/setup.sh (an offline machine that has what it needs), OUT (also copy results there).
 set -euo pipefail
@@ -63,9 +66,12 @@ bench_args=(--benchmark_out="$json" --benchmark_out_format=json
             --benchmark_context=date="$date" --benchmark_context=torch_version="${versions% *}"
             --benchmark_context=cuda_version="${versions#* }" --benchmark_context=driver="${driver:-none}"
             --benchmark_context=mode="$mode")
+modules_args=(--out "$outdir/modules.json" --context device_name="$device" --context commit="$commit$dirty"
+              --context date="$date")
 if [ "$quick" = 1 ]; then
   export FAKEQUANT_BENCH_QUICK=1
   bench_args+=(--benchmark_repetitions=3 --benchmark_min_time=0.02 --benchmark_report_aggregates_only=true)
+  modules_args+=(--quick)
 else
   bench_args+=(--benchmark_repetitions=5 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true)
 fi
@@ -73,11 +79,16 @@ fi
 echo "== fakequant_bench on $device ($mode) -> $json"
 "$BUILD/bench/fakequant_bench" "${bench_args[@]}"
 
-"$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md"
+echo "== bench/bench_modules.py (per-call host cost, FakeQuantize module steps) -> $outdir/modules.json"
+PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$PWD/$BUILD/torch_ext/libfakequant_ops.so" \
+  "$PYTHON" bench/bench_modules.py "${modules_args[@]}"
+
+"$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md" --modules "$outdir/modules.json"
 if [ "$quick" = 0 ]; then
   "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant.json
 fi
 if [ -n "${OUT:-}" ]; then
-  cp "$json" "$OUT/" && cp "$outdir/report.md" "$OUT/report-$slug.md"
+  cp "$json" "$outdir/fake_quant.derived.json" "$outdir/modules.json" "$OUT/" &&
+    cp "$outdir/report.md" "$OUT/report-$slug.md" && mkdir -p "$OUT/plots" && cp "$outdir"/plots/*.png "$OUT/plots/"
 fi
 echo "== report: $outdir/report.md"

@@ -3,7 +3,8 @@
 # already present is left alone, so a second run takes seconds.
 #   apt: cmake, ninja, GoogleTest, Google Benchmark, a C++ compiler
 #   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core, torchao
-#        (torch.ao.quantization's successor; the QAT modules are tested against both)
+#        (torch.ao.quantization's successor; the QAT modules are tested against both),
+#        matplotlib (bench/render_report.py draws the GB/s plots of the benchmark report)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -33,7 +34,7 @@ elif [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 
 py_missing=()
-for mod in pytest numpy expecttest scikit_build_core torchao; do
+for mod in pytest numpy expecttest scikit_build_core torchao matplotlib; do
   "$PYTHON" -c "import $mod" 2>/dev/null || py_missing+=("$mod")
 done
 if [ ${#py_missing[@]} -gt 0 ]; then

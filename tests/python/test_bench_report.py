@@ -1,0 +1,153 @@
+"""bench/render_report.py: %copy and speedup_vs_aten from one Google Benchmark JSON, the derived
+JSON written beside it, the tables, the plots (or a clear failure without matplotlib) and the
+README block."""
+
+import builtins
+import importlib.util
+import json
+import pathlib
+import random
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("render_report", ROOT / "bench" / "render_report.py")
+rr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rr)
+
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def entry(name, time, gbps, unit="us", aggregate="median", label=None):
+    e = {"name": f"{name}/min_warmup_time:0.050/real_time_{aggregate}", "run_name": f"{name}/min_warmup_time:0.050/real_time",
+         "run_type": "aggregate", "aggregate_name": aggregate, "real_time": time, "cpu_time": time,
+         "time_unit": unit, "GB/s": gbps}
+    if label is not None:
+        e["label"] = label
+    return e
+
+
+def synthetic(rng):
+    """A run with the copy at 4K and 1M, the per-tensor pair at both (ATen in ns to check the
+    unit conversion), the weight pair on one shape, and mean aggregates that must be ignored.
+    Returns (json, expected {(family, numel, shape): (pct_copy, speedup)})."""
+    benches, expected = [], {}
+    copy = {}
+    for n in (4096, 1 << 20):
+        copy[n] = (rng.uniform(0.5, 100), rng.uniform(10, 60))
+        benches.append(entry(f"BM_Copy/numel:{n}/dtype:0", *copy[n]))
+        benches.append(entry(f"BM_Copy/numel:{n}/dtype:0", 1e9, 1e-9, aggregate="mean"))
+    for n in (4096, 1 << 20):
+        ours_t, ours_g = rng.uniform(1, 1000), rng.uniform(1, 50)
+        aten_t, aten_g = rng.uniform(1, 1000), rng.uniform(1, 50)
+        benches.append(entry(f"BM_FakeQuantPerTensor_fakequant/numel:{n}/dtype:0", ours_t, ours_g))
+        benches.append(entry(f"BM_FakeQuantPerTensor_fakequant/numel:{n}/dtype:0", 7.0, 7.0, aggregate="mean"))
+        benches.append(entry(f"BM_FakeQuantPerTensor_aten/numel:{n}/dtype:0", aten_t * 1e3, aten_g, unit="ns"))
+        expected[("BM_FakeQuantPerTensor_fakequant", n, None)] = (100 * ours_g / copy[n][1], aten_t / ours_t)
+    ours_t, ours_g, aten_t, aten_g = (rng.uniform(1, 100) for _ in range(4))
+    benches.append(entry("BM_WeightAbsMax_fakequant/numel:4096/dtype:0/shape:0", ours_t, ours_g, label="64x64 axis 0"))
+    benches.append(entry("BM_WeightAbsMax_aten/numel:4096/dtype:0/shape:0", aten_t, aten_g, label="64x64 axis 0"))
+    expected[("BM_WeightAbsMax_fakequant", 4096, 0)] = (100 * ours_g / copy[4096][1], aten_t / ours_t)
+    # fakequant alone (no ATen, no copy at this size): shown with dashes, no derived numbers.
+    benches.append(entry("BM_MinMax_fakequant/numel:65536/dtype:1", 3.0, 4.0))
+    ctx = {"device": "cpu", "device_name": "CPU test", "date": "2000-01-01T00:00:00Z", "commit": "abc",
+           "intra_op_threads": "2", "mode": "full", "load_avg": [0.5, 0.25, 0.125], "num_cpus": 2}
+    return {"context": ctx, "benchmarks": benches}, expected
+
+
+@pytest.fixture
+def run(tmp_path):
+    rng = random.Random()
+    data, expected = synthetic(rng)
+    path = tmp_path / "fake_quant.json"
+    path.write_text(json.dumps(data))
+    return path, expected
+
+
+def test_pair_rows_compute_pct_copy_and_speedup(run):
+    path, expected = run
+    _, rows, _ = rr.load(path)
+    got = {}
+    for ours, aten in (("BM_FakeQuantPerTensor_fakequant", "BM_FakeQuantPerTensor_aten"),
+                       ("BM_WeightAbsMax_fakequant", "BM_WeightAbsMax_aten")):
+        for r in rr.pair_rows(rows, ours, aten):
+            got[(ours, r["numel"], r["shape"])] = (r["pct_copy"], r["speedup_vs_aten"])
+    assert got.keys() == expected.keys()
+    for k, (pct, sp) in expected.items():
+        assert got[k][0] == pytest.approx(pct, rel=1e-12) and got[k][1] == pytest.approx(sp, rel=1e-12), k
+    lone = rr.pair_rows(rows, "BM_MinMax_fakequant", "BM_MinMax_aten")
+    assert len(lone) == 1 and lone[0]["pct_copy"] is None and lone[0]["speedup_vs_aten"] is None
+
+
+def test_derived_json_adds_counters_to_the_median_entries(run):
+    path, expected = run
+    out = rr.derived_json(path)
+    by_name = {}
+    for b in out["benchmarks"]:
+        if b["aggregate_name"] == "median":
+            by_name[b["run_name"].split("/min_warmup")[0]] = b
+        else:
+            assert "%copy" not in b and "speedup_vs_aten" not in b
+    for (family, n, shape), (pct, sp) in expected.items():
+        name = f"{family}/numel:{n}/dtype:0" + (f"/shape:{shape}" if shape is not None else "")
+        assert by_name[name]["%copy"] == pytest.approx(pct) and by_name[name]["speedup_vs_aten"] == pytest.approx(sp)
+        aten = by_name[name.replace("_fakequant", "_aten")]
+        assert "speedup_vs_aten" not in aten and aten["%copy"] > 0
+    assert "%copy" not in by_name["BM_MinMax_fakequant/numel:65536/dtype:1"]
+    titles = [p["fakequant"] for p in out["derived"]["pairs"]]
+    assert titles == ["BM_FakeQuantPerTensor_fakequant", "BM_MinMax_fakequant", "BM_WeightAbsMax_fakequant"]
+
+
+def test_report_fails_clearly_without_matplotlib(run, monkeypatch, tmp_path):
+    path, _ = run
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(SystemExit, match="matplotlib is required"):
+        rr.report(path, tmp_path / "report.md", None)
+
+
+@pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed (ci/setup.sh installs it)")
+def test_report_writes_tables_plots_and_derived_json(run, tmp_path):
+    path, expected = run
+    text = rr.report(path, tmp_path / "report.md", None)
+    pct, sp = expected[("BM_FakeQuantPerTensor_fakequant", 4096, None)]
+    assert f"| {pct:.0f}% | {sp:.2f}× |" in text
+    assert "| fp32 | 4K | 64x64 axis 0 |" in text
+    assert "| bf16 | 64K | 3.00 | – | – |" in text
+    for png in ("FakeQuantPerTensor.png", "WeightAbsMax.png", "MinMax.png"):
+        assert f"(plots/{png})" in text
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "fake_quant.derived.json").read_text())["derived"]["from"] == "fake_quant.json"
+    assert "Load average when the run started: 0.50, 0.25, 0.12" in text
+
+
+def test_module_tables_and_readme_block(run, tmp_path):
+    path, expected = run
+    rng = random.Random()
+    t = [rng.uniform(1, 100) for _ in range(4)]
+    modules = {"context": {"device_name": "CPU test", "threads": 2, "mode": "quick"},
+               "calls": [{"op": "fake_quantize_per_tensor", "numel": 256, "aten_way": "x",
+                          "fakequant": {"median_us": t[0]}, "aten": {"median_us": t[1]}}],
+               "modules": [{"module": "MovingAverageMinMaxFakeQuantize", "shape": [64, 64], "dtype": "fp32",
+                            "fakequant": {"median_us": t[2]}, "baselines": {"FusedMovingAvgObsFakeQuantize":
+                                                                            {"median_us": t[3]}}}]}
+    text = rr.module_tables(modules)
+    assert f"| {t[1] / t[0]:.2f}× |" in text and f"| {t[3] / t[2]:.2f}× |" in text and "64×64" in text
+    (path.parent / "modules.json").write_text(json.dumps(modules))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{rr.README_START}\nold table\n{rr.README_END}\nafter\n")
+    rr.update_readme(readme, [path])
+    out = readme.read_text()
+    assert out.startswith("before\n") and out.endswith("after\n") and "old table" not in out
+    pct, sp = expected[("BM_FakeQuantPerTensor_fakequant", 1 << 20, None)]
+    assert f"| {sp:.2f}× | {pct:.0f}% |" in out  # largest size of the per-tensor family
+    assert "MovingAverageMinMaxFakeQuantize" in out and "device **CPU test**" in out
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="markers not found"):
+        rr.update_readme(readme, [path])
