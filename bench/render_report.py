@@ -178,9 +178,9 @@ def derived_path(path: Path) -> Path:
 
 def fmt_size(n: int) -> str:
     for unit, div in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return f"{n / (1 << 20):.1f}M" if n >= (1 << 20) else f"{n / (1 << 10):.1f}K" if n >= 1024 else str(n)
+        if n >= div:
+            return f"{n // div}{unit}" if n % div == 0 else f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def fmt_us(v):
@@ -415,8 +415,9 @@ def module_summary(mod: dict) -> str:
     if calls:
         sp = [c["aten"]["median_us"] / c["fakequant"]["median_us"] for c in calls if c.get("aten")]
         if sp:
-            out.append(f"Per-call host cost at {calls[0]['numel']} elements: fakequant's ops "
-                       f"{min(sp):.2f}×–{max(sp):.2f}× ATen's time ({len(sp)} ops).")
+            out.append(f"Per-call host cost at {calls[0]['numel']} elements (Python call, dispatch, launch): "
+                       f"speedup_vs_aten {min(sp):.2f}×–{max(sp):.2f}× over {len(sp)} ops (below 1×, fakequant's "
+                       "call costs more than ATen's; see the report).")
     if steps:
         pairs = defaultdict(list)
         for s in steps:
