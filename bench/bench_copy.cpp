@@ -2,7 +2,8 @@
 // each size of the sweep and each layer-shape numel, fp32 and bf16, the same rotation as the
 // ops. GPU: cudaMemcpyAsync device to device on the stream the CUDA events are recorded on,
 // timed with those events (manual time). CPU: at::Tensor::copy_ between preallocated
-// contiguous buffers (a parallel memcpy), real time. Bytes: n elements read + n written.
+// contiguous buffers (a parallel memcpy; the destination pages are touched before timing),
+// real time. Bytes: n elements read + n written.
 // Linked into fakequant_bench (main() lives in bench_fake_quant.cpp).
 #include <algorithm>
 #include <set>
@@ -25,7 +26,7 @@ void BM_Copy(benchmark::State& state) {
   const int sets = fb::rotation_sets(2 * bytes);
   const std::vector<torch::Tensor> in = fb::random_sets(n, dtype, sets, 2.0);
   std::vector<torch::Tensor> out;
-  for (const auto& t : in) out.push_back(torch::empty_like(t));
+  for (const auto& t : in) out.push_back(torch::empty_like(t).copy_(t));  // pages touched before timing
 #if defined(FAKEQUANT_BENCH_CUDA)
   if (fb::use_cuda()) {
     fb::run_timed(state, [&](int64_t i) {

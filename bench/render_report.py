@@ -84,23 +84,31 @@ def load(path: Path):
     """(context, rows, data): rows maps (family, numel, dtype, shape index or None) to the
     median time in µs, the GB/s counter, the run's label and the JSON entry it came from."""
     data = json.loads(path.read_text())
-    rows = {}
+    rows, cvs = {}, {}
     for b in data["benchmarks"]:
-        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+        aggregate = b.get("aggregate_name") if b.get("run_type") == "aggregate" else None
+        if aggregate not in (None, "median", "cv"):
             continue
         name = b.get("run_name", b["name"])
         family = name.split("/")[0]
         args = dict(re.findall(r"/(numel|dtype|shape):(\d+)", name))
         if "numel" not in args:
             continue
-        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[b.get("time_unit", "ns")]
         shape = int(args["shape"]) if "shape" in args else None
-        rows[(family, int(args["numel"]), DTYPES.get(args.get("dtype", "0"), "?"), shape)] = {
+        key = (family, int(args["numel"]), DTYPES.get(args.get("dtype", "0"), "?"), shape)
+        if aggregate == "cv":  # coefficient of variation of the repetitions' times, a fraction
+            cvs[key] = b["real_time"]
+            continue
+        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[b.get("time_unit", "ns")]
+        rows[key] = {
             "us": b["real_time"] * scale,
             "gbps": b.get("GB/s", float("nan")),  # a rate counter: already decimal GB per second
             "label": b.get("label", ""),
             "entry": b,
         }
+    for key, cv in cvs.items():
+        if key in rows:
+            rows[key]["cv"] = cv
     return data.get("context", {}), rows, data
 
 
@@ -120,6 +128,7 @@ def pair_rows(rows, ours: str, aten: str) -> list[dict]:
             "pct_copy": 100.0 * o["gbps"] / c["gbps"] if c else None,
             "aten_pct_copy": 100.0 * a["gbps"] / c["gbps"] if (a and c) else None,
             "speedup_vs_aten": a["us"] / o["us"] if a else None,
+            "fakequant_cv": o.get("cv"), "aten_cv": a.get("cv") if a else None,
         })
     out.sort(key=lambda r: (r["dtype"], r["numel"], -1 if r["shape"] is None else r["shape"]))
     return out
@@ -169,9 +178,9 @@ def derived_path(path: Path) -> Path:
 
 def fmt_size(n: int) -> str:
     for unit, div in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return f"{n / (1 << 20):.1f}M" if n >= (1 << 20) else f"{n / (1 << 10):.1f}K" if n >= 1024 else str(n)
+        if n >= div:
+            return f"{n // div}{unit}" if n % div == 0 else f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def fmt_us(v):
@@ -186,6 +195,10 @@ def fmt_gbps(v):
 
 def fmt_pct(v):
     return "–" if v is None else f"{v:.0f}%"
+
+
+def fmt_cv(v):
+    return "–" if v is None else f"{100 * v:.0f}%"
 
 
 def fmt_x(v):
@@ -206,14 +219,14 @@ def tables(rows, plots_dir: str | None = None) -> str:
         out.append(f"**{title}** — ATen: {what}\n")
         head = ["dtype", "numel"] + (["shape"] if shaped else []) + [
             "fakequant µs", "ATen µs", "copy µs", "fakequant GB/s", "ATen GB/s", "copy GB/s", "%copy",
-            "speedup_vs_aten"]
+            "speedup_vs_aten", "cv fakequant / ATen"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join("---" if h in ("dtype", "shape") else "---:" for h in head) + "|")
         for r in prs:
             cells = [r["dtype"], fmt_size(r["numel"])] + ([r["label"] or str(r["shape"])] if shaped else []) + [
                 fmt_us(r["fakequant_us"]), fmt_us(r["aten_us"]), fmt_us(r["copy_us"]), fmt_gbps(r["fakequant_gbps"]),
                 fmt_gbps(r["aten_gbps"]), fmt_gbps(r["copy_gbps"]), fmt_pct(r["pct_copy"]),
-                fmt_x(r["speedup_vs_aten"])]
+                fmt_x(r["speedup_vs_aten"]), f"{fmt_cv(r['fakequant_cv'])} / {fmt_cv(r['aten_cv'])}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         if plots_dir is not None:
@@ -359,7 +372,10 @@ def report(path: Path, out: Path | None, modules: Path | None) -> str:
             f"Raw data: `{path.name}`; with %copy and speedup_vs_aten added: `{derived.name}`. "
             "Times are medians; GB/s are decimal and count the bytes each op must move; %copy is the op's "
             "GB/s over the copy's (`BM_Copy`, same numel and dtype, same run); speedup_vs_aten is ATen's time "
-            "over fakequant's. Plots: GB/s against numel, fakequant, ATen and the copy.\n\n"
+            "over fakequant's; cv is the coefficient of variation of the repetitions' times (fakequant / "
+            "ATen): where it is above about 10%, something else ran on the machine during those "
+            "repetitions and the row is less reliable. Plots: GB/s against numel, fakequant, ATen and the "
+            "copy.\n\n"
             + tables(rows, plots_rel))
     if modules is not None:
         mod = json.loads(modules.read_text())
@@ -399,8 +415,9 @@ def module_summary(mod: dict) -> str:
     if calls:
         sp = [c["aten"]["median_us"] / c["fakequant"]["median_us"] for c in calls if c.get("aten")]
         if sp:
-            out.append(f"Per-call host cost at {calls[0]['numel']} elements: fakequant's ops "
-                       f"{min(sp):.2f}×–{max(sp):.2f}× ATen's time ({len(sp)} ops).")
+            out.append(f"Per-call host cost at {calls[0]['numel']} elements (Python call, dispatch, launch): "
+                       f"speedup_vs_aten {min(sp):.2f}×–{max(sp):.2f}× over {len(sp)} ops (below 1×, fakequant's "
+                       "call costs more than ATen's; see the report).")
     if steps:
         pairs = defaultdict(list)
         for s in steps:

@@ -3,7 +3,9 @@
 # .carry/deps, git-ignored) on a machine that has Debian's packages:
 #   googletest/   GoogleTest sources (libgtest-dev ships them); ci/gpu.sh builds them there
 #   benchmark/    Google Benchmark headers, shared library and CMake package (libbenchmark-dev)
-#   wheels/       pure-Python wheels the tests need beyond the machine's own (expecttest)
+#   wheels/       wheels the tests and the benchmark report need beyond the machine's own:
+#                 expecttest, and matplotlib with its dependencies (binary wheels for this
+#                 machine's Python version and x86-64; numpy left out, torch's own is used)
 # Copy or mount the folder next to the checkout on the CUDA machine and point
 # FAKEQUANT_DEPS at it (docs/gpu.md).
 set -euo pipefail
@@ -19,4 +21,6 @@ cp -r /usr/include/benchmark "$DEST/benchmark/include/"
 cp -a /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a "$lib/"
 cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark "$lib/cmake/"
 python3 -m pip download -q --no-deps --only-binary=:all: -d "$DEST/wheels" expecttest
+python3 -m pip download -q --only-binary=:all: -d "$DEST/wheels" matplotlib
+rm -f "$DEST"/wheels/numpy-*.whl
 du -sh "$DEST"

@@ -43,6 +43,8 @@ def synthetic(rng):
         benches.append(entry(f"BM_FakeQuantPerTensor_fakequant/numel:{n}/dtype:0", ours_t, ours_g))
         benches.append(entry(f"BM_FakeQuantPerTensor_fakequant/numel:{n}/dtype:0", 7.0, 7.0, aggregate="mean"))
         benches.append(entry(f"BM_FakeQuantPerTensor_aten/numel:{n}/dtype:0", aten_t * 1e3, aten_g, unit="ns"))
+        benches.append(entry(f"BM_FakeQuantPerTensor_aten/numel:{n}/dtype:0", rng.uniform(0.001, 0.5), 0.0,
+                             aggregate="cv"))
         expected[("BM_FakeQuantPerTensor_fakequant", n, None)] = (100 * ours_g / copy[n][1], aten_t / ours_t)
     ours_t, ours_g, aten_t, aten_g = (rng.uniform(1, 100) for _ in range(4))
     benches.append(entry("BM_WeightAbsMax_fakequant/numel:4096/dtype:0/shape:0", ours_t, ours_g, label="64x64 axis 0"))
@@ -117,7 +119,9 @@ def test_report_writes_tables_plots_and_derived_json(run, tmp_path):
     path, expected = run
     text = rr.report(path, tmp_path / "report.md", None)
     pct, sp = expected[("BM_FakeQuantPerTensor_fakequant", 4096, None)]
-    assert f"| {pct:.0f}% | {sp:.2f}× |" in text
+    _, rows, _ = rr.load(path)
+    cv = rows[("BM_FakeQuantPerTensor_aten", 4096, "fp32", None)]["cv"]
+    assert f"| {pct:.0f}% | {sp:.2f}× | – / {100 * cv:.0f}% |" in text  # no cv for fakequant here
     assert "| fp32 | 4K | 64x64 axis 0 |" in text
     assert "| bf16 | 64K | 3.00 | – | – |" in text
     for png in ("FakeQuantPerTensor.png", "WeightAbsMax.png", "MinMax.png"):
