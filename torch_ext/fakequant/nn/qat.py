@@ -88,6 +88,27 @@ def _apply(fake_quant, x):
     return x if fake_quant is None else fake_quant(x)
 
 
+def _attach_quantizers(module, qconfig, factory_kwargs):
+    """qconfig (our default when None), the weight fake-quantizer, and the facade's empty slots."""
+    module.qconfig = qconfig if qconfig is not None else _default_qconfig()
+    module.weight_fake_quant = _make_weight_fake_quant(module.qconfig, factory_kwargs)
+    module.input_fake_quant = None
+    module.output_fake_quant = None
+
+
+def _copy_weight_and_bias(dst, src, detach):
+    """``dst`` takes ``src``'s weight and bias: shared (from_float, as torch.ao) or detached copies
+    as new parameters (to_float)."""
+    if detach:
+        dst.weight = nn.Parameter(src.weight.detach())
+        if src.bias is not None:
+            dst.bias = nn.Parameter(src.bias.detach())
+    else:
+        dst.weight = src.weight
+        dst.bias = src.bias
+    return dst
+
+
 class Conv2d(nn.Conv2d):
     """Drop-in for ``torch.ao.nn.qat.Conv2d``: ``conv(x, weight_fake_quant(W), b)``.
 
@@ -102,10 +123,7 @@ class Conv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
                          **factory_kwargs)
-        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
-        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs)
-        self.input_fake_quant = None
-        self.output_fake_quant = None
+        _attach_quantizers(self, qconfig, factory_kwargs)
 
     def forward(self, input):
         input = _apply(self.input_fake_quant, input)
@@ -120,18 +138,12 @@ class Conv2d(nn.Conv2d):
         qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
                   dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
                   padding_mode=mod.padding_mode, qconfig=qconfig)
-        qat.weight = mod.weight
-        qat.bias = mod.bias
-        return qat
+        return _copy_weight_and_bias(qat, mod, detach=False)
 
     def to_float(self):
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                          self.dilation, self.groups, self.bias is not None, self.padding_mode)
-        conv.weight = nn.Parameter(self.weight.detach())
-        if self.bias is not None:
-            conv.bias = nn.Parameter(self.bias.detach())
-        conv.train(self.training)
-        return conv
+        return _copy_weight_and_bias(conv, self, detach=True).train(self.training)
 
 
 class Linear(nn.Linear):
@@ -142,10 +154,7 @@ class Linear(nn.Linear):
     def __init__(self, in_features, out_features, bias=True, qconfig=None, device=None, dtype=None):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__(in_features, out_features, bias, **factory_kwargs)
-        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
-        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs)
-        self.input_fake_quant = None
-        self.output_fake_quant = None
+        _attach_quantizers(self, qconfig, factory_kwargs)
 
     def forward(self, input):
         input = _apply(self.input_fake_quant, input)
@@ -158,17 +167,11 @@ class Linear(nn.Linear):
             raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Linear, got {type(mod).__name__}")
         qat = cls(mod.in_features, mod.out_features, bias=mod.bias is not None,
                   qconfig=getattr(mod, "qconfig", None))
-        qat.weight = mod.weight
-        qat.bias = mod.bias
-        return qat
+        return _copy_weight_and_bias(qat, mod, detach=False)
 
     def to_float(self):
         linear = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        linear.weight = nn.Parameter(self.weight.detach())
-        if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias.detach())
-        linear.train(self.training)
-        return linear
+        return _copy_weight_and_bias(linear, self, detach=True).train(self.training)
 
 
 def _flag(fake_quant, name):
