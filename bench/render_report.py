@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render fakequant's benchmark JSON into a Markdown report, GB/s plots and a derived JSON.
 
-    render_report.py RESULT.json --out report.md [--modules MODULES.json]
+    render_report.py RESULT.json --out report.md [--modules MODULES.json] [--convbn-step STEP.json]
     render_report.py --update-readme README.md RESULT.json [RESULT.json ...]
 
 RESULT.json is one Google Benchmark run of fakequant_bench (ci/bench.sh). Times are the
@@ -19,7 +19,11 @@ Rendering a report writes, next to RESULT.json, ``RESULT.derived.json``: the raw
 entry, plus a ``derived`` section with one row per pair and size. It draws one PNG per op
 family (GB/s against numel: fakequant, ATen, copy; matplotlib is required) into
 ``plots/`` beside the report and links them. ``--modules`` adds the tables of
-bench/bench_modules.py's JSON (per-call host cost, FakeQuantize module steps). Nothing in the
+bench/bench_modules.py's JSON (per-call host cost, FakeQuantize module steps),
+``--convbn-step`` those of bench/bench_convbn_step.py's (the ConvBnReLU2d training step);
+``--update-readme`` picks both up from beside each RESULT.json (``modules.json``,
+``convbn_step.json``). Benchmarks with a ``GFLOP/s`` counter (the convolutions) get FLOP rates
+in their table and no %copy or plot. Nothing in the
 output is typed by hand.
 """
 
@@ -56,6 +60,14 @@ PAIRS = [
     ("Paddle moving_average_abs_max + quant-dequant", "BM_MovingAverageAbsMax_fakequant",
      "BM_MovingAverageAbsMax_aten", "abs-max, state update as tensor ops, tensor-qparam fake quant"),
     ("Per-tensor min/max", "BM_MinMax_fakequant", "BM_MinMax_aten", "`at::aminmax`"),
+    ("Per-channel min/max (axis 0 of [64, numel/64])", "BM_MinMaxPerChannel_fakequant", "BM_MinMaxPerChannel_aten",
+     "`at::aminmax(x, 1)`"),
+    ("Per-tensor abs-max", "BM_AbsMax_fakequant", "BM_AbsMax_aten",
+     "`amax(abs(x))` on the CPU, `linalg_vector_norm(x, inf)` on the GPU (the faster ATen way on each)"),
+    ("Per-channel abs-max (axis 0 of [64, numel/64])", "BM_AbsMaxPerChannel_fakequant", "BM_AbsMaxPerChannel_aten",
+     "`amax(abs(x), 1)` on the CPU, `linalg_vector_norm(x, inf, 1)` on the GPU"),
+    ("Paddle range_abs_max (window 10000) + quant-dequant", "BM_RangeAbsMax_fakequant", "BM_RangeAbsMax_aten",
+     "abs-max, window write at iter % size, window max, tensor-qparam fake quant"),
     ("Per-tensor quant-dequant, stochastic rounding (forward, output + mask, seed drawn per call)",
      "BM_FakeQuantPerTensorStochastic_fakequant", "BM_FakeQuantPerTensorStochastic_aten",
      "composite `floor(x / scale + rand_like(x)) + zp`, mask, clamp, dequantise (no ATen op exists)"),
@@ -73,6 +85,16 @@ PAIRS = [
     ("Per-channel quant-dequant on layer shapes (weights along axis 0, activations along C = axis 1)",
      "BM_FakeQuantPerChannelLayer_fakequant", "BM_FakeQuantPerChannelLayer_aten",
      "`at::fake_quantize_per_channel_affine_cachemask`"),
+    ("ConvBnReLU forward, training, running-statistics fold (ResNet-50 layers; numel counts the input)",
+     "BM_ConvBnForward_fakequant", "BM_ConvBnForward_aten",
+     "torch.ao ConvBnReLU2d's `_forward_approximate` in ATen ops (fold, abs-max weight fake quant, conv, "
+     "unscale, `batch_norm`, `relu`)"),
+    ("ConvBnReLU forward + backward, running-statistics fold (ResNet-50 layers; numel counts the input)",
+     "BM_ConvBnStep_fakequant", "BM_ConvBnStep_aten", "the same composite, backward through autograd"),
+    ("ConvBnReLU forward + backward, batch-statistics fold (ResNet-50 layers; numel counts the input)",
+     "BM_ConvBnBatchStep_fakequant", "BM_ConvBnBatchStep_aten",
+     "linger-style composite: conv + `batch_norm` for the gradient, batch-statistics fold, weight fake quant, "
+     "second conv, the detach trick, `relu`; backward through autograd"),
 ]
 
 
@@ -103,6 +125,7 @@ def load(path: Path):
         rows[key] = {
             "us": b["real_time"] * scale,
             "gbps": b.get("GB/s", float("nan")),  # a rate counter: already decimal GB per second
+            "gflops": b.get("GFLOP/s"),  # compute-bound benchmarks (convolutions) count FLOPs too
             "label": b.get("label", ""),
             "entry": b,
         }
@@ -130,6 +153,8 @@ def pair_rows(rows, ours: str, aten: str) -> list[dict]:
             "speedup_vs_aten": a["us"] / o["us"] if a else None,
             "fakequant_cv": o.get("cv"), "aten_cv": a.get("cv") if a else None,
         })
+        if o["gflops"] is not None:
+            out[-1].update(fakequant_gflops=o["gflops"], aten_gflops=a["gflops"] if a else None)
     out.sort(key=lambda r: (r["dtype"], r["numel"], -1 if r["shape"] is None else r["shape"]))
     return out
 
@@ -205,6 +230,11 @@ def fmt_x(v):
     return "–" if v is None else f"{v:.2f}×"
 
 
+def compute_bound(prs) -> bool:
+    """Rows of a family that reports FLOP rates (the ConvBN benchmarks)."""
+    return any(r.get("fakequant_gflops") is not None for r in prs)
+
+
 def plot_name(ours: str) -> str:
     return ours.removeprefix("BM_").removesuffix("_fakequant") + ".png"
 
@@ -217,19 +247,30 @@ def tables(rows, plots_dir: str | None = None) -> str:
             continue
         shaped = any(r["shape"] is not None for r in prs)
         out.append(f"**{title}** — ATen: {what}\n")
-        head = ["dtype", "numel"] + (["shape"] if shaped else []) + [
-            "fakequant µs", "ATen µs", "copy µs", "fakequant GB/s", "ATen GB/s", "copy GB/s", "%copy",
-            "speedup_vs_aten", "cv fakequant / ATen"]
+        if compute_bound(prs):
+            # Convolutions: FLOP rates instead of bandwidth, no copy comparison, no plot.
+            head = ["dtype", "numel", "shape", "fakequant µs", "ATen µs", "fakequant GFLOP/s", "ATen GFLOP/s",
+                    "speedup_vs_aten", "cv fakequant / ATen"]
+        else:
+            head = ["dtype", "numel"] + (["shape"] if shaped else []) + [
+                "fakequant µs", "ATen µs", "copy µs", "fakequant GB/s", "ATen GB/s", "copy GB/s", "%copy",
+                "speedup_vs_aten", "cv fakequant / ATen"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join("---" if h in ("dtype", "shape") else "---:" for h in head) + "|")
         for r in prs:
-            cells = [r["dtype"], fmt_size(r["numel"])] + ([r["label"] or str(r["shape"])] if shaped else []) + [
-                fmt_us(r["fakequant_us"]), fmt_us(r["aten_us"]), fmt_us(r["copy_us"]), fmt_gbps(r["fakequant_gbps"]),
-                fmt_gbps(r["aten_gbps"]), fmt_gbps(r["copy_gbps"]), fmt_pct(r["pct_copy"]),
-                fmt_x(r["speedup_vs_aten"]), f"{fmt_cv(r['fakequant_cv'])} / {fmt_cv(r['aten_cv'])}"]
+            cv = f"{fmt_cv(r['fakequant_cv'])} / {fmt_cv(r['aten_cv'])}"
+            if compute_bound(prs):
+                cells = [r["dtype"], fmt_size(r["numel"]), r["label"] or str(r["shape"]), fmt_us(r["fakequant_us"]),
+                         fmt_us(r["aten_us"]), fmt_gbps(r["fakequant_gflops"]), fmt_gbps(r["aten_gflops"]),
+                         fmt_x(r["speedup_vs_aten"]), cv]
+            else:
+                cells = [r["dtype"], fmt_size(r["numel"])] + ([r["label"] or str(r["shape"])] if shaped else []) + [
+                    fmt_us(r["fakequant_us"]), fmt_us(r["aten_us"]), fmt_us(r["copy_us"]),
+                    fmt_gbps(r["fakequant_gbps"]), fmt_gbps(r["aten_gbps"]), fmt_gbps(r["copy_gbps"]),
+                    fmt_pct(r["pct_copy"]), fmt_x(r["speedup_vs_aten"]), cv]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        if plots_dir is not None:
+        if plots_dir is not None and not compute_bound(prs):
             out.append(f"![{title}: GB/s against numel]({plots_dir}/{plot_name(ours)})\n")
     return "\n".join(out)
 
@@ -295,6 +336,60 @@ def module_tables(mod: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# bench_convbn_step.py's JSON
+
+
+def fmt_mb(v):
+    return "–" if v is None else f"{v / 1e6:,.1f}"
+
+
+def step_tables(js: dict) -> str:
+    rows = js.get("results", [])
+    gpu = any("peak_ratio" in r for r in rows)
+    out = [f"## ConvBnReLU2d QAT training step (`bench/bench_convbn_step.py`)\n",
+           f"Forward + backward of one ConvBnReLU2d layer on ResNet-50 shapes; median of repetitions (CUDA events on "
+           f"the GPU, wall clock on the CPU). Device **{js.get('device', '?')}**, torch {js.get('torch', '?')}, "
+           f"{js.get('threads', '?')} threads, date {js.get('date', '?')}, commit `{str(js.get('commit', '?'))[:12]}`"
+           f"{', quick mode' if js.get('quick') else ''}. Raw data: `{js.get('file', 'convbn_step.json')}`. "
+           "speedup is the baseline's time over fakequant's; saved is what autograd keeps for the backward "
+           "(storages counted once)" + ("; peak is the GPU's peak allocation during the step above the inputs" if gpu
+                                         else "") + ".\n"]
+    head = ["mode", "baseline", "shape", "batch", "dtype", "fakequant ms", "baseline ms", "speedup",
+            "saved MB fakequant / baseline", "saved ratio"] + (["peak ratio"] if gpu else [])
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join("---:" if h in ("batch", "fakequant ms", "baseline ms", "speedup", "saved ratio",
+                                              "peak ratio") else "---" for h in head) + "|")
+    for r in rows:
+        cells = [r["mode"], r["baseline"], r["shape"], str(r["batch"]), r["dtype"], f"{r['fakequant_ms']:.3f}",
+                 f"{r['baseline_ms']:.3f}", fmt_x(r["speedup"]),
+                 f"{fmt_mb(r.get('fakequant_saved_bytes'))} / {fmt_mb(r.get('baseline_saved_bytes'))}",
+                 fmt_x(r.get("saved_ratio"))]
+        if gpu:
+            cells.append(fmt_x(r.get("peak_ratio")))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
+def step_summary(js: dict) -> str:
+    groups = defaultdict(list)
+    for r in js.get("results", []):
+        groups[(r["mode"], r["baseline"])].append(r)
+    if not groups:
+        return ""
+    out = [f"\n| ConvBnReLU2d training step ({js.get('device', '?')}, {js.get('date', '?')[:10]}) | vs | "
+           "speedup (over shapes and dtypes) | saved-for-backward ratio | GPU peak-memory ratio |",
+           "|---|---|---:|---:|---:|"]
+    for (mode, base), rs in groups.items():
+        sp = [r["speedup"] for r in rs]
+        sv = [r["saved_ratio"] for r in rs if r.get("saved_ratio") is not None]
+        pk = [r["peak_ratio"] for r in rs if r.get("peak_ratio") is not None]
+        rng = lambda v: f"{min(v):.2f}×–{max(v):.2f}×" if v else "–"  # noqa: E731
+        out.append(f"| mode `{mode}` | {base} | {rng(sp)} | {rng(sv)} | {rng(pk)} |")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
 # Plots
 
 
@@ -319,7 +414,7 @@ def draw_plots(ctx, rows, plots_dir: Path) -> list[Path]:
     device = ctx.get("device_name", ctx.get("device", "?"))
     for title, ours, aten, _ in PAIRS:
         prs = pair_rows(rows, ours, aten)
-        if not prs:
+        if not prs or compute_bound(prs):
             continue
         dtypes = sorted({r["dtype"] for r in prs}, key=lambda d: ["fp32", "bf16", "fp16"].index(d)
                         if d in ("fp32", "bf16", "fp16") else 9)
@@ -360,7 +455,7 @@ def draw_plots(ctx, rows, plots_dir: Path) -> list[Path]:
 # Report and README
 
 
-def report(path: Path, out: Path | None, modules: Path | None) -> str:
+def report(path: Path, out: Path | None, modules: Path | None, convbn_step: Path | None = None) -> str:
     ctx, rows, _ = load(path)
     plots_rel = None
     if out is not None:
@@ -381,6 +476,10 @@ def report(path: Path, out: Path | None, modules: Path | None) -> str:
         mod = json.loads(modules.read_text())
         mod.setdefault("context", {})["file"] = modules.name
         text += "\n" + module_tables(mod)
+    if convbn_step is not None:
+        js = json.loads(convbn_step.read_text())
+        js["file"] = convbn_step.name
+        text += "\n" + step_tables(js)
     return text
 
 
@@ -442,6 +541,9 @@ def update_readme(readme: Path, results: list[Path]) -> None:
         modules = path.parent / "modules.json"
         if modules.is_file():
             part += "\n" + module_summary(json.loads(modules.read_text()))
+        step = path.parent / "convbn_step.json"
+        if step.is_file():
+            part += step_summary(json.loads(step.read_text()))
         parts.append(part)
     block = README_START + "\n" + "\n".join(parts) + README_END
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
@@ -453,12 +555,13 @@ def main() -> None:
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, help="report.md to write (plots go to plots/ beside it)")
     p.add_argument("--modules", type=Path, help="bench_modules.py JSON to add to the report")
+    p.add_argument("--convbn-step", type=Path, help="bench_convbn_step.py JSON to add to the report")
     p.add_argument("--update-readme", type=Path)
     a = p.parse_args()
     if a.update_readme:
         update_readme(a.update_readme, a.results)
     else:
-        text = report(a.results[0], a.out, a.modules)
+        text = report(a.results[0], a.out, a.modules, a.convbn_step)
         if a.out:
             a.out.write_text(text)
         else:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main command: build and run the microbenchmarks on the device present (the GPU when
 # torch sees one, else the CPU), keep the raw Google Benchmark JSON (with device, date,
-# commit) under bench/results/<device>/ with the host-overhead JSON of bench/bench_modules.py,
+# commit) under bench/results/<device>/ with the host-overhead JSON of bench/bench_modules.py
+# and the ConvBnReLU2d training-step JSON of bench/bench_convbn_step.py,
 # render the Markdown report beside them (tables, %copy and speedup_vs_aten, a derived JSON,
 # one GB/s plot per op family under plots/) and refresh README's benchmark section.
 #   bash ci/bench.sh            full: sizes 4K .. 256M elements and the layer shapes, 5
@@ -83,12 +84,22 @@ echo "== bench/bench_modules.py (per-call host cost, FakeQuantize module steps) 
 PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$PWD/$BUILD/torch_ext/libfakequant_ops.so" \
   "$PYTHON" bench/bench_modules.py "${modules_args[@]}"
 
-"$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md" --modules "$outdir/modules.json"
+echo "== bench/bench_convbn_step.py (ConvBnReLU2d training step) -> $outdir/convbn_step.json"
+step_args=(--out "$outdir/convbn_step.json")
+[ "$quick" = 1 ] && step_args+=(--quick)
+PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$PWD/$BUILD/torch_ext/libfakequant_ops.so" \
+  "$PYTHON" bench/bench_convbn_step.py "${step_args[@]}"
+
+# The raw JSON goes to $OUT before rendering, so that it comes back even where rendering
+# cannot run (no matplotlib): render it then on any machine (docs/gpu.md).
+[ -n "${OUT:-}" ] && cp "$json" "$outdir/modules.json" "$outdir/convbn_step.json" "$OUT/"
+"$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md" --modules "$outdir/modules.json" \
+  --convbn-step "$outdir/convbn_step.json"
 if [ "$quick" = 0 ]; then
   "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant.json
 fi
 if [ -n "${OUT:-}" ]; then
-  cp "$json" "$outdir/fake_quant.derived.json" "$outdir/modules.json" "$OUT/" &&
-    cp "$outdir/report.md" "$OUT/report-$slug.md" && mkdir -p "$OUT/plots" && cp "$outdir"/plots/*.png "$OUT/plots/"
+  cp "$outdir/fake_quant.derived.json" "$OUT/" && cp "$outdir/report.md" "$OUT/report-$slug.md" &&
+    mkdir -p "$OUT/plots" && cp "$outdir"/plots/*.png "$OUT/plots/"
 fi
 echo "== report: $outdir/report.md"

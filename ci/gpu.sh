@@ -77,10 +77,5 @@ FAKEQUANT_SKIP_SETUP=1 FAKEQUANT_BUILD_DIR="$BUILD/cmake" OUT="$OUT" bash ci/ben
     > "$OUT/bench.log" 2>&1 || { echo "FAILED: benchmarks" | tee -a "$log"; status=1; }
 tail -n 5 "$OUT/bench.log" | tee -a "$log"
 
-step "ConvBN QAT training step (bench/bench_convbn_step.py)"
-"$PYTHON" bench/bench_convbn_step.py --device cuda --out "$OUT/convbn_step-cuda.json" > "$OUT/convbn_step.log" 2>&1 ||
-  { echo "FAILED: ConvBN step benchmark" | tee -a "$log"; status=1; }
-tail -n 12 "$OUT/convbn_step.log" | tee -a "$log"
-
 step "done: status $status (logs in $OUT)"
 exit $status

@@ -155,3 +155,69 @@ def test_module_tables_and_readme_block(run, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="markers not found"):
         rr.update_readme(readme, [path])
+
+
+def test_compute_bound_family_gets_flop_rates_and_no_plot(tmp_path):
+    rng = random.Random()
+    ours_t, aten_t, ours_f, aten_f = (rng.uniform(1, 1000) for _ in range(4))
+    benches = [entry("BM_Copy/numel:4096/dtype:0", 1.0, 30.0)]
+    for fam, t, f in (("BM_ConvBnStep_fakequant", ours_t, ours_f), ("BM_ConvBnStep_aten", aten_t, aten_f)):
+        e = entry(f"{fam}/numel:4096/dtype:0/shape:0", t, 2.0, label="1x16x16x16 3x3 ->16")
+        e["GFLOP/s"] = f
+        benches.append(e)
+    path = tmp_path / "fake_quant.json"
+    path.write_text(json.dumps({"context": {"device": "cpu"}, "benchmarks": benches}))
+    _, rows, _ = rr.load(path)
+    text = rr.tables(rows, "plots")
+    assert "| fakequant GFLOP/s | ATen GFLOP/s |" in text
+    assert f"| 1x16x16x16 3x3 ->16 | {rr.fmt_us(ours_t)} | {rr.fmt_us(aten_t)} | {ours_f:.1f} | {aten_f:.1f} | " \
+           f"{aten_t / ours_t:.2f}× |" in text
+    assert "ConvBnStep.png" not in text and "%copy" not in text
+
+
+def test_convbn_step_tables_and_summary():
+    rng = random.Random()
+    rows = []
+    for mode, base in (("running", "torch.ao ConvBnReLU2d"), ("batch", "linger-style composite")):
+        for dtype in ("float32", "bfloat16_autocast"):
+            t0, t1 = rng.uniform(1, 50), rng.uniform(1, 50)
+            s0, s1 = rng.uniform(1e6, 1e8), rng.uniform(1e6, 1e8)
+            rows.append(dict(shape="64x64_3x3_56", batch=4, dtype=dtype, mode=mode, baseline=base, fakequant_ms=t0,
+                             baseline_ms=t1, speedup=t1 / t0, fakequant_saved_bytes=s0, baseline_saved_bytes=s1,
+                             saved_ratio=s0 / s1))
+    js = {"device": "cpu", "torch": "2.x", "threads": 2, "date": "2000-01-02T03:04:05", "commit": "f" * 40,
+          "results": rows}
+    text = rr.step_tables(js)
+    for r in rows:
+        assert (f"| {r['mode']} | {r['baseline']} | 64x64_3x3_56 | 4 | {r['dtype']} | {r['fakequant_ms']:.3f} | "
+                f"{r['baseline_ms']:.3f} | {r['speedup']:.2f}× |") in text
+    assert "peak ratio" not in text  # CPU rows have no peak memory
+    summary = rr.step_summary(js)
+    run_sp = [r["speedup"] for r in rows if r["mode"] == "running"]
+    assert f"| mode `running` | torch.ao ConvBnReLU2d | {min(run_sp):.2f}×–{max(run_sp):.2f}× |" in summary
+    assert "(cpu, 2000-01-02)" in summary
+
+
+COMMITTED = sorted((ROOT / "bench" / "results").glob("*/fake_quant.json"))
+
+
+@pytest.mark.skipif(not HAS_MPL, reason="matplotlib is needed to render a report")
+@pytest.mark.parametrize("result", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_committed_report_is_the_rendering_of_its_raw_json(result, tmp_path, monkeypatch):
+    """Nothing in a committed report or in README's benchmark section is typed by hand: rendering
+    the committed raw JSON again gives the committed report, derived JSON and README block."""
+    folder = result.parent
+    for name in ("fake_quant.json", "modules.json", "convbn_step.json"):
+        if (folder / name).is_file():
+            (tmp_path / name).write_bytes((folder / name).read_bytes())
+    step = tmp_path / "convbn_step.json"
+    text = rr.report(tmp_path / "fake_quant.json", tmp_path / "report.md", tmp_path / "modules.json",
+                     step if step.is_file() else None)
+    assert text == (folder / "report.md").read_text()
+    assert (tmp_path / "fake_quant.derived.json").read_text() == (folder / "fake_quant.derived.json").read_text()
+    # README: the block update_readme writes from every committed result equals README's.
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    monkeypatch.chdir(ROOT)
+    rr.update_readme(readme, [p.relative_to(ROOT) for p in COMMITTED])
+    assert readme.read_text() == (ROOT / "README.md").read_text()
