@@ -1,6 +1,6 @@
 // CPU reference of the reductions that feed qparams and of the observer updates.
 //
-// The reductions keep 8 independent lanes (max / min as plain compares, plus a NaN flag),
+// The reductions keep kLanes independent lanes (max / min as plain compares, plus a NaN flag),
 // which the compiler vectorises; NaN is applied at the end, so the result propagates NaN
 // as torch.amax does without a NaN test in the hot loop.
 #include <algorithm>
@@ -27,28 +27,22 @@ inline __attribute__((always_inline)) Acc reduce_contiguous_body(const T* __rest
   float lo[kLanes], hi[kLanes], nan[kLanes];
   for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = kKind == ReduceKind::kAbsMax ? 0.0f : -kInf, nan[j] = 0.0f;
   int64_t i = 0;
+  // Abs-max runs the min/max lanes and ends with max(-min, max) = max |x| (exact): GCC 12 does
+  // not vectorise a lane update through fabs (it compiled to one scalar compare and branch per
+  // element, 10x slower than the min/max loop; docs/perf-notes.md).
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
       const float v = to_float(x[i + j]);
       nan[j] = v != v ? 1.0f : nan[j];
-      if constexpr (kKind == ReduceKind::kAbsMax) {
-        const float m = std::fabs(v);
-        hi[j] = m > hi[j] ? m : hi[j];
-      } else {
-        lo[j] = v < lo[j] ? v : lo[j];
-        hi[j] = v > hi[j] ? v : hi[j];
-      }
+      lo[j] = v < lo[j] ? v : lo[j];
+      hi[j] = v > hi[j] ? v : hi[j];
     }
   }
   for (; i < n; ++i) {
     const float v = to_float(x[i]);
     nan[0] = v != v ? 1.0f : nan[0];
-    if constexpr (kKind == ReduceKind::kAbsMax) {
-      hi[0] = std::max(hi[0], std::fabs(v));
-    } else {
-      lo[0] = std::min(lo[0], v);
-      hi[0] = std::max(hi[0], v);
-    }
+    lo[0] = std::min(lo[0], v);
+    hi[0] = std::max(hi[0], v);
   }
   Acc r{kInf, kKind == ReduceKind::kAbsMax ? 0.0f : -kInf};
   bool any_nan = false;
@@ -57,8 +51,8 @@ inline __attribute__((always_inline)) Acc reduce_contiguous_body(const T* __rest
     r.b = std::max(r.b, hi[j]);
     any_nan |= nan[j] != 0.0f;
   }
+  if constexpr (kKind == ReduceKind::kAbsMax) r.a = r.b = std::max(-r.a, r.b);  // lanes start at +inf / 0
   if (any_nan) r.a = r.b = kNaN;
-  if constexpr (kKind == ReduceKind::kAbsMax) r.a = r.b;
   return r;
 }
 

@@ -60,6 +60,25 @@ def test_odd_sizes_whole_tensor(device, numel):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sign", ["negative", "positive", "signed_zeros"])
+def test_abs_max_from_either_side(device, dtype, sign):
+    """The largest magnitude on the negative side, on the positive side, or only zeros of both
+    signs, at a length with a vector body and a tail, whole tensor and per channel."""
+    x = torch.randn(4, 1003, device=device).abs().to(dtype)
+    if sign == "negative":
+        x = -x
+        x[:, 0] = 0.5 * x[:, 0]  # a positive value smaller than the largest negative one
+        x[:, 0] = x[:, 0].abs()
+    elif sign == "signed_zeros":
+        x = torch.zeros_like(x)
+        x[:, ::2] = -0.0
+    assert torch.equal(fakequant.abs_max(x), x.float().abs().amax())
+    assert torch.equal(fakequant.abs_max(x, 0), x.float().abs().amax(1))
+    assert not torch.signbit(fakequant.abs_max(x)).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,axis", [((2000, 3), 1), ((3, 70001), 0), ((5, 1, 9), 1), ((1, 4), 0), ((7,), 0)])
 def test_odd_channel_shapes(device, shape, axis):
     x = torch.randn(shape, device=device)
