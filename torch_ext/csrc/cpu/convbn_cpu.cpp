@@ -8,15 +8,18 @@
 #include <vector>
 
 #include "../convbn.h"
+#include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
 
-constexpr int64_t kElementsPerChunk = 65536;
+// Elements per chunk of the per-channel double sums (batch statistics, gradient sums): the
+// chunking fixes their summation order, so it is not the elementwise grain of parallel.h.
+constexpr int64_t kSumChunkElements = 65536;
 
 int64_t chunk_count(int64_t numel) {
-  return std::clamp<int64_t>(numel / kElementsPerChunk, 1, std::max<int64_t>(1, at::get_num_threads()));
+  return std::clamp<int64_t>(numel / kSumChunkElements, 1, std::max<int64_t>(1, at::get_num_threads()));
 }
 
 // Partial sums of `rows` rows of C doubles per chunk of memory, merged in chunk order.
@@ -51,16 +54,16 @@ void grad_sums(const ChannelGradSumsArgs& a) {
 }
 
 void epilogue(const ConvBnEpilogueArgs& a) {
-  at::parallel_for(0, mask_bytes(a.layout.numel()), kElementsPerChunk / kMaskGroup,
+  parallel_over_mask_groups(a.layout.numel(),
                    [&](int64_t begin, int64_t end) { convbn_epilogue_cpu_range(a, begin, end); });
 }
 
 void backward(const ConvBnBackwardArgs& a) {
-  at::parallel_for(0, mask_bytes(a.layout.numel()), kElementsPerChunk / kMaskGroup,
+  parallel_over_mask_groups(a.layout.numel(),
                    [&](int64_t begin, int64_t end) { convbn_backward_cpu_range(a, begin, end); });
 }
 
-int64_t channel_grain(int64_t length) { return std::max<int64_t>(1, kElementsPerChunk / std::max<int64_t>(length, 1)); }
+int64_t channel_grain(int64_t length) { return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(length, 1)); }
 
 void fold(const FoldWeightArgs& a) {
   at::parallel_for(0, a.channels, channel_grain(a.channel_length),

@@ -7,14 +7,11 @@
 #include <tuple>
 
 #include "../common.h"
+#include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
-
-// Mask groups (8 elements each) per parallel chunk: 64K elements, well above the cost of
-// waking a thread.
-constexpr int64_t kGroupsPerChunk = 8192;
 
 std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor& input,
                                                                 const at::Tensor& scale,
@@ -25,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor
   PerTensorCall call =
       prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed);
   check_per_tensor_qparam_values(scale, zero_point, quant_min, quant_max);
-  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+  parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
     fake_quant_per_tensor_cpu_range(call.args, call.qparams, begin, end);
   });
   return {call.output, call.mask};
@@ -40,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cpu_op(const at::Tenso
   PerChannelCall call =
       prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
   check_per_channel_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
-  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+  parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
     fake_quant_per_channel_cpu_range(call.args, call.qparams, begin, end);
   });
   return {call.output, call.mask};
@@ -48,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cpu_op(const at::Tenso
 
 at::Tensor fake_quant_mask_backward_cpu_op(const at::Tensor& grad_output, const at::Tensor& mask) {
   MaskedGradCall call = prepare_masked_grad(grad_output, mask);
-  at::parallel_for(0, mask_bytes(call.args.numel), kGroupsPerChunk,
+  parallel_over_mask_groups(call.args.numel,
                    [&](int64_t begin, int64_t end) { masked_grad_cpu_range(call.args, begin, end); });
   return call.grad_input;
 }

@@ -10,13 +10,11 @@
 
 #include "../common.h"
 #include "../learnable.h"
+#include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
-
-// Mask groups (8 elements each) per parallel chunk of the forward, as the other quant-dequant ops.
-constexpr int64_t kGroupsPerChunk = 8192;
 
 at::Tensor learnable_forward(const char* op, const at::Tensor& input, const at::Tensor& scale,
                              const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t quant_min,
@@ -32,7 +30,7 @@ at::Tensor learnable_forward(const char* op, const at::Tensor& input, const at::
   const FakeQuantArgs args{call.args.dtype, call.args.input, call.args.output, nullptr, call.args.numel};
   if (lq.channels == 1) {
     const PerTensorQParams qp{scales.data(), zero_points.data(), lq.quant_min, lq.quant_max, Rounding::kHalfEven};
-    at::parallel_for(0, mask_bytes(args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+    parallel_over_mask_groups(args.numel, [&](int64_t begin, int64_t end) {
       fake_quant_per_tensor_cpu_range(args, qp, begin, end);
     });
   } else {
@@ -44,7 +42,7 @@ at::Tensor learnable_forward(const char* op, const at::Tensor& input, const at::
     qp.channel_stride = lq.channel_stride;
     qp.quant_min = lq.quant_min;
     qp.quant_max = lq.quant_max;
-    at::parallel_for(0, mask_bytes(args.numel), kGroupsPerChunk, [&](int64_t begin, int64_t end) {
+    parallel_over_mask_groups(args.numel, [&](int64_t begin, int64_t end) {
       fake_quant_per_channel_cpu_range(args, qp, begin, end);
     });
   }

@@ -7,13 +7,11 @@
 #include <vector>
 
 #include "../observers.h"
+#include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
-
-constexpr int64_t kReduceGrain = 1 << 16;  // elements per parallel chunk at least
-constexpr int64_t kGroupsPerChunk = 8192;  // as the quant-dequant ops
 
 // Reduces `args` into out_a / out_b (args.channels floats each) on ATen's intra-op threads:
 // each chunk folds into private accumulators, merged afterwards (min / max are exact in any
@@ -22,7 +20,7 @@ void reduce_parallel(const ReduceArgs& args, ReduceKind kind, float* out_a, floa
   const int64_t channels = args.channels;
   reduce_identity(kind, channels, out_a, out_b);
   const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (args.numel + kReduceGrain - 1) / kReduceGrain));
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (args.numel + kChunkElements - 1) / kChunkElements));
   if (chunks == 1) return reduce_cpu_range(args, kind, 0, args.numel, out_a, out_b);
   std::vector<float> part_a(chunks * channels), part_b(kind == ReduceKind::kMinMax ? chunks * channels : 0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -41,7 +39,7 @@ void reduce_parallel(const ReduceArgs& args, ReduceKind kind, float* out_a, floa
 
 template <typename QParams, typename Fn>
 void quant_dequant_parallel(const FakeQuantArgs& args, const QParams& qp, Fn range_fn) {
-  at::parallel_for(0, mask_bytes(args.numel), kGroupsPerChunk,
+  parallel_over_mask_groups(args.numel,
                    [&](int64_t begin, int64_t end) { range_fn(args, qp, begin, end); });
 }
 

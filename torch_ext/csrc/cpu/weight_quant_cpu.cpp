@@ -10,14 +10,11 @@
 #include <vector>
 
 #include "../weight_quant.h"
+#include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
-
-// Elements per parallel chunk: 64K, well above the cost of waking a thread (as the
-// quant-dequant bindings).
-constexpr int64_t kElementsPerChunk = 65536;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(const at::Tensor& weight,
                                                                                int64_t axis, int64_t quant_min,
@@ -31,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(
     const int64_t len = weight_channel_length(a);
     const int64_t per_block = weight_channels_per_block(len);
     const int64_t blocks = (a.channels + per_block - 1) / per_block;
-    const int64_t grain = std::max<int64_t>(1, kElementsPerChunk / std::max<int64_t>(per_block * len, 1));
+    const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(per_block * len, 1));
     at::parallel_for(0, blocks, grain,
                      [&](int64_t begin, int64_t end) { fake_quant_weight_abs_max_cpu_blocks(a, begin, end); });
     return {call.output, call.mask, call.scale};
@@ -39,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(
 
   // Pass 1: each chunk of memory reduces into its own row of partial maxima.
   const int64_t chunks =
-      std::clamp<int64_t>(a.numel / kElementsPerChunk, 1, std::max<int64_t>(1, at::get_num_threads()));
+      std::clamp<int64_t>(a.numel / kChunkElements, 1, std::max<int64_t>(1, at::get_num_threads()));
   const int64_t chunk_len = (a.numel + chunks - 1) / chunks;
   std::vector<uint32_t> partial(static_cast<size_t>(chunks * a.channels), 0u);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -54,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(
   const std::vector<int32_t> zeros(static_cast<size_t>(a.channels), 0);
   const FakeQuantArgs args = weight_quant_fake_quant_args(a);
   const PerChannelQParams qp = weight_quant_qparams(a, zeros.data());
-  at::parallel_for(0, mask_bytes(a.numel), kElementsPerChunk / kMaskGroup,
+  parallel_over_mask_groups(a.numel,
                    [&](int64_t begin, int64_t end) { fake_quant_per_channel_cpu_range(args, qp, begin, end); });
   return {call.output, call.mask, call.scale};
 }
