@@ -1,4 +1,4 @@
-"""Fake (meta) kernels and autograd formulas of the fakequant ops.
+"""Fake (meta) kernels of the fakequant ops and the clipped-STE autograd helpers.
 
 The fake kernels mirror the C++ allocation rules in torch_ext/csrc/common.cpp exactly
 (dense inputs keep their strides, anything else is made contiguous; the mask is
@@ -100,5 +100,7 @@ def _masked_backward(ctx, grad_output, grad_mask):
     return (grad_input,) + (None,) * (ctx.num_inputs - 1)
 
 
-for _op in ("fake_quant_per_tensor", "fake_quant_per_channel"):
-    torch.library.register_autograd(f"{_lib}::{_op}", _masked_backward, setup_context=_masked_setup_context)
+# The autograd of fake_quant_per_tensor / fake_quant_per_channel is this same clipped STE as a
+# C++ Autograd kernel (torch_ext/csrc/autograd.cpp): a Python formula costs a Python call on
+# every call of these per-activation ops. The ops below with Python formulas use the helpers
+# above.
