@@ -40,7 +40,10 @@ if [ -d "$DEPS/googletest" ]; then
 fi
 [ -d "$DEPS/benchmark" ] && prefixes="$prefixes;$DEPS/benchmark"
 if [ -d "$DEPS/wheels" ] && ls "$DEPS"/wheels/*.whl >/dev/null 2>&1; then
-  run "$PYTHON" -m pip install -q --no-index --no-deps --target "$PWD/$BUILD/deps/site" "$DEPS"/wheels/*.whl
+  # The pure-Python wheels and the binary ones built for this Python.
+  pyver=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  mapfile -t wheels < <(ls "$DEPS"/wheels/*.whl | grep -E -- "-(py3|py2\.py3)-none-any\.whl$|-$pyver-")
+  [ ${#wheels[@]} -gt 0 ] && run "$PYTHON" -m pip install -q --no-index --no-deps --target "$PWD/$BUILD/deps/site" "${wheels[@]}"
   export PYTHONPATH="$PWD/$BUILD/deps/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
