@@ -143,7 +143,8 @@ def pair_rows(rows, ours: str, aten: str) -> list[dict]:
         if family != ours:
             continue
         a = rows.get((aten, n, d, shape))
-        c = rows.get((COPY, n, d, None))
+        # The copy is no yardstick for compute-bound rows (they report FLOP rates instead).
+        c = rows.get((COPY, n, d, None)) if o["gflops"] is None else None
         out.append({
             "dtype": d, "numel": n, "shape": shape, "label": o["label"],
             "fakequant_us": o["us"], "aten_us": a["us"] if a else None, "copy_us": c["us"] if c else None,
