@@ -5,6 +5,7 @@
 // counters.
 #pragma once
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
@@ -23,6 +24,13 @@
 #endif
 
 namespace fakequant_bench {
+
+// The typed dispatcher handle of fakequant op `name` ("fakequant::..."): benchmarks call the ops
+// as Python does, through the dispatcher.
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
 
 inline bool use_cuda() {
 #if defined(FAKEQUANT_BENCH_CUDA)

@@ -17,7 +17,6 @@
 // ATen side runs torch::autograd::grad, so the autograd engine's cost is part of its time.
 // Quick mode (FAKEQUANT_BENCH_QUICK=1): two tiny layers at batch 2, one of 4096 input
 // elements (ctest's bench_smoke). Both sides update their running statistics every call.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
 #include <array>
@@ -148,8 +147,7 @@ using ConvBnBackwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ours_forward(
     const Layer& l, const torch::Tensor& x, RunningStats& rs, c10::string_view mode) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fakequant::conv_bn_fake_quant", "").typed<ConvBnOp>();
+  static const auto op = fb::op<ConvBnOp>("fakequant::conv_bn_fake_quant");
   return op.call(x, l.weight, std::nullopt, l.gamma, l.beta, rs.mean, rs.var, l.stride, l.padding, l.dilation, 1,
                  kBnEps, kMomentum, mode, /*training=*/true, /*relu=*/true, /*quantize_weight=*/true, kQuantMin,
                  kQuantMax, "half_even", kWeightEps);
@@ -165,9 +163,7 @@ struct Grads {
 // float64 parameter gradients are cast to the parameters' dtype.
 std::pair<torch::Tensor, Grads> ours_step(const Layer& l, const torch::Tensor& x, const torch::Tensor& grad_out,
                                           RunningStats& rs, c10::string_view mode) {
-  static const auto backward = c10::Dispatcher::singleton()
-                                   .findSchemaOrThrow("fakequant::conv_bn_fake_quant_backward", "")
-                                   .typed<ConvBnBackwardOp>();
+  static const auto backward = fb::op<ConvBnBackwardOp>("fakequant::conv_bn_fake_quant_backward");
   auto [y, pre_bn, weight_q, weight_mask, relu_mask, channel_state] = ours_forward(l, x, rs, mode);
   const at::Tensor& conv_weight = mode == "batch" ? l.weight : weight_q;
   auto [gx, gw, gp] = backward.call(grad_out, x, l.weight, pre_bn, conv_weight, weight_mask, relu_mask, channel_state,

@@ -3,7 +3,6 @@
 // bench_copy.cpp). Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16)} over the size
 // sweep, and {numel, dtype, shape index} over the layer shapes (bench_common.h). Quick mode
 // (FAKEQUANT_BENCH_QUICK=1) keeps two sizes and two shapes. This file holds main().
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
 #include <optional>
@@ -47,9 +46,7 @@ using FakeQuantOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const 
                                                        const std::optional<at::Tensor>&);
 
 const c10::TypedOperatorHandle<FakeQuantOp>& fakequant_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_per_tensor", "")
-                             .typed<FakeQuantOp>();
+  static const auto op = fb::op<FakeQuantOp>("fakequant::fake_quant_per_tensor");
   return op;
 }
 
@@ -103,9 +100,7 @@ void BM_FakeQuantPerChannel_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   ChannelInputs in = make_channel_inputs(n, dtype);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
-                             .typed<PerChannelOp>();
+  static const auto op = fb::op<PerChannelOp>("fakequant::fake_quant_per_channel");
   fb::run_timed(state, [&](int64_t i) {
     auto out =
         op.call(in.x[i % in.x.size()], in.scale, in.zero_point, 0, kQuantMin, kQuantMax, "half_even", std::nullopt);
@@ -136,9 +131,8 @@ void BM_MaskedGrad_fakequant(benchmark::State& state) {
     masks.push_back(
         std::get<1>(fakequant_op().call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, "half_even", std::nullopt)));
   }
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_mask_backward", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  static const auto op =
+      fb::op<at::Tensor(const at::Tensor&, const at::Tensor&)>("fakequant::fake_quant_mask_backward");
   fb::run_timed(state, [&](int64_t i) {
     auto g = op.call(in.x[i % in.x.size()], masks[i % masks.size()]);
     benchmark::DoNotOptimize(g);
@@ -215,9 +209,7 @@ void BM_FakeQuantPerTensorLayer_aten(benchmark::State& state) {
 void BM_FakeQuantPerChannelLayer_fakequant(benchmark::State& state) {
   const auto dtype = fb::dtype_arg(state.range(1));
   LayerInputs in = make_layer_inputs(state, dtype, true);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
-                             .typed<PerChannelOp>();
+  static const auto op = fb::op<PerChannelOp>("fakequant::fake_quant_per_channel");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(in.x[i % in.x.size()], in.scale, in.zero_point, in.axis, kQuantMin, kQuantMax, "half_even",
                        std::nullopt);

@@ -5,7 +5,6 @@
 // dtype code (0 fp32, 1 bf16)}. ATen's backward ops take bf16 input (computed in fp32, with
 // grad_input returned as fp32), so bf16 is timed on both sides. Sizes: the sweep of
 // bench_common.h.
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
 #include <cstdlib>
@@ -60,11 +59,6 @@ using BackwardPerChannel = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double,
     std::array<bool, 3>);
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
 constexpr double kGradFactor = 0.01;
 constexpr std::array<bool, 3> kAllGrads = {true, true, true};
 
@@ -72,8 +66,8 @@ void BM_LearnablePerTensor_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   LearnableInputs in = make_inputs(n, dtype, false);
-  const auto fwd = op<ForwardPerTensor>("fakequant::fake_quant_learnable_per_tensor");
-  const auto bwd = op<BackwardPerTensor>("fakequant::fake_quant_learnable_per_tensor_backward");
+  const auto fwd = fb::op<ForwardPerTensor>("fakequant::fake_quant_learnable_per_tensor");
+  const auto bwd = fb::op<BackwardPerTensor>("fakequant::fake_quant_learnable_per_tensor_backward");
   fb::run_timed(state, [&](int64_t i) {
     const auto& x = in.x[i % in.x.size()];
     auto y = fwd.call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor);
@@ -106,8 +100,8 @@ void BM_LearnablePerChannel_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   LearnableInputs in = make_inputs(n, dtype, true);
-  const auto fwd = op<ForwardPerChannel>("fakequant::fake_quant_learnable_per_channel");
-  const auto bwd = op<BackwardPerChannel>("fakequant::fake_quant_learnable_per_channel_backward");
+  const auto fwd = fb::op<ForwardPerChannel>("fakequant::fake_quant_learnable_per_channel");
+  const auto bwd = fb::op<BackwardPerChannel>("fakequant::fake_quant_learnable_per_channel_backward");
   fb::run_timed(state, [&](int64_t i) {
     const auto& x = in.x[i % in.x.size()];
     auto y = fwd.call(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor);

@@ -2,7 +2,6 @@
 // binary as the quant-dequant benchmarks (main() lives in bench_fake_quant.cpp). Arguments:
 // {numel, dtype code}. Bytes counted are what each op must move: the input read once, the
 // output written and its own mask (1 bit per element for fakequant, 1 byte for ATen's bool).
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
 #include <tuple>
@@ -52,9 +51,7 @@ void BM_FusedObserver_fakequant(benchmark::State& state) {
   const auto dtype = fb::dtype_arg(state.range(1));
   auto x = inputs(n, dtype, kPerChannel);
   MinMaxState s(kPerChannel ? kChannels : 1);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fused_moving_avg_obs_fake_quant", "")
-                             .typed<FusedObserverOp>();
+  static const auto op = fb::op<FusedObserverOp>("fakequant::fused_moving_avg_obs_fake_quant");
   const std::optional<int64_t> axis = kPerChannel ? std::optional<int64_t>(0) : std::nullopt;
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], s.observer_on, s.fake_quant_on, s.running_min, s.running_max, s.scale,
@@ -89,9 +86,7 @@ void BM_MovingAverageAbsMax_fakequant(benchmark::State& state) {
   const auto dtype = fb::dtype_arg(state.range(1));
   auto x = inputs(n, dtype, false);
   auto scale = torch::zeros({1}, opts(torch::kFloat)), st = scale.clone(), accum = scale.clone();
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_moving_average_abs_max", "")
-                             .typed<MovingAverageAbsMaxOp>();
+  static const auto op = fb::op<MovingAverageAbsMaxOp>("fakequant::fake_quant_moving_average_abs_max");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], scale, st, accum, 0.9, 8, true, "half_even");
     benchmark::DoNotOptimize(out);
@@ -129,8 +124,7 @@ void BM_MinMax_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   auto x = inputs(n, dtype, false);
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fakequant::min_max", "").typed<MinMaxOp>();
+  static const auto op = fb::op<MinMaxOp>("fakequant::min_max");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], std::nullopt);
     benchmark::DoNotOptimize(out);
@@ -165,8 +159,7 @@ void BM_AbsMax_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   auto x = inputs(n, dtype, kPerChannel);
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fakequant::abs_max", "").typed<AbsMaxOp>();
+  static const auto op = fb::op<AbsMaxOp>("fakequant::abs_max");
   const std::optional<int64_t> axis = kPerChannel ? std::optional<int64_t>(0) : std::nullopt;
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], axis);
@@ -193,8 +186,7 @@ void BM_MinMaxPerChannel_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
   const auto dtype = fb::dtype_arg(state.range(1));
   auto x = inputs(n, dtype, true);
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fakequant::min_max", "").typed<MinMaxOp>();
+  static const auto op = fb::op<MinMaxOp>("fakequant::min_max");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], 0);
     benchmark::DoNotOptimize(out);
@@ -226,9 +218,7 @@ void BM_RangeAbsMax_fakequant(benchmark::State& state) {
   auto x = inputs(n, dtype, false);
   auto scale = torch::zeros({1}, opts(torch::kFloat)), window = torch::zeros({kWindow}, opts(torch::kFloat));
   auto iter = torch::zeros({1}, opts(torch::kLong));
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_range_abs_max", "")
-                             .typed<RangeAbsMaxOp>();
+  static const auto op = fb::op<RangeAbsMaxOp>("fakequant::fake_quant_range_abs_max");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(x[i % x.size()], scale, window, iter, 8, true, "half_even");
     benchmark::DoNotOptimize(out);

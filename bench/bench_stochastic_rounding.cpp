@@ -5,7 +5,6 @@
 // the timed region: fakequant a 2-element seed (at::randint, as the Python API does), ATen a
 // full-size uniform tensor. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16)} over the
 // size sweep of bench_common.h. Linked into fakequant_bench.
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
 #include <optional>
@@ -49,9 +48,7 @@ void BM_FakeQuantPerTensorStochastic_fakequant(benchmark::State& state) {
   const auto opts = torch::TensorOptions().device(fb::bench_device());
   const torch::Tensor scale = torch::full({1}, kScale, opts.dtype(torch::kFloat));
   const torch::Tensor zero_point = torch::full({1}, kZeroPoint, opts.dtype(torch::kInt));
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_per_tensor", "")
-                             .typed<FakeQuantOp>();
+  static const auto op = fb::op<FakeQuantOp>("fakequant::fake_quant_per_tensor");
   fb::run_timed(state, [&](int64_t i) {
     const torch::Tensor seed = torch::randint(0, kSeedHigh, {2}, opts.dtype(torch::kLong));
     auto out = op.call(x[i % x.size()], scale, zero_point, kQuantMin, kQuantMax, "stochastic", seed);

@@ -4,7 +4,6 @@
 // weight, along axis 0. Arguments: {numel, dtype code (0 fp32, 1 bf16, 2 fp16), index into
 // bench_common.h's layer shapes}. Quick mode (FAKEQUANT_BENCH_QUICK=1) keeps the [64, 64]
 // (numel 4096) and [2048, 512, 1, 1] shapes.
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
 #include <tuple>
@@ -55,9 +54,7 @@ void BM_WeightAbsMax_fakequant(benchmark::State& state) {
   state.SetLabel(fb::shape_label(shape, 0));
   const auto dtype = fb::dtype_arg(state.range(1));
   WeightInputs in = make_weights(shape, dtype);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_weight_abs_max", "")
-                             .typed<WeightOp>();
+  static const auto op = fb::op<WeightOp>("fakequant::fake_quant_weight_abs_max");
   fb::run_timed(state, [&](int64_t i) {
     auto out = op.call(in.w[i % in.w.size()], 0, kQuantMin, kQuantMax, "half_even", kEps);
     benchmark::DoNotOptimize(out);

@@ -37,6 +37,13 @@ void reduce_parallel(const ReduceArgs& args, ReduceKind kind, float* out_a, floa
   }
 }
 
+// max |x| over the whole input of a Paddle abs-max op.
+float tensor_abs_max(const FakeQuantArgs& args) {
+  float abs_max = 0.0f;
+  reduce_parallel(ReduceArgs{args.dtype, args.input, args.numel}, ReduceKind::kAbsMax, &abs_max, nullptr);
+  return abs_max;
+}
+
 template <typename QParams, typename Fn>
 void quant_dequant_parallel(const FakeQuantArgs& args, const QParams& qp, Fn range_fn) {
   parallel_over_mask_groups(args.numel,
@@ -80,10 +87,7 @@ std::tuple<at::Tensor, at::Tensor> moving_average_abs_max_cpu_op(const at::Tenso
                              {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}});
   if (call.args.numel == 0) return {call.output, call.mask};
   if (training) {
-    float abs_max = 0.0f;
-    ReduceArgs r{call.args.dtype, call.args.input, call.args.numel};
-    reduce_parallel(r, ReduceKind::kAbsMax, &abs_max, nullptr);
-    moving_average_abs_max_update_cpu(call.state, abs_max);
+    moving_average_abs_max_update_cpu(call.state, tensor_abs_max(call.args));
   }
   quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
   return {call.output, call.mask};
@@ -97,10 +101,7 @@ std::tuple<at::Tensor, at::Tensor> range_abs_max_cpu_op(const at::Tensor& input,
   TORCH_CHECK(*call.state.iter >= 0, "fakequant.fake_quant_range_abs_max: iter must be >= 0, got ", *call.state.iter);
   if (call.args.numel == 0) return {call.output, call.mask};
   if (training) {
-    float abs_max = 0.0f;
-    ReduceArgs r{call.args.dtype, call.args.input, call.args.numel};
-    reduce_parallel(r, ReduceKind::kAbsMax, &abs_max, nullptr);
-    range_abs_max_update_cpu(call.state, abs_max);
+    range_abs_max_update_cpu(call.state, tensor_abs_max(call.args));
   }
   quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
   return {call.output, call.mask};
