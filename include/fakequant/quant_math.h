@@ -73,13 +73,17 @@ FQ_HD float half_bits_to_float(uint16_t h16) {
   return sign ? -mag : mag;
 }
 
+// Every NaN becomes the canonical 0x7FFF (fp16 and bf16 alike), which is what the GPU's
+// cvt.rn instructions and the CUDA headers' host conversions store: the NaN bits of a 16-bit
+// output are then the same on every backend (docs/numerics.md, "16-bit floats").
+constexpr uint16_t kCanonicalNaN16 = 0x7FFFu;
+
 FQ_HD uint16_t float_to_half_bits(float v) {
   const uint32_t u = float_bits(v);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) {  // inf or NaN
-    return static_cast<uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x0200u : 0u));
-  }
+  if (abs > 0x7F800000u) return kCanonicalNaN16;
+  if (abs == 0x7F800000u) return static_cast<uint16_t>(sign | 0x7C00u);  // inf
   if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds to inf
   if (abs < 0x38800000u) {
     // Subnormal (or zero) result: round |v| * 2^24 to an integer, nearest-even; adding and
@@ -96,7 +100,7 @@ FQ_HD uint16_t float_to_half_bits(float v) {
 
 FQ_HD uint16_t float_to_bfloat16_bits(float v) {
   const uint32_t u = float_bits(v);
-  if (v != v) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+  if (v != v) return kCanonicalNaN16;
   const uint32_t rounding_bias = 0x7FFFu + ((u >> 16) & 1u);      // nearest-even
   return static_cast<uint16_t>((u + rounding_bias) >> 16);
 }

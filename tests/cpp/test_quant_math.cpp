@@ -102,6 +102,10 @@ TEST(HalfConversion, MatchesCompilerFloat16OnRandomFloats) {
   std::uniform_real_distribution<float> tiny(-1e-4f, 1e-4f);
   for (int i = 0; i < 300000; ++i) {
     const float v = (i % 3 == 0) ? mid(rng) : (i % 3 == 1) ? tiny(rng) : random_float_bits(rng);
+    if (std::isnan(v)) {  // the compiler keeps sign and payload; our contract stores 0x7FFF
+      ASSERT_EQ(fq::from_float<fq::Half>(v).bits, fq::kCanonicalNaN16) << "v=" << v;
+      continue;
+    }
     const _Float16 ref = static_cast<_Float16>(v);
     uint16_t ref_bits;
     std::memcpy(&ref_bits, &ref, sizeof(ref_bits));
@@ -118,6 +122,20 @@ TEST(BFloat16Conversion, HandComputedValues) {
   EXPECT_EQ(fq::from_float<fq::BFloat16>(-3.0f).bits, 0xC040);
   EXPECT_EQ(fq::to_float(fq::BFloat16{0x4049}), 3.140625f);
   EXPECT_TRUE(std::isnan(fq::to_float(fq::from_float<fq::BFloat16>(std::nanf("")))));
+}
+
+// The NaN contract of 16-bit outputs: whatever the NaN's sign and payload, fp16 and bf16 store
+// 0x7FFF, the canonical NaN of the GPU's conversions (CUDA's cvt.rn.f16.f32 / .bf16.f32).
+TEST(SixteenBitConversion, EveryNaNStoresTheCanonicalNaN) {
+  for (const uint32_t nan_bits : {0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0xFF800001u, 0x7FFFFFFFu, 0x7FA5A5A5u}) {
+    float v;
+    std::memcpy(&v, &nan_bits, sizeof(v));
+    ASSERT_TRUE(std::isnan(v));
+    EXPECT_EQ(fq::from_float<fq::Half>(v).bits, 0x7FFF) << std::hex << nan_bits;
+    EXPECT_EQ(fq::from_float<fq::BFloat16>(v).bits, 0x7FFF) << std::hex << nan_bits;
+  }
+  EXPECT_EQ(fq::from_float<fq::Half>(-INFINITY).bits, 0xFC00);  // infinities keep their sign
+  EXPECT_EQ(fq::from_float<fq::BFloat16>(-INFINITY).bits, 0xFF80);
 }
 
 TEST(QuantDequant, HandComputedCases) {
