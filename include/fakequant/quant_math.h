@@ -475,8 +475,12 @@ FQ_HD AffineQParams choose_qparams(float min, float max, int32_t qmin, int32_t q
   double initial_zero_point =
       zero_point_from_min_error < zero_point_from_max_error ? zero_point_from_min : zero_point_from_max;
   if (min < 0 && max > 0 && symmetric) initial_zero_point = static_cast<double>(qmin + qmax) / 2;
+  // A NaN initial zero point (a NaN or infinite range, a 2-level symmetric range, an overflowed
+  // moving average) takes quant_min: ATen converts the NaN to int32 (undefined behaviour;
+  // INT_MIN on x86, 0 on the GPU). The scale is then NaN or infinite, which poisons the
+  // quant-dequant that uses it (docs/numerics.md).
   int32_t zero_point;
-  if (initial_zero_point < qmin) {
+  if (!(initial_zero_point >= qmin)) {
     zero_point = qmin;
   } else if (initial_zero_point > qmax) {
     zero_point = qmax;

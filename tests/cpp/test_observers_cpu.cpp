@@ -126,6 +126,26 @@ TEST(ChooseQParams, HandComputedCases) {
   EXPECT_EQ(q.scale, static_cast<float>(1.27 / 127.0));
 }
 
+// Ranges whose initial zero point is NaN: the zero point is quant_min (a defined value, where
+// ATen converts the NaN to int32), and the scale is NaN or infinite, so the quant-dequant that
+// uses these qparams is poisoned (qparams_valid is false).
+TEST(ChooseQParams, NaNZeroPointBecomesQuantMin) {
+  const float kInf = std::numeric_limits<float>::infinity();
+  const float kNaN = std::numeric_limits<float>::quiet_NaN();
+  struct Case {
+    float min, max;
+    int32_t qmin, qmax;
+    bool symmetric;
+  };
+  for (const Case& c : {Case{kNaN, 1.0f, -128, 127, false}, Case{-1.0f, kNaN, 0, 255, false},
+                        Case{kNaN, kNaN, -128, 127, true}, Case{-2.0f, kInf, 0, 255, false},
+                        Case{-3.0f, 5.0f, -1, 0, true}}) {
+    const fq::AffineQParams q = fq::choose_qparams(c.min, c.max, c.qmin, c.qmax, c.symmetric, false);
+    EXPECT_EQ(q.zero_point, c.qmin) << c.min << " " << c.max << " [" << c.qmin << ", " << c.qmax << "]";
+    EXPECT_FALSE(fq::qparams_valid(q.scale, q.zero_point, c.qmin, c.qmax)) << q.scale;
+  }
+}
+
 TEST(MovingAverage, FirstObservationThenExponentialAverage) {
   EXPECT_EQ(fq::moving_average_min_max(kInf, -2.5f, 0.01f), -2.5f);
   EXPECT_EQ(fq::moving_average_min_max(-kInf, 3.0f, 0.01f), 3.0f);

@@ -86,14 +86,12 @@ class BlockReduce {
     exchange[lane] = input;
     ::fqemu::warp_sync();
     if (lane == 0 && lanes > 0) {
-      T v[kWarpThreads];
-      T next[kWarpThreads];
-      for (int i = 0; i < lanes; ++i) v[i] = exchange[i];
+      // In place, lanes in ascending order: lane i + d still holds its value from before
+      // this step when lane i reads it, as a shuffle would deliver it.
       for (int d = 1; d < kWarpThreads; d *= 2) {
-        for (int i = 0; i < lanes; ++i) next[i] = i + d < lanes ? static_cast<T>(op(v[i], v[i + d])) : v[i];
-        for (int i = 0; i < lanes; ++i) v[i] = next[i];
+        for (int i = 0; i + d < lanes; ++i) exchange[i] = static_cast<T>(op(exchange[i], exchange[i + d]));
       }
-      storage_.warp_aggregates[warp] = v[0];
+      storage_.warp_aggregates[warp] = exchange[0];
     }
     ::fqemu::syncthreads("cub::BlockReduce (emulated)", 0);
     T result;
