@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: setup if needed, build (CMake, with tests and benchmarks), install to a
-# prefix, ctest (GoogleTest, the find_package consumer, the benchmark smoke run), then
+# prefix, ctest (GoogleTest, the find_package consumer, the benchmark smoke run, the CUDA
+# resource gate, then the CUDA kernels executed on the CPU in three orders), then
 # `pip install --no-build-isolation .` and pytest. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,19 @@ cmake --build "$BUILD" -j "$JOBS"
 cmake --install "$BUILD" --prefix "$BUILD/prefix" >/dev/null
 
 echo "== ctest"
-ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"
+ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" -LE cuda_emulation
+
+# The CUDA kernels executed on the CPU (tests/emu, docs/cuda-emulation.md): the CUDA
+# GoogleTests in three thread/block orders under AddressSanitizer + UBSan, and the harness'
+# own tests. They must run wherever the CUDA headers are (CI: always).
+echo "== ctest: CUDA kernels under emulation (forward, reversed, shuffled orders)"
+emulated=$(ctest --test-dir "$BUILD" -N -L cuda_emulation | sed -n 's/^Total Tests: //p')
+if [ "${emulated:-0}" -eq 0 ]; then
+  echo "no emulated CUDA tests were configured (FAKEQUANT_CUDA_EMULATION needs the CUDA headers)" >&2
+  exit 1
+fi
+ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" -L cuda_emulation
+echo "emulated CUDA tests: $emulated run and passed"
 
 echo "== pip install --no-build-isolation ."
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
