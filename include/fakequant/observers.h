@@ -60,14 +60,17 @@ void moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float 
 // steps; `iter` (int64) counts the steps and is incremented by the update. Paddle's rule:
 //   idx = iter % window_size; removed = window[idx]; window[idx] = cur
 //   scale = max(scale, cur) if cur > scale, else if |removed - scale| < 1e-6 (the maximum
-//   left the window) scale = max(window[0 : min(iter, window_size)])
+//   left the window) scale = max(0, |window[0 : min(iter, window_size)]|), NaN if any is NaN
+// Returns the scale the quant-dequant uses: the updated *scale, or NaN for an out-of-contract
+// iter < 0, which leaves window, iter and scale untouched (the CUDA launcher does the same;
+// bindings reject iter < 0 up front on the CPU).
 struct RangeAbsMaxState {
   float* scale = nullptr;
   float* window = nullptr;
   int64_t window_size = 1;
   int64_t* iter = nullptr;
 };
-void range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max);
+float range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max);
 
 // PyTorch's moving-average min/max observer fused with the choice of qparams
 // (torch.fused_moving_avg_obs_fake_quant): per channel (or for the tensor, channels == 1)

@@ -77,13 +77,18 @@ Acc reduce_contiguous(const T* __restrict__ x, int64_t n) {
   return reduce_contiguous_body<T, kKind>(x, n);
 }
 
+// -0 -> +0, anything else unchanged. Min and max of +0 and -0 are either, depending on the
+// order in which they are met, so every folded value is normalised and a zero result is +0
+// whatever the order (the CUDA reduction does the same at its end).
+inline float positive_zero(float v) { return v + 0.0f; }
+
 template <ReduceKind kKind>
 void fold(float* out_a, float* out_b, int64_t c, Acc v) {
   if constexpr (kKind == ReduceKind::kAbsMax) {
-    out_a[c] = nan_max(out_a[c], v.a);
+    out_a[c] = nan_max(out_a[c], positive_zero(v.a));
   } else {
-    out_a[c] = nan_min(out_a[c], v.a);
-    out_b[c] = nan_max(out_b[c], v.b);
+    out_a[c] = nan_min(out_a[c], positive_zero(v.a));
+    out_b[c] = nan_max(out_b[c], positive_zero(v.b));
   }
 }
 
@@ -163,10 +168,10 @@ void reduce_combine(ReduceKind kind, int64_t channels, const float* part_a, cons
                     float* out_b) {
   for (int64_t c = 0; c < channels; ++c) {
     if (kind == ReduceKind::kAbsMax) {
-      out_a[c] = nan_max(out_a[c], part_a[c]);
+      out_a[c] = nan_max(out_a[c], positive_zero(part_a[c]));
     } else {
-      out_a[c] = nan_min(out_a[c], part_a[c]);
-      out_b[c] = nan_max(out_b[c], part_b[c]);
+      out_a[c] = nan_min(out_a[c], positive_zero(part_a[c]));
+      out_b[c] = nan_max(out_b[c], positive_zero(part_b[c]));
     }
   }
 }
@@ -183,8 +188,9 @@ void moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float 
   *s.scale = u.scale;
 }
 
-void range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max) {
+float range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max) {
   const int64_t it = *s.iter;
+  if (it < 0) return kNaN;  // out of contract: state untouched, a NaN (poisoning) scale
   const int64_t idx = it % s.window_size;
   const float removed = s.window[idx];
   s.window[idx] = abs_max;
@@ -192,14 +198,16 @@ void range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max) {
   if (scale < abs_max) {
     scale = abs_max;
   } else if (range_abs_max_left_window(removed, scale)) {
+    // From 0, the identity of an abs-max; a NaN anywhere in the window makes the scale NaN.
     const int64_t size = std::min(it, s.window_size);
     if (size > 0) {
-      scale = std::fabs(s.window[0]);
-      for (int64_t k = 1; k < size; ++k) scale = std::max(scale, std::fabs(s.window[k]));
+      scale = 0.0f;
+      for (int64_t k = 0; k < size; ++k) scale = nan_max(scale, std::fabs(s.window[k]));
     }
   }
   *s.scale = scale;
   *s.iter = it + 1;
+  return scale;
 }
 
 void moving_average_min_max_update_cpu(const MovingAverageMinMaxState& s, const float* current_min,

@@ -25,15 +25,17 @@ struct ObserverWorkspace {
 ObserverWorkspace carve(const ReduceArgs& args, void* workspace) {
   char* p = static_cast<char*>(workspace);
   const size_t partials = align_up(reduce_partials_bytes(args));
-  const size_t steps = align_up(static_cast<size_t>(args.channels) * sizeof(float));
+  const size_t steps = align_up(static_cast<size_t>(std::max<int64_t>(args.channels, 0)) * sizeof(float));
   return {p, reinterpret_cast<float*>(p + partials), reinterpret_cast<int32_t*>(p + partials + steps)};
 }
 
+// Epilogues of the reduction (reduce.cuh): all but the window rescan run on one thread per
+// channel.
 struct StoreEpilogue {
+  static constexpr bool kCooperative = false;
   float* out_a;
   float* out_b;
   __device__ void operator()(int64_t c, float a, float b) const {
-    if (threadIdx.x != 0) return;
     out_a[c] = a;
     if (out_b != nullptr) out_b[c] = b;
   }
@@ -45,12 +47,12 @@ __device__ __forceinline__ void write_abs_max_qparams(float scale, int32_t bin_c
 }
 
 struct MovingAverageAbsMaxEpilogue {
+  static constexpr bool kCooperative = false;
   MovingAverageAbsMaxState s;
   int32_t bin_cnt;
   float* step;
   int32_t* zp;
   __device__ void operator()(int64_t, float abs_max, float) const {
-    if (threadIdx.x != 0) return;
     const MovingAverageAbsMaxUpdate u = moving_average_abs_max(*s.state, *s.accum, abs_max, s.moving_rate);
     *s.state = u.state;
     *s.accum = u.accum;
@@ -59,9 +61,17 @@ struct MovingAverageAbsMaxEpilogue {
   }
 };
 
+struct NanMaxOp {
+  __device__ __forceinline__ float operator()(float x, float y) const { return nan_max(x, y); }
+};
+
 // Paddle's window update; the rescan of the window (when its maximum was evicted) is a
-// block reduction here, where Paddle copies the window to the host.
+// block reduction here, where Paddle copies the window to the host. The rescan starts from 0
+// (the identity of an abs-max) and propagates NaN, as range_abs_max_update_cpu does. A
+// negative iter (out of contract, which only the device sees) would index before the window:
+// the state is left as it is and the step is NaN, so the quant-dequant poisons its output.
 struct RangeAbsMaxEpilogue {
+  static constexpr bool kCooperative = true;
   RangeAbsMaxState s;
   int32_t bin_cnt;
   float* step;
@@ -71,38 +81,44 @@ struct RangeAbsMaxEpilogue {
     __shared__ typename BlockReduce::TempStorage temp;
     __shared__ float scale;
     __shared__ int64_t rescan;  // window entries to rescan, 0 for none
+    __shared__ bool state_valid;
     if (threadIdx.x == 0) {
       const int64_t it = *s.iter;
-      const int64_t idx = it % s.window_size;
-      const float removed = s.window[idx];
-      s.window[idx] = abs_max;
-      scale = *s.scale;
+      state_valid = it >= 0;
       rescan = 0;
-      if (scale < abs_max) {
-        scale = abs_max;
-      } else if (range_abs_max_left_window(removed, scale)) {
-        rescan = it < s.window_size ? it : s.window_size;
+      if (!state_valid) {
+        scale = __uint_as_float(0x7FC00000u);
+      } else {
+        const int64_t idx = it % s.window_size;
+        const float removed = s.window[idx];
+        s.window[idx] = abs_max;
+        scale = *s.scale;
+        if (scale < abs_max) {
+          scale = abs_max;
+        } else if (range_abs_max_left_window(removed, scale)) {
+          rescan = it < s.window_size ? it : s.window_size;
+        }
+        *s.iter = it + 1;
       }
-      *s.iter = it + 1;
     }
     __syncthreads();
     if (rescan > 0) {
       float m = 0.0f;
-      for (int64_t k = threadIdx.x; k < rescan; k += blockDim.x) m = fmaxf(m, fabsf(s.window[k]));
-      const float window_max = BlockReduce(temp).Reduce(m, [](float x, float y) { return fmaxf(x, y); });
+      for (int64_t k = threadIdx.x; k < rescan; k += blockDim.x) m = nan_max(m, fabsf(s.window[k]));
+      const float window_max = BlockReduce(temp).Reduce(m, NanMaxOp());
       if (threadIdx.x == 0) scale = window_max;
     }
     if (threadIdx.x == 0) {
-      *s.scale = scale;
+      if (state_valid) *s.scale = scale;
       write_abs_max_qparams(scale, bin_cnt, step, zp);
     }
   }
 };
 
 struct MovingAverageMinMaxEpilogue {
+  static constexpr bool kCooperative = false;
   MovingAverageMinMaxState s;
   __device__ void operator()(int64_t c, float current_min, float current_max) const {
-    if (threadIdx.x != 0) return;
     if (*s.observer_on != 0) {
       s.running_min[c] = moving_average_min_max(s.running_min[c], current_min, s.averaging_const);
       s.running_max[c] = moving_average_min_max(s.running_max[c], current_max, s.averaging_const);
@@ -135,6 +151,15 @@ __global__ void moving_average_min_max_qparams_kernel(MovingAverageMinMaxState s
   }
 }
 
+// Host-side checks, made before anything is launched, so that a launcher that fails has
+// changed no state (reduce_args_valid is in reduce.cuh).
+bool fake_quant_args_valid(const FakeQuantArgs& fq) { return dtype_valid(fq.dtype) && fq.numel >= 0; }
+
+bool abs_max_bits_valid(int32_t bits) { return bits >= 2 && bits <= 16; }
+
+// The observers' quant-dequant has no seed: the deterministic modes only.
+bool deterministic(Rounding rounding) { return rounding == Rounding::kHalfEven || rounding == Rounding::kHalfAway; }
+
 ReduceArgs whole_tensor(const FakeQuantArgs& fq) {
   ReduceArgs r;
   r.dtype = fq.dtype;
@@ -156,24 +181,30 @@ cudaError_t quant_dequant_with_step(const FakeQuantArgs& fq, const ObserverWorks
 
 }  // namespace
 
+ReducePath reduce_path(const ReduceArgs& args) { return reduce_plan(args).path; }
+
 size_t reduce_workspace_bytes(const ReduceArgs& args) { return reduce_partials_bytes(args); }
 
 cudaError_t launch_reduce(const ReduceArgs& args, ReduceKind kind, float* out_a, float* out_b, void* workspace,
                           cudaStream_t stream) {
   if (args.channels == 0) return cudaSuccess;  // an empty axis: nothing to reduce into
-  if (args.channels < 0 || args.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (!reduce_args_valid(args) || (kind != ReduceKind::kAbsMax && kind != ReduceKind::kMinMax)) {
+    return cudaErrorInvalidValue;
+  }
   const StoreEpilogue store{out_a, kind == ReduceKind::kMinMax ? out_b : nullptr};
   return kind == ReduceKind::kAbsMax ? launch_reduce_with<ReduceKind::kAbsMax>(args, workspace, store, stream)
                                      : launch_reduce_with<ReduceKind::kMinMax>(args, workspace, store, stream);
 }
 
 size_t observer_workspace_bytes(const ReduceArgs& args) {
-  return align_up(reduce_partials_bytes(args)) + 2 * align_up(static_cast<size_t>(args.channels) * sizeof(float));
+  const size_t channels = static_cast<size_t>(std::max<int64_t>(args.channels, 0));
+  return align_up(reduce_partials_bytes(args)) + 2 * align_up(channels * sizeof(float));
 }
 
 cudaError_t launch_fake_quant_moving_average_abs_max(const FakeQuantArgs& fq, const MovingAverageAbsMaxState& s,
                                                      int32_t bits, Rounding rounding, bool training, void* workspace,
                                                      cudaStream_t stream) {
+  if (!fake_quant_args_valid(fq) || !abs_max_bits_valid(bits) || !deterministic(rounding)) return cudaErrorInvalidValue;
   if (fq.numel == 0) return cudaSuccess;
   const ReduceArgs args = whole_tensor(fq);
   const ObserverWorkspace w = carve(args, workspace);
@@ -190,8 +221,10 @@ cudaError_t launch_fake_quant_moving_average_abs_max(const FakeQuantArgs& fq, co
 
 cudaError_t launch_fake_quant_range_abs_max(const FakeQuantArgs& fq, const RangeAbsMaxState& s, int32_t bits,
                                             Rounding rounding, bool training, void* workspace, cudaStream_t stream) {
+  if (!fake_quant_args_valid(fq) || !abs_max_bits_valid(bits) || !deterministic(rounding) || s.window_size <= 0) {
+    return cudaErrorInvalidValue;
+  }
   if (fq.numel == 0) return cudaSuccess;
-  if (s.window_size <= 0) return cudaErrorInvalidValue;
   const ReduceArgs args = whole_tensor(fq);
   const ObserverWorkspace w = carve(args, workspace);
   const int32_t bin_cnt = abs_max_bin_cnt(bits);
@@ -208,10 +241,13 @@ cudaError_t launch_fake_quant_range_abs_max(const FakeQuantArgs& fq, const Range
 cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const MovingAverageMinMaxState& s,
                                                 int64_t channel_stride, Rounding rounding, void* workspace,
                                                 cudaStream_t stream) {
-  if (s.channels <= 0 || channel_stride <= 0) return cudaErrorInvalidValue;
   ReduceArgs args = whole_tensor(fq);
   args.channels = s.channels;
   args.channel_stride = channel_stride;
+  if (!fake_quant_args_valid(fq) || s.channels <= 0 || !reduce_args_valid(args) || !deterministic(rounding) ||
+      !check_quant_range(s.quant_min, s.quant_max).empty()) {
+    return cudaErrorInvalidValue;
+  }
   if (fq.numel == 0) {
     moving_average_min_max_qparams_kernel<<<1, kReduceThreads, 0, stream>>>(s);
     return cudaGetLastError();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -83,6 +84,39 @@ TEST(Reduce, NanPropagatesAndEmptyIsTheIdentity) {
   fq::reduce_cpu({fq::DType::kFloat32, x.data(), 0}, fq::ReduceKind::kMinMax, &lo, &hi);
   EXPECT_EQ(lo, kInf);
   EXPECT_EQ(hi, -kInf);
+}
+
+// min / max of +0 and -0 may be either, depending on the order they are met in; the
+// reference (and the CUDA reduction) returns +0 for every zero result, so that the result
+// does not depend on the order, the chunking or the lane a zero lands in.
+TEST(Reduce, ZeroResultsArePositiveZero) {
+  auto bits = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u;
+  };
+  const std::vector<float> only_negative_zeros(37, -0.0f);
+  std::vector<float> mixed(100, 1.0f);
+  for (int i = 0; i < 100; i += 3) mixed[i] = (i / 3) % 2 ? -0.0f : 0.0f;
+  const std::vector<float>* inputs[] = {&only_negative_zeros, &mixed};
+  for (const std::vector<float>* x : inputs) {
+    const int64_t n = static_cast<int64_t>(x->size());
+    float lo = 1.0f, hi = 1.0f, a = 1.0f;
+    fq::reduce_cpu({fq::DType::kFloat32, x->data(), n}, fq::ReduceKind::kMinMax, &lo, &hi);
+    fq::reduce_cpu({fq::DType::kFloat32, x->data(), n}, fq::ReduceKind::kAbsMax, &a, nullptr);
+    EXPECT_EQ(bits(lo), 0u) << "min over " << n;
+    if (x == &only_negative_zeros) EXPECT_EQ(bits(hi), 0u);
+    EXPECT_EQ(bits(a), x == &mixed ? bits(1.0f) : 0u);
+    // Per channel, element by element (channel stride 1): 4 channels.
+    std::vector<float> clo(4), chi(4);
+    fq::reduce_cpu({fq::DType::kFloat32, x->data(), n / 4 * 4, 4, 1}, fq::ReduceKind::kMinMax, clo.data(), chi.data());
+    for (int c = 0; c < 4; ++c) EXPECT_NE(bits(clo[c]), 0x80000000u) << c;
+    // Partials combined.
+    float part_lo = -0.0f, part_hi = -0.0f, total_lo = kInf, total_hi = -kInf;
+    fq::reduce_combine(fq::ReduceKind::kMinMax, 1, &part_lo, &part_hi, &total_lo, &total_hi);
+    EXPECT_EQ(bits(total_lo), 0u);
+    EXPECT_EQ(bits(total_hi), 0u);
+  }
 }
 
 TEST(Reduce, HalfAndBFloat16AreWidenedExactly) {
@@ -209,10 +243,54 @@ TEST(PaddleRangeAbsMax, EvictingTheMaximumRescansTheWindow) {
   EXPECT_EQ(scale, 3.0f);
   fq::range_abs_max_update_cpu(s, 0.5f);  // evicts 3: rescan {1, 0.5, 2}
   EXPECT_EQ(scale, 2.0f);
-  fq::range_abs_max_update_cpu(s, 7.0f);  // a new maximum
+  EXPECT_EQ(fq::range_abs_max_update_cpu(s, 7.0f), 7.0f);  // a new maximum; the scale is returned
   EXPECT_EQ(scale, 7.0f);
   EXPECT_EQ(window[2], 7.0f);
   EXPECT_EQ(iter, 6);
+}
+
+// The rescan starts from 0 and propagates NaN: a NaN anywhere in the rescanned part of the
+// window makes the scale NaN (it used to start from window[0] with std::max, which kept a
+// NaN in position 0 only).
+TEST(PaddleRangeAbsMax, RescanPropagatesNaNAnywhereInTheWindow) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int nan_at : {0, 1, 3}) {
+    float window[4] = {0.5f, 0.25f, 4.0f, 0.75f};
+    window[nan_at] = nan;
+    float scale = 4.0f;
+    int64_t iter = 6;  // idx 2: evicts 4, the scale
+    const fq::RangeAbsMaxState s{&scale, window, 4, &iter};
+    EXPECT_TRUE(std::isnan(fq::range_abs_max_update_cpu(s, 0.125f))) << "NaN at " << nan_at;
+    EXPECT_TRUE(std::isnan(scale)) << "NaN at " << nan_at;
+    EXPECT_EQ(iter, 7);
+  }
+  // Without a NaN, the maximum of the rescanned entries (|.|, from 0).
+  float window[4] = {0.5f, 0.25f, 4.0f, 0.75f};
+  float scale = 4.0f;
+  int64_t iter = 6;
+  EXPECT_EQ(fq::range_abs_max_update_cpu({&scale, window, 4, &iter}, 0.125f), 0.75f);
+  // Only the first min(iter, window_size) entries are rescanned.
+  float early[4] = {2.0f, 1.0f, 9.0f, 9.0f};
+  scale = 2.0f;
+  iter = 2;  // idx 2 is not evicted; the rescan is forced by removed == scale below
+  early[2] = 2.0f;
+  EXPECT_EQ(fq::range_abs_max_update_cpu({&scale, early, 4, &iter}, 0.5f), 2.0f);
+  EXPECT_EQ(early[2], 0.5f);
+}
+
+// iter < 0 is out of contract (the binding rejects it): the update touches nothing and
+// returns a NaN scale, which poisons the quant-dequant, as the CUDA launcher does.
+TEST(PaddleRangeAbsMax, NegativeIterLeavesStateAndReturnsNaN) {
+  float window[5] = {1.0f, 2.0f, 3.0f, 0.5f, 0.25f};
+  float scale = 3.0f;
+  int64_t iter = -3;
+  const fq::RangeAbsMaxState s{&scale, window, 5, &iter};
+  EXPECT_TRUE(std::isnan(fq::range_abs_max_update_cpu(s, 10.0f)));
+  EXPECT_EQ(scale, 3.0f);
+  EXPECT_EQ(iter, -3);
+  const float unchanged[5] = {1.0f, 2.0f, 3.0f, 0.5f, 0.25f};
+  for (int k = 0; k < 5; ++k) EXPECT_EQ(window[k], unchanged[k]) << k;
+  EXPECT_FALSE(fq::qparams_valid(fq::abs_max_step(fq::range_abs_max_update_cpu(s, 1.0f), 127), 0, -127, 127));
 }
 
 }  // namespace

@@ -1,8 +1,17 @@
-// CUDA reductions and fused observers against the CPU reference, bit for bit. Skips without a GPU.
+// CUDA reductions and fused observers (fakequant/cuda/observers.h) against the CPU reference,
+// bit for bit: every launcher on every layout (per tensor, channels first, channels last, mid
+// axis), all three dtypes, misaligned inputs, empty and one-element inputs, NaN and +-inf, with
+// outputs poisoned before each launch and every state buffer compared after every step.
+// Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "fakequant/cuda/observers.h"
@@ -11,176 +20,847 @@
 #include "cuda_test_util.cuh"
 
 namespace fq = fakequant;
+using fq::cuda::ReduceStage1;
 using namespace fakequant_test;
 
 namespace {
 
-template <typename T>
-T* to_device(const std::vector<T>& v) {
-  T* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(v.size(), 1) * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return p;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+const char* dtype_label(fq::DType d) {
+  return d == fq::DType::kFloat32 ? "f32" : (d == fq::DType::kFloat16 ? "f16" : "bf16");
 }
 
-template <typename T>
-std::vector<T> to_host(const T* p, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return v;
+size_t element_bytes(fq::DType d) { return d == fq::DType::kFloat32 ? 4 : 2; }
+
+uint32_t float_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
 }
 
-std::vector<float> random_floats(int64_t n, uint32_t seed) {
+// Equal bit for bit, except that any NaN matches any NaN (a NaN computed from other values
+// carries no promise about its payload, docs/numerics.md).
+::testing::AssertionResult same_floats(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(got[i]) && std::isnan(want[i])) continue;
+    if (float_bits(got[i]) != float_bits(want[i])) {
+      return ::testing::AssertionFailure() << "element " << i << ": got " << got[i] << " (0x" << std::hex
+                                           << float_bits(got[i]) << "), want " << want[i] << " (0x"
+                                           << float_bits(want[i]) << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult same_bytes(const std::vector<unsigned char>& got, const std::vector<unsigned char>& want,
+                                      size_t element) {
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) return ::testing::AssertionFailure() << "first difference in element " << i / element;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Where the specials go: none, +-inf only, or NaN, +inf and -inf.
+enum class Specials { kNone, kInf, kNaNInf };
+
+// Random fp32 values (normal, times `magnitude`), with specials at fixed offsets.
+std::vector<float> random_values(int64_t n, uint32_t seed, float magnitude, Specials specials) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.25f, 2.0f);
   std::vector<float> v(n);
-  for (auto& e : v) e = dist(rng);
+  for (auto& e : v) e = dist(rng) * magnitude;
+  if (specials != Specials::kNone && n > 0) {
+    v[n / 2] = kInf;
+    v[(2 * n) / 3] = -kInf;
+    if (specials == Specials::kNaNInf) v[n / 3] = kNaN;
+  }
   return v;
 }
 
-struct Layout {
-  int64_t outer, channels, inner;
+// A host tensor of one dtype, made from fp32 values rounded to it.
+struct HostTensor {
+  fq::DType dtype = fq::DType::kFloat32;
+  int64_t numel = 0;
+  std::vector<unsigned char> bytes;
 };
 
-class CudaReduce : public ::testing::TestWithParam<Layout> {};
-
-TEST_P(CudaReduce, MatchesCpuReference) {
-  SKIP_WITHOUT_GPU();
-  const Layout l = GetParam();
-  const int64_t n = l.outer * l.channels * l.inner;
-  const std::vector<float> x = random_floats(n, static_cast<uint32_t>(n + l.channels));
-  const fq::ReduceArgs host{fq::DType::kFloat32, x.data(), n, l.channels, l.inner};
-  std::vector<float> want_a(l.channels), want_b(l.channels);
-  fq::reduce_cpu(host, fq::ReduceKind::kMinMax, want_a.data(), want_b.data());
-  float* dx = to_device(x);
-  fq::ReduceArgs dev = host;
-  dev.input = dx;
-  float *da = nullptr, *db = nullptr;
-  void* ws = nullptr;
-  ASSERT_EQ(cudaMalloc(&da, l.channels * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&db, l.channels * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&ws, fq::cuda::reduce_workspace_bytes(dev)), cudaSuccess);
-  ASSERT_EQ(fq::cuda::launch_reduce(dev, fq::ReduceKind::kMinMax, da, db, ws, nullptr), cudaSuccess);
-  EXPECT_EQ(to_host(da, l.channels), want_a);
-  EXPECT_EQ(to_host(db, l.channels), want_b);
-  cudaFree(dx);
-  cudaFree(da);
-  cudaFree(db);
-  cudaFree(ws);
-}
-
-INSTANTIATE_TEST_SUITE_P(Layouts, CudaReduce,
-                         ::testing::Values(Layout{1, 1, 5'000'001}, Layout{1, 64, 4096}, Layout{1000, 64, 1},
-                                           Layout{8, 33, 17}, Layout{1, 3, 7}, Layout{2, 70000, 1}));
-
-TEST(CudaMovingAverageMinMax, MatchesCpuReferencePerChannel) {
-  SKIP_WITHOUT_GPU();
-  const int64_t outer = 16, channels = 24, inner = 49, n = outer * channels * inner;
-  std::vector<float> running_min(channels, std::numeric_limits<float>::infinity());
-  std::vector<float> running_max(channels, -std::numeric_limits<float>::infinity());
-  std::vector<float> scale(channels, 1.0f);
-  std::vector<int32_t> zp(channels, 0);
-  const std::vector<int64_t> on{1};
-  float *d_min = to_device(running_min), *d_max = to_device(running_max), *d_scale = to_device(scale);
-  int32_t* d_zp = to_device(zp);
-  int64_t* d_on = to_device(on);
-  for (int step = 0; step < 3; ++step) {
-    const std::vector<float> x = random_floats(n, 100 + step);
-    // CPU: reduce, update, quantize.
-    std::vector<float> cur_min(channels), cur_max(channels), y(n);
-    std::vector<uint8_t> mask(fq::mask_bytes(n));
-    fq::reduce_cpu({fq::DType::kFloat32, x.data(), n, channels, inner}, fq::ReduceKind::kMinMax, cur_min.data(),
-                   cur_max.data());
-    fq::MovingAverageMinMaxState s;
-    s.observer_on = s.fake_quant_on = on.data();
-    s.running_min = running_min.data();
-    s.running_max = running_max.data();
-    s.scale = scale.data();
-    s.zero_point = zp.data();
-    s.channels = channels;
-    s.averaging_const = 0.1f;
-    s.symmetric = step == 1;
-    fq::moving_average_min_max_update_cpu(s, cur_min.data(), cur_max.data(), true);
-    fq::PerChannelQParams qp;
-    qp.scale = scale.data();
-    qp.zero_point = zp.data();
-    qp.channels = channels;
-    qp.channel_stride = inner;
-    fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n}, qp);
-    // GPU.
-    float* dx = to_device(x);
-    float* dy = nullptr;
-    uint8_t* dmask = nullptr;
-    void* ws = nullptr;
-    ASSERT_EQ(cudaMalloc(&dy, n * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&dmask, mask.size()), cudaSuccess);
-    fq::MovingAverageMinMaxState ds = s;
-    ds.observer_on = ds.fake_quant_on = d_on;
-    ds.running_min = d_min;
-    ds.running_max = d_max;
-    ds.scale = d_scale;
-    ds.zero_point = d_zp;
-    const fq::ReduceArgs r{fq::DType::kFloat32, dx, n, channels, inner};
-    ASSERT_EQ(cudaMalloc(&ws, fq::cuda::observer_workspace_bytes(r)), cudaSuccess);
-    ASSERT_EQ(fq::cuda::launch_fused_moving_average_min_max({fq::DType::kFloat32, dx, dy, dmask, n}, ds, inner,
-                                                            fq::Rounding::kHalfEven, ws, nullptr),
-              cudaSuccess);
-    EXPECT_EQ(to_host(d_min, channels), running_min);
-    EXPECT_EQ(to_host(d_max, channels), running_max);
-    EXPECT_EQ(to_host(d_scale, channels), scale);
-    EXPECT_EQ(to_host(d_zp, channels), zp);
-    EXPECT_EQ(to_host(dy, n), y);
-    EXPECT_EQ(to_host(dmask, mask.size()), mask);
-    cudaFree(dx);
-    cudaFree(dy);
-    cudaFree(dmask);
-    cudaFree(ws);
+HostTensor host_tensor(fq::DType dtype, const std::vector<float>& v) {
+  HostTensor t;
+  t.dtype = dtype;
+  t.numel = static_cast<int64_t>(v.size());
+  t.bytes.resize(v.size() * element_bytes(dtype));
+  for (size_t i = 0; i < v.size(); ++i) {
+    unsigned char* p = t.bytes.data() + i * element_bytes(dtype);
+    if (dtype == fq::DType::kFloat32) {
+      std::memcpy(p, &v[i], 4);
+    } else if (dtype == fq::DType::kFloat16) {
+      const fq::Half h = fq::from_float<fq::Half>(v[i]);
+      std::memcpy(p, &h, 2);
+    } else {
+      const fq::BFloat16 b = fq::from_float<fq::BFloat16>(v[i]);
+      std::memcpy(p, &b, 2);
+    }
   }
-  cudaFree(d_min);
-  cudaFree(d_max);
-  cudaFree(d_scale);
-  cudaFree(d_zp);
-  cudaFree(d_on);
+  return t;
 }
 
-TEST(CudaRangeAbsMax, EvictionRescanMatchesCpuReference) {
+// Device bytes `offset` elements past a cudaMalloc'ed (256-byte aligned) start: offset 1
+// makes the pointer miss 16-byte alignment.
+struct DeviceTensor {
+  unsigned char* base = nullptr;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  DeviceTensor(fq::DType dtype, int64_t numel, int64_t offset) : bytes(numel * element_bytes(dtype)) {
+    const size_t skip = offset * element_bytes(dtype);
+    EXPECT_EQ(cudaMalloc(&base, std::max<size_t>(skip + bytes, 1)), cudaSuccess);
+    ptr = base + skip;
+  }
+  ~DeviceTensor() { cudaFree(base); }
+  DeviceTensor(const DeviceTensor&) = delete;
+  DeviceTensor& operator=(const DeviceTensor&) = delete;
+  void upload(const HostTensor& t) {
+    EXPECT_EQ(cudaMemcpy(ptr, t.bytes.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  void poison() {
+    if (bytes > 0) EXPECT_EQ(cudaMemset(ptr, 0x5A, bytes), cudaSuccess);
+  }
+  std::vector<unsigned char> read() const {
+    std::vector<unsigned char> v(bytes);
+    EXPECT_EQ(cudaMemcpy(v.data(), ptr, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  }
+};
+
+// A small device array mirrored from / to a host vector.
+template <typename T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(const std::vector<T>& v) : n(v.size()) {
+    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    write(v);
+  }
+  ~DeviceArray() { cudaFree(ptr); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  void write(const std::vector<T>& v) {
+    EXPECT_EQ(v.size(), n);
+    if (n > 0) EXPECT_EQ(cudaMemcpy(ptr, v.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  std::vector<T> read() const {
+    std::vector<T> v(n);
+    if (n > 0) EXPECT_EQ(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  }
+};
+
+// The quant-dequant outputs of one launch: output bytes and mask, poisoned before the launch.
+struct DeviceOutputs {
+  DeviceTensor y;
+  DeviceArray<uint8_t> mask;
+  DeviceOutputs(fq::DType dtype, int64_t numel, int64_t offset)
+      : y(dtype, numel, offset), mask(std::vector<uint8_t>(fq::mask_bytes(numel), 0xA5)) {}
+  void poison() {
+    y.poison();
+    mask.write(std::vector<uint8_t>(mask.n, 0xA5));
+  }
+};
+
+struct HostOutputs {
+  std::vector<unsigned char> y;
+  std::vector<uint8_t> mask;
+  HostOutputs(fq::DType dtype, int64_t numel) : y(numel * element_bytes(dtype)), mask(fq::mask_bytes(numel)) {}
+  fq::FakeQuantArgs args(const HostTensor& x) { return {x.dtype, x.bytes.data(), y.data(), mask.data(), x.numel}; }
+};
+
+void expect_outputs_match(const DeviceOutputs& gpu, const HostOutputs& cpu, fq::DType dtype, const std::string& where) {
+  EXPECT_TRUE(same_bytes(gpu.y.read(), cpu.y, element_bytes(dtype))) << where << ": output";
+  EXPECT_EQ(gpu.mask.read(), cpu.mask) << where << ": mask";
+}
+
+// Paddle abs-max quant-dequant on the CPU: step scale / bin_cnt, zero point 0, [-bin_cnt, bin_cnt].
+void abs_max_quant_dequant_cpu(const fq::FakeQuantArgs& args, float scale, int32_t bits, fq::Rounding rounding) {
+  const int32_t bin_cnt = fq::abs_max_bin_cnt(bits);
+  const float step = fq::abs_max_step(scale, bin_cnt);
+  const int32_t zero_point = 0;
+  fq::PerTensorQParams qp;
+  qp.scale = &step;
+  qp.zero_point = &zero_point;
+  qp.quant_min = -bin_cnt;
+  qp.quant_max = bin_cnt;
+  qp.rounding = rounding;
+  fq::fake_quant_per_tensor_cpu(args, qp);
+}
+
+// ---------------------------------------------------------------------------------------
+// launch_reduce
+
+struct ReduceCase {
+  fq::DType dtype;
+  int64_t outer, channels, inner;  // memory order [outer, channels, inner]; channels 1: per tensor
+  int64_t offset;                  // elements the input is shifted off alignment
+  Specials specials;
+  ReduceStage1 stage1;  // the path this layout must take
+  bool vector_loads;
+};
+
+std::string reduce_case_name(const ::testing::TestParamInfo<ReduceCase>& info) {
+  const ReduceCase& c = info.param;
+  std::ostringstream os;
+  os << dtype_label(c.dtype) << "_" << c.outer << "x" << c.channels << "x" << c.inner << (c.offset ? "_misaligned" : "")
+     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+  return os.str();
+}
+
+class CudaReduce : public ::testing::TestWithParam<ReduceCase> {};
+
+TEST_P(CudaReduce, BothKindsMatchCpuReference) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 3000, window_size = 3;
+  const ReduceCase c = GetParam();
+  const int64_t n = c.outer * c.channels * c.inner;
+  const HostTensor x =
+      host_tensor(c.dtype, random_values(n, static_cast<uint32_t>(n * 3 + c.channels), 1.0f, c.specials));
+  const fq::ReduceArgs host{c.dtype, x.bytes.data(), n, c.channels, std::max<int64_t>(c.inner, 1)};
+  std::vector<float> abs_max(c.channels), lo(c.channels), hi(c.channels);
+  fq::reduce_cpu(host, fq::ReduceKind::kAbsMax, abs_max.data(), nullptr);
+  fq::reduce_cpu(host, fq::ReduceKind::kMinMax, lo.data(), hi.data());
+
+  DeviceTensor dx(c.dtype, n, c.offset);
+  dx.upload(x);
+  fq::ReduceArgs dev = host;
+  dev.input = dx.ptr;
+  const fq::cuda::ReducePath path = fq::cuda::reduce_path(dev);
+  EXPECT_EQ(path.stage1, c.stage1);
+  EXPECT_EQ(path.vector_loads, c.vector_loads);
+  const std::vector<float> poison(c.channels, 1234.5f);
+  DeviceArray<float> da(poison), db(poison);
+  DeviceBuffer<unsigned char> ws(fq::cuda::reduce_workspace_bytes(dev));
+  ASSERT_CUDA(fq::cuda::launch_reduce(dev, fq::ReduceKind::kAbsMax, da.ptr, nullptr, ws.ptr, nullptr));
+  EXPECT_TRUE(same_floats(da.read(), abs_max)) << "abs-max";
+  da.write(poison);
+  ASSERT_CUDA(fq::cuda::launch_reduce(dev, fq::ReduceKind::kMinMax, da.ptr, db.ptr, ws.ptr, nullptr));
+  EXPECT_TRUE(same_floats(da.read(), lo)) << "min";
+  EXPECT_TRUE(same_floats(db.read(), hi)) << "max";
+}
+
+constexpr fq::DType kF32 = fq::DType::kFloat32;
+constexpr fq::DType kF16 = fq::DType::kFloat16;
+constexpr fq::DType kBF16 = fq::DType::kBFloat16;
+constexpr ReduceStage1 kRuns = ReduceStage1::kRuns;
+constexpr ReduceStage1 kInnermost = ReduceStage1::kChannelInnermost;
+constexpr ReduceStage1 kStrided = ReduceStage1::kStrided;
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, CudaReduce,
+    ::testing::Values(
+        // Per tensor: empty (the identity), one element, odd tails, several splits.
+        ReduceCase{kF32, 1, 1, 0, 0, Specials::kNone, ReduceStage1::kNone, false},
+        ReduceCase{kF32, 1, 1, 1, 0, Specials::kNone, kRuns, true},
+        ReduceCase{kF32, 1, 1, 7, 0, Specials::kNone, kRuns, true},
+        ReduceCase{kF32, 1, 1, 20011, 0, Specials::kNaNInf, kRuns, true},
+        ReduceCase{kF32, 1, 1, 150001, 0, Specials::kNaNInf, kRuns, true},  // > 32 partials: block finish
+        ReduceCase{kF32, 1, 1, 5001, 1, Specials::kInf, kRuns, false},
+        ReduceCase{kF16, 1, 1, 5001, 0, Specials::kNaNInf, kRuns, true},
+        ReduceCase{kF16, 1, 1, 9, 1, Specials::kNone, kRuns, false},
+        ReduceCase{kBF16, 1, 1, 5003, 0, Specials::kInf, kRuns, true},
+        ReduceCase{kBF16, 1, 1, 5003, 1, Specials::kNaNInf, kRuns, false},
+        // Channels first (outer 1): aligned runs (vector), odd runs, long runs split over
+        // blocks, and more channels than the grid holds (the channels stride).
+        ReduceCase{kF32, 1, 64, 40, 0, Specials::kNaNInf, kRuns, true},
+        ReduceCase{kF16, 1, 64, 40, 0, Specials::kNone, kRuns, true},
+        ReduceCase{kF32, 1, 64, 40, 1, Specials::kNone, kRuns, false},
+        ReduceCase{kF32, 1, 5, 37, 0, Specials::kInf, kRuns, false},
+        ReduceCase{kBF16, 1, 3, 9001, 0, Specials::kNaNInf, kRuns, false},
+        ReduceCase{kBF16, 1, 2, 140000, 0, Specials::kInf, kRuns, true},
+        ReduceCase{kF16, 1, 300, 8, 0, Specials::kNone, kRuns, true},
+        ReduceCase{kF32, 1, 300, 2, 0, Specials::kNaNInf, kRuns, false},
+        // Channels last (channel stride 1): full and partial 32-channel tiles, fewer channels
+        // than a warp (rows packed into the warp), a [C] vector, and > 65535 channels.
+        ReduceCase{kF32, 1000, 64, 1, 0, Specials::kNaNInf, kInnermost, false},
+        ReduceCase{kF16, 5, 45, 1, 1, Specials::kInf, kInnermost, false},
+        ReduceCase{kBF16, 300, 3, 1, 0, Specials::kNaNInf, kInnermost, false},
+        ReduceCase{kF32, 700, 2, 1, 1, Specials::kNone, kInnermost, false},
+        ReduceCase{kF16, 3000, 3, 1, 0, Specials::kNaNInf, kInnermost, false},
+        ReduceCase{kF32, 1, 17, 1, 0, Specials::kNone, kInnermost, false},
+        ReduceCase{kF32, 2, 70000, 1, 0, Specials::kNaNInf, kInnermost, false},
+        ReduceCase{kBF16, 1, 70001, 1, 1, Specials::kInf, kInnermost, false},
+        // Mid axis (outer > 1, inner > 1): steps shorter and longer than a run, long channels
+        // split over blocks, the channels striding.
+        ReduceCase{kF32, 8, 33, 17, 0, Specials::kNaNInf, kStrided, false},
+        ReduceCase{kF16, 16, 3, 49, 1, Specials::kInf, kStrided, false},
+        ReduceCase{kF32, 400, 2, 3, 0, Specials::kNone, kStrided, false},
+        ReduceCase{kBF16, 3, 5, 4000, 0, Specials::kNaNInf, kStrided, false},
+        ReduceCase{kF32, 2, 300, 2, 0, Specials::kNone, kStrided, false}),
+    reduce_case_name);
+
+// Zeros of both signs: min and max are +-0 depending on which zero a reduction tree meets
+// first; the result must still equal the CPU reference bit for bit.
+TEST(CudaReduceEdges, SignedZerosMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t outer, channels, inner;
+  };
+  for (const Shape s : {Shape{1, 1, 5000}, Shape{1, 4, 1000}, Shape{500, 8, 1}, Shape{10, 4, 50}}) {
+    const int64_t n = s.outer * s.channels * s.inner;
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    std::vector<float> v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      // Channels alternate between non-negative values (min is a zero) and non-positive
+      // ones (max is a zero).
+      const bool negative = ((i / s.inner) % s.channels) % 2 == 1;
+      const uint32_t r = rng() % 4;
+      const float magnitude = 0.5f + static_cast<float>(rng() % 100) / 10.0f;
+      v[i] = r == 0 ? 0.0f : (r == 1 ? -0.0f : (negative ? -magnitude : magnitude));
+    }
+    const fq::ReduceArgs host{kF32, v.data(), n, s.channels, s.inner};
+    std::vector<float> lo(s.channels), hi(s.channels);
+    fq::reduce_cpu(host, fq::ReduceKind::kMinMax, lo.data(), hi.data());
+    DeviceArray<float> dx(v), da(std::vector<float>(s.channels, 7.0f)), db(std::vector<float>(s.channels, 7.0f));
+    fq::ReduceArgs dev = host;
+    dev.input = dx.ptr;
+    DeviceBuffer<unsigned char> ws(fq::cuda::reduce_workspace_bytes(dev));
+    ASSERT_CUDA(fq::cuda::launch_reduce(dev, fq::ReduceKind::kMinMax, da.ptr, db.ptr, ws.ptr, nullptr));
+    EXPECT_TRUE(same_floats(da.read(), lo)) << s.outer << "x" << s.channels << "x" << s.inner;
+    EXPECT_TRUE(same_floats(db.read(), hi)) << s.outer << "x" << s.channels << "x" << s.inner;
+  }
+}
+
+TEST(CudaReduceEdges, PathSelection) {
+  // Host-side: the pointers are only inspected for alignment.
+  alignas(16) static unsigned char storage[64];
+  const void* aligned = storage;
+  const void* misaligned = storage + 4;
+  auto path = [](fq::DType dtype, const void* p, int64_t numel, int64_t channels, int64_t stride) {
+    return fq::cuda::reduce_path(fq::ReduceArgs{dtype, p, numel, channels, stride});
+  };
+  // Per tensor: 16-byte loads whenever the pointer is aligned, whatever numel.
+  EXPECT_EQ(path(kF32, aligned, 1001, 1, 1).stage1, kRuns);
+  EXPECT_TRUE(path(kF32, aligned, 1001, 1, 1).vector_loads);
+  EXPECT_TRUE(path(kF16, aligned, 7, 1, 1).vector_loads);
+  EXPECT_TRUE(path(kBF16, aligned, 1001, 1, 5).vector_loads);  // channel_stride is ignored per tensor
+  EXPECT_FALSE(path(kF32, misaligned, 1024, 1, 1).vector_loads);
+  // Channels first: every run start aligned (run length a multiple of 16 bytes) for vector loads.
+  EXPECT_EQ(path(kF32, aligned, 64 * 40, 64, 40).stage1, kRuns);
+  EXPECT_TRUE(path(kF32, aligned, 64 * 40, 64, 40).vector_loads);
+  EXPECT_TRUE(path(kF16, aligned, 64 * 8, 64, 8).vector_loads);
+  EXPECT_FALSE(path(kF16, aligned, 64 * 4, 64, 4).vector_loads);
+  EXPECT_FALSE(path(kF32, aligned, 5 * 37, 5, 37).vector_loads);
+  EXPECT_FALSE(path(kF32, misaligned, 64 * 40, 64, 40).vector_loads);
+  // Channels last / last axis (stride 1), including a single row: the channel-innermost shape.
+  EXPECT_EQ(path(kF32, aligned, 8 * 64, 64, 1).stage1, kInnermost);
+  EXPECT_EQ(path(kF16, aligned, 300 * 3, 3, 1).stage1, kInnermost);
+  EXPECT_EQ(path(kF32, aligned, 70000, 70000, 1).stage1, kInnermost);
+  EXPECT_FALSE(path(kF32, aligned, 8 * 64, 64, 1).vector_loads);
+  // Mid axis: the strided shape.
+  EXPECT_EQ(path(kF32, aligned, 8 * 33 * 17, 33, 17).stage1, kStrided);
+  EXPECT_EQ(path(kBF16, aligned, 2 * 3 * 2, 3, 2).stage1, kStrided);
+  // No elements, or arguments the launcher refuses: nothing runs.
+  EXPECT_EQ(path(kF32, aligned, 0, 1, 1).stage1, ReduceStage1::kNone);
+  EXPECT_EQ(path(kF32, aligned, 0, 5, 3).stage1, ReduceStage1::kNone);
+  EXPECT_EQ(path(kF32, aligned, 10, 3, 2).stage1, ReduceStage1::kNone);  // not a whole row of 3 x 2
+  EXPECT_EQ(fq::cuda::reduce_workspace_bytes(fq::ReduceArgs{kF32, aligned, 10, 3, 2}), 0u);
+  EXPECT_EQ(fq::cuda::reduce_workspace_bytes(fq::ReduceArgs{kF32, aligned, 0, 3, 2}), 0u);
+  EXPECT_GT(fq::cuda::reduce_workspace_bytes(fq::ReduceArgs{kF32, aligned, 6, 3, 2}), 0u);
+}
+
+TEST(CudaReduceEdges, RejectedArgumentsWriteNothing) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<float> x = random_values(60, 5, 1.0f, Specials::kNone);
+  DeviceArray<float> dx(x), da(std::vector<float>(8, 7.0f)), db(std::vector<float>(8, 7.0f));
+  DeviceBuffer<unsigned char> ws(4096);
+  struct Bad {
+    fq::ReduceArgs args;
+    fq::ReduceKind kind;
+  };
+  const Bad bad[] = {
+      {{kF32, dx.ptr, 60, 7, 1}, fq::ReduceKind::kMinMax},                          // 60 is not a multiple of 7
+      {{kF32, dx.ptr, 60, 4, 0}, fq::ReduceKind::kMinMax},                          // channel_stride 0
+      {{kF32, dx.ptr, 60, -4, 1}, fq::ReduceKind::kAbsMax},                         // negative channels
+      {{kF32, dx.ptr, -1, 1, 1}, fq::ReduceKind::kAbsMax},                          // negative numel
+      {{static_cast<fq::DType>(7), dx.ptr, 60, 1, 1}, fq::ReduceKind::kAbsMax},     // unknown dtype
+      {{kF32, dx.ptr, 60, 1, 1}, static_cast<fq::ReduceKind>(5)},                    // unknown kind
+  };
+  for (const Bad& b : bad) {
+    EXPECT_EQ(fq::cuda::launch_reduce(b.args, b.kind, da.ptr, db.ptr, ws.ptr, nullptr), cudaErrorInvalidValue);
+  }
+  // An empty channel axis is nothing to reduce into.
+  EXPECT_EQ(fq::cuda::launch_reduce({kF32, dx.ptr, 0, 0, 1}, fq::ReduceKind::kMinMax, da.ptr, db.ptr, ws.ptr, nullptr),
+            cudaSuccess);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(da.read(), std::vector<float>(8, 7.0f));
+  EXPECT_EQ(db.read(), std::vector<float>(8, 7.0f));
+}
+
+// ---------------------------------------------------------------------------------------
+// launch_fake_quant_moving_average_abs_max
+
+struct AbsMaxCase {
+  fq::DType dtype;
+  int64_t numel, offset;
+  fq::Rounding rounding;
+  int32_t bits;
+  Specials specials;  // in the last training step
+};
+
+std::string abs_max_case_name(const ::testing::TestParamInfo<AbsMaxCase>& info) {
+  const AbsMaxCase& c = info.param;
+  std::ostringstream os;
+  os << dtype_label(c.dtype) << "_n" << c.numel << (c.offset ? "_misaligned" : "") << "_"
+     << (c.rounding == fq::Rounding::kHalfAway ? "half_away" : "half_even") << "_bits" << c.bits
+     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+  return os.str();
+}
+
+class CudaMovingAverageAbsMax : public ::testing::TestWithParam<AbsMaxCase> {};
+
+// Four training steps (the state moves), then two eval steps (the stored scale only).
+TEST_P(CudaMovingAverageAbsMax, TrainingAndEvalMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const AbsMaxCase c = GetParam();
+  const int64_t n = c.numel;
+  float scale = 1.5f, state = 2.0f, accum = 3.0f;
+  const fq::MovingAverageAbsMaxState host{&scale, &state, &accum, 0.9f};
+  DeviceArray<float> d_scale({scale}), d_state({state}), d_accum({accum});
+  const fq::MovingAverageAbsMaxState dev{d_scale.ptr, d_state.ptr, d_accum.ptr, 0.9f};
+  DeviceTensor dx(c.dtype, n, c.offset);
+  DeviceOutputs out(c.dtype, n, c.offset);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n}));
+  const float magnitudes[] = {1.0f, 4.0f, 0.25f, 2.0f, 3.0f, 0.5f};
+  for (int step = 0; step < 6; ++step) {
+    const bool training = step < 4;
+    const Specials specials = step == 3 ? c.specials : Specials::kNone;
+    const HostTensor x = host_tensor(c.dtype, random_values(n, 40 + step, magnitudes[step], specials));
+    HostOutputs cpu(c.dtype, n);
+    if (n > 0) {
+      if (training) {
+        float abs_max = 0.0f;
+        fq::reduce_cpu({x.dtype, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+        fq::moving_average_abs_max_update_cpu(host, abs_max);
+      }
+      abs_max_quant_dequant_cpu(cpu.args(x), scale, c.bits, c.rounding);
+    }
+    dx.upload(x);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_moving_average_abs_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev,
+                                                                   c.bits, c.rounding, training, ws.ptr, nullptr));
+    const std::string where = "step " + std::to_string(step);
+    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
+    EXPECT_TRUE(same_floats(d_state.read(), {state})) << where << ": state";
+    EXPECT_TRUE(same_floats(d_accum.read(), {accum})) << where << ": accum";
+    expect_outputs_match(out, cpu, c.dtype, where);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaMovingAverageAbsMax,
+    ::testing::Values(AbsMaxCase{kF32, 0, 0, fq::Rounding::kHalfAway, 8, Specials::kNone},
+                      AbsMaxCase{kF32, 1, 0, fq::Rounding::kHalfAway, 8, Specials::kNone},
+                      AbsMaxCase{kF32, 4099, 0, fq::Rounding::kHalfAway, 8, Specials::kNone},
+                      AbsMaxCase{kF32, 4099, 1, fq::Rounding::kHalfEven, 4, Specials::kInf},
+                      AbsMaxCase{kF16, 2053, 0, fq::Rounding::kHalfEven, 2, Specials::kNaNInf},
+                      AbsMaxCase{kF16, 33, 1, fq::Rounding::kHalfAway, 16, Specials::kNone},
+                      AbsMaxCase{kBF16, 2053, 1, fq::Rounding::kHalfAway, 8, Specials::kInf},
+                      AbsMaxCase{kBF16, 9000, 0, fq::Rounding::kHalfEven, 5, Specials::kNone},
+                      AbsMaxCase{kF32, 140001, 0, fq::Rounding::kHalfEven, 8, Specials::kNaNInf}),
+    abs_max_case_name);
+
+// ---------------------------------------------------------------------------------------
+// launch_fake_quant_range_abs_max
+
+class CudaRangeAbsMax : public ::testing::TestWithParam<AbsMaxCase> {};
+
+// A window of 3 over ten training steps whose magnitudes rise and fall, so that the window
+// wraps around and the maximum leaves it (rescans) several times; then eval steps.
+TEST_P(CudaRangeAbsMax, WindowSequenceMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const AbsMaxCase c = GetParam();
+  const int64_t n = c.numel, window_size = 3;
   float scale = 0.0f;
   std::vector<float> window(window_size, 0.0f);
   int64_t iter = 0;
-  float* d_scale = to_device(std::vector<float>{0.0f});
-  float* d_window = to_device(window);
-  int64_t* d_iter = to_device(std::vector<int64_t>{0});
   const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
-  for (int step = 0; step < 7; ++step) {
-    std::vector<float> x = random_floats(n, 7 + step);
-    for (auto& v : x) v *= static_cast<float>(8 - step);  // shrinking: the maximum leaves the window
-    float cur = 0.0f;
-    fq::reduce_cpu({fq::DType::kFloat32, x.data(), n}, fq::ReduceKind::kAbsMax, &cur, nullptr);
-    fq::range_abs_max_update_cpu(host, cur);
-    float* dx = to_device(x);
-    float* dy = nullptr;
-    uint8_t* dmask = nullptr;
-    void* ws = nullptr;
-    ASSERT_EQ(cudaMalloc(&dy, n * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&dmask, fq::mask_bytes(n)), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&ws, fq::cuda::observer_workspace_bytes({fq::DType::kFloat32, dx, n})), cudaSuccess);
-    const fq::RangeAbsMaxState dev{d_scale, d_window, window_size, d_iter};
-    ASSERT_EQ(fq::cuda::launch_fake_quant_range_abs_max({fq::DType::kFloat32, dx, dy, dmask, n}, dev, 8,
-                                                        fq::Rounding::kHalfAway, true, ws, nullptr),
-              cudaSuccess);
-    EXPECT_EQ(to_host(d_scale, 1)[0], scale) << "step " << step;
-    EXPECT_EQ(to_host(d_window, window_size), window);
-    EXPECT_EQ(to_host(d_iter, 1)[0], iter);
-    cudaFree(dx);
-    cudaFree(dy);
-    cudaFree(dmask);
-    cudaFree(ws);
+  DeviceArray<float> d_scale({scale}), d_window(window);
+  DeviceArray<int64_t> d_iter({iter});
+  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
+  DeviceTensor dx(c.dtype, n, c.offset);
+  DeviceOutputs out(c.dtype, n, c.offset);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n}));
+  const float magnitudes[] = {5.0f, 3.0f, 2.0f, 1.0f, 0.5f, 7.0f, 0.25f, 0.2f, 0.1f, 6.0f, 1.0f, 9.0f};
+  for (int step = 0; step < 12; ++step) {
+    const bool training = step < 10;
+    const Specials specials = step == 9 ? c.specials : Specials::kNone;
+    const HostTensor x = host_tensor(c.dtype, random_values(n, 70 + step, magnitudes[step], specials));
+    HostOutputs cpu(c.dtype, n);
+    if (n > 0) {
+      float use_scale = scale;
+      if (training) {
+        float abs_max = 0.0f;
+        fq::reduce_cpu({x.dtype, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+        use_scale = fq::range_abs_max_update_cpu(host, abs_max);
+      }
+      abs_max_quant_dequant_cpu(cpu.args(x), use_scale, c.bits, c.rounding);
+    }
+    dx.upload(x);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, c.bits,
+                                                          c.rounding, training, ws.ptr, nullptr));
+    const std::string where = "step " + std::to_string(step);
+    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
+    EXPECT_TRUE(same_floats(d_window.read(), window)) << where << ": window";
+    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
+    expect_outputs_match(out, cpu, c.dtype, where);
   }
-  cudaFree(d_scale);
-  cudaFree(d_window);
-  cudaFree(d_iter);
+  if (n > 0) EXPECT_EQ(iter, 10);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaRangeAbsMax,
+    ::testing::Values(AbsMaxCase{kF32, 0, 0, fq::Rounding::kHalfAway, 8, Specials::kNone},
+                      AbsMaxCase{kF32, 1, 1, fq::Rounding::kHalfAway, 8, Specials::kNone},
+                      AbsMaxCase{kF32, 3001, 0, fq::Rounding::kHalfAway, 8, Specials::kInf},
+                      AbsMaxCase{kF16, 1027, 1, fq::Rounding::kHalfEven, 3, Specials::kNaNInf},
+                      AbsMaxCase{kBF16, 2051, 0, fq::Rounding::kHalfEven, 16, Specials::kNone},
+                      AbsMaxCase{kF16, 140001, 1, fq::Rounding::kHalfAway, 8, Specials::kNone}),
+    abs_max_case_name);
+
+// Finding: the rescan of the window (its maximum evicted) must propagate a NaN wherever it
+// sits in the window, on both backends (it starts from 0, the identity of an abs-max). A
+// window of 300 has entries beyond one per thread of the rescanning block.
+TEST(CudaRangeAbsMaxEdges, NaNInTheRescannedWindowGivesANaNScale) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 1000, window_size = 300, evicted = 1000 % window_size;
+  for (const int64_t nan_at : {int64_t{0}, int64_t{2}, int64_t{280}}) {
+    std::mt19937 rng(static_cast<uint32_t>(nan_at));
+    std::uniform_real_distribution<float> entry(0.1f, 1.0f);
+    std::vector<float> window(window_size);
+    for (auto& w : window) w = entry(rng);
+    window[evicted] = 5.0f;  // the current scale: evicting it forces the rescan
+    window[nan_at] = kNaN;
+    float scale = 5.0f;
+    int64_t iter = 1000;
+    std::vector<float> xv(n);
+    for (auto& v : xv) v = entry(rng) - 0.55f;  // |x| < 5: the scale is not simply replaced
+    const HostTensor x = host_tensor(kF32, xv);
+    const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
+    DeviceArray<float> d_scale({5.0f}), d_window(window);
+    DeviceArray<int64_t> d_iter({iter});
+    float abs_max = 0.0f;
+    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+    const float use_scale = fq::range_abs_max_update_cpu(host, abs_max);
+    HostOutputs cpu(kF32, n);
+    abs_max_quant_dequant_cpu(cpu.args(x), use_scale, 8, fq::Rounding::kHalfAway);
+    EXPECT_TRUE(std::isnan(scale)) << "CPU, NaN at window position " << nan_at;
+
+    DeviceTensor dx(kF32, n, 0);
+    dx.upload(x);
+    DeviceOutputs out(kF32, n, 0);
+    out.poison();
+    DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+    const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
+                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    const std::string where = "NaN at window position " + std::to_string(nan_at);
+    EXPECT_TRUE(std::isnan(d_scale.read()[0])) << where;
+    EXPECT_TRUE(same_floats(d_window.read(), window)) << where;
+    EXPECT_EQ(d_iter.read()[0], 1001) << where;
+    expect_outputs_match(out, cpu, kF32, where);
+  }
+}
+
+// Finding: a negative iter would index before the window. Out-of-contract state on the
+// device: the state stays as it is and every output is NaN with mask 0, as the CPU reference
+// function does (the CPU binding rejects iter < 0 up front).
+TEST(CudaRangeAbsMaxEdges, NegativeIterLeavesStateAndPoisonsOutput) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 777, window_size = 5;
+  const std::vector<float> window0 = {1.0f, 2.0f, 3.0f, 0.5f, 0.25f};
+  std::vector<float> window = window0;
+  float scale = 3.0f;
+  int64_t iter = -3;
+  const HostTensor x = host_tensor(kF32, random_values(n, 17, 1.0f, Specials::kNone));
+  const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
+  float abs_max = 0.0f;
+  fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+  const float use_scale = fq::range_abs_max_update_cpu(host, abs_max);
+  EXPECT_TRUE(std::isnan(use_scale));
+  EXPECT_EQ(window, window0);
+  EXPECT_EQ(scale, 3.0f);
+  EXPECT_EQ(iter, -3);
+  HostOutputs cpu(kF32, n);
+  abs_max_quant_dequant_cpu(cpu.args(x), use_scale, 8, fq::Rounding::kHalfAway);
+
+  DeviceArray<float> d_scale({3.0f}), d_window(window0);
+  DeviceArray<int64_t> d_iter({-3});
+  DeviceTensor dx(kF32, n, 0);
+  dx.upload(x);
+  DeviceOutputs out(kF32, n, 0);
+  out.poison();
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
+                                                        fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+  EXPECT_EQ(d_scale.read(), std::vector<float>{3.0f});
+  EXPECT_EQ(d_window.read(), window0);
+  EXPECT_EQ(d_iter.read(), std::vector<int64_t>{-3});
+  expect_outputs_match(out, cpu, kF32, "iter -3");
+  const std::vector<unsigned char> y = out.y.read();
+  for (int64_t i = 0; i < n; ++i) {
+    float v;
+    std::memcpy(&v, y.data() + 4 * i, 4);
+    ASSERT_TRUE(std::isnan(v)) << "element " << i;
+  }
+  for (uint8_t b : out.mask.read()) ASSERT_EQ(b, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// launch_fused_moving_average_min_max
+
+struct MinMaxCase {
+  fq::DType dtype;
+  int64_t outer, channels, inner;
+  bool per_tensor;  // one channel (the whole tensor), whatever the shape
+  int64_t offset;
+  fq::Rounding rounding;
+  int32_t quant_min, quant_max;
+  bool symmetric;
+  Specials specials;  // in the last step
+};
+
+std::string min_max_case_name(const ::testing::TestParamInfo<MinMaxCase>& info) {
+  const MinMaxCase& c = info.param;
+  std::ostringstream os;
+  os << dtype_label(c.dtype) << "_" << c.outer << "x" << c.channels << "x" << c.inner
+     << (c.per_tensor ? "_per_tensor" : "_per_channel") << (c.offset ? "_misaligned" : "") << "_"
+     << (c.rounding == fq::Rounding::kHalfAway ? "half_away" : "half_even") << "_q" << (c.quant_min < 0 ? "m" : "")
+     << std::abs(c.quant_min) << "_" << c.quant_max << (c.symmetric ? "_symmetric" : "_affine")
+     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+  return os.str();
+}
+
+class CudaFusedMovingAverageMinMax : public ::testing::TestWithParam<MinMaxCase> {};
+
+// Six steps toggling observer_on / fake_quant_on, with magnitudes that move the statistics.
+TEST_P(CudaFusedMovingAverageMinMax, StepsMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const MinMaxCase c = GetParam();
+  const int64_t n = c.outer * c.channels * c.inner;
+  const int64_t channels = c.per_tensor ? 1 : c.channels;
+  const int64_t channel_stride = c.per_tensor ? 1 : c.inner;
+  std::vector<float> running_min(channels, kInf), running_max(channels, -kInf), scale(channels, 1.0f);
+  std::vector<int32_t> zero_point(channels, 0);
+  int64_t observer_on = 1, fake_quant_on = 1;
+  fq::MovingAverageMinMaxState host;
+  host.observer_on = &observer_on;
+  host.fake_quant_on = &fake_quant_on;
+  host.running_min = running_min.data();
+  host.running_max = running_max.data();
+  host.scale = scale.data();
+  host.zero_point = zero_point.data();
+  host.channels = channels;
+  host.averaging_const = 0.25f;
+  host.quant_min = c.quant_min;
+  host.quant_max = c.quant_max;
+  host.symmetric = c.symmetric;
+
+  DeviceArray<float> d_min(running_min), d_max(running_max), d_scale(scale);
+  DeviceArray<int32_t> d_zp(zero_point);
+  DeviceArray<int64_t> d_observer_on({1}), d_fake_quant_on({1});
+  fq::MovingAverageMinMaxState dev = host;
+  dev.observer_on = d_observer_on.ptr;
+  dev.fake_quant_on = d_fake_quant_on.ptr;
+  dev.running_min = d_min.ptr;
+  dev.running_max = d_max.ptr;
+  dev.scale = d_scale.ptr;
+  dev.zero_point = d_zp.ptr;
+  DeviceTensor dx(c.dtype, n, c.offset);
+  DeviceOutputs out(c.dtype, n, c.offset);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n, channels, channel_stride}));
+
+  struct Step {
+    int64_t observer_on, fake_quant_on;
+    float magnitude;
+  };
+  const Step steps[] = {{1, 1, 1.0f}, {1, 1, 3.0f}, {0, 1, 0.5f}, {1, 0, 2.0f}, {0, 0, 1.0f}, {1, 1, 4.0f}};
+  for (int k = 0; k < 6; ++k) {
+    const Step& st = steps[k];
+    observer_on = st.observer_on;
+    fake_quant_on = st.fake_quant_on;
+    const Specials specials = k == 5 ? c.specials : Specials::kNone;
+    const HostTensor x = host_tensor(c.dtype, random_values(n, 90 + k, st.magnitude, specials));
+    // CPU: reduce, update, quant-dequant (as the CPU binding does).
+    const bool observe = n > 0 && observer_on != 0;
+    std::vector<float> cur_min(channels), cur_max(channels);
+    if (observe) {
+      fq::reduce_cpu({x.dtype, x.bytes.data(), n, channels, channel_stride}, fq::ReduceKind::kMinMax, cur_min.data(),
+                     cur_max.data());
+    }
+    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), observe);
+    HostOutputs cpu(c.dtype, n);
+    if (channels == 1) {
+      fq::PerTensorQParams qp;
+      qp.scale = scale.data();
+      qp.zero_point = zero_point.data();
+      qp.quant_min = c.quant_min;
+      qp.quant_max = c.quant_max;
+      qp.rounding = c.rounding;
+      qp.enabled = &fake_quant_on;
+      fq::fake_quant_per_tensor_cpu(cpu.args(x), qp);
+    } else {
+      fq::PerChannelQParams qp;
+      qp.scale = scale.data();
+      qp.zero_point = zero_point.data();
+      qp.channels = channels;
+      qp.channel_stride = channel_stride;
+      qp.quant_min = c.quant_min;
+      qp.quant_max = c.quant_max;
+      qp.rounding = c.rounding;
+      qp.enabled = &fake_quant_on;
+      fq::fake_quant_per_channel_cpu(cpu.args(x), qp);
+    }
+    // GPU.
+    d_observer_on.write({st.observer_on});
+    d_fake_quant_on.write({st.fake_quant_on});
+    dx.upload(x);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fused_moving_average_min_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev,
+                                                              channel_stride, c.rounding, ws.ptr, nullptr));
+    const std::string where = "step " + std::to_string(k);
+    EXPECT_TRUE(same_floats(d_min.read(), running_min)) << where << ": running_min";
+    EXPECT_TRUE(same_floats(d_max.read(), running_max)) << where << ": running_max";
+    EXPECT_TRUE(same_floats(d_scale.read(), scale)) << where << ": scale";
+    EXPECT_EQ(d_zp.read(), zero_point) << where << ": zero_point";
+    expect_outputs_match(out, cpu, c.dtype, where);
+  }
+}
+
+constexpr fq::Rounding kEven = fq::Rounding::kHalfEven;
+constexpr fq::Rounding kAway = fq::Rounding::kHalfAway;
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaFusedMovingAverageMinMax,
+    ::testing::Values(
+        // Per tensor.
+        MinMaxCase{kF32, 1, 1, 0, true, 0, kEven, -128, 127, false, Specials::kNone},
+        MinMaxCase{kF32, 1, 1, 1, true, 0, kEven, 0, 255, false, Specials::kNone},
+        MinMaxCase{kF32, 1, 1, 3001, true, 0, kEven, -128, 127, true, Specials::kNaNInf},
+        MinMaxCase{kF16, 1, 1, 2051, true, 1, kAway, 0, 255, false, Specials::kInf},
+        MinMaxCase{kBF16, 4, 6, 50, true, 0, kEven, -8, 7, true, Specials::kNone},
+        MinMaxCase{kF32, 1, 1, 140001, true, 0, kAway, -128, 127, false, Specials::kNaNInf},
+        MinMaxCase{kF16, 1, 2, 70000, false, 0, kEven, 0, 255, false, Specials::kNone},
+        // Per channel: channels first, channels last, mid axis; empty; many channels.
+        MinMaxCase{kF32, 1, 16, 64, false, 0, kEven, -128, 127, false, Specials::kNaNInf},
+        MinMaxCase{kF16, 1, 5, 37, false, 1, kAway, 0, 255, true, Specials::kNone},
+        MinMaxCase{kF32, 200, 24, 1, false, 0, kAway, -128, 127, true, Specials::kInf},
+        MinMaxCase{kBF16, 100, 3, 1, false, 1, kEven, 0, 15, false, Specials::kNaNInf},
+        MinMaxCase{kF32, 16, 24, 49, false, 1, kEven, -128, 127, false, Specials::kNone},
+        MinMaxCase{kF16, 6, 7, 9, false, 0, kAway, -32768, 32767, true, Specials::kNaNInf},
+        MinMaxCase{kF32, 0, 5, 3, false, 0, kEven, -128, 127, false, Specials::kNone},
+        MinMaxCase{kF32, 2, 300, 2, false, 0, kEven, 0, 255, false, Specials::kNone},
+        MinMaxCase{kF32, 2, 70000, 1, false, 0, kEven, -128, 127, true, Specials::kNaNInf}),
+    min_max_case_name);
+
+// ---------------------------------------------------------------------------------------
+// Rejected arguments: every observer launcher checks its arguments before it launches
+// anything, so an error leaves the state (and the outputs) as they were. Finding: stochastic
+// rounding (the observers have no seed) used to fail in the quant-dequant launch, after the
+// reduction's epilogue had already updated the state.
+
+TEST(CudaObserverLaunch, RejectedArgumentsChangeNothing) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 96;
+  const HostTensor x = host_tensor(kF32, random_values(n, 23, 3.0f, Specials::kNone));
+  DeviceTensor dx(kF32, n, 0);
+  dx.upload(x);
+  DeviceOutputs out(kF32, n, 0);
+  out.poison();
+  const std::vector<unsigned char> y0 = out.y.read();
+  const std::vector<uint8_t> mask0 = out.mask.read();
+  DeviceBuffer<unsigned char> ws(1 << 16);
+  const fq::FakeQuantArgs args{kF32, dx.ptr, out.y.ptr, out.mask.ptr, n};
+  fq::FakeQuantArgs bad_dtype = args;
+  bad_dtype.dtype = static_cast<fq::DType>(9);
+  const fq::Rounding stochastic = fq::Rounding::kStochastic;
+
+  // moving_average_abs_max
+  DeviceArray<float> ma_scale({1.0f}), ma_state({1.0f}), ma_accum({1.0f});
+  const fq::MovingAverageAbsMaxState ma{ma_scale.ptr, ma_state.ptr, ma_accum.ptr, 0.9f};
+  EXPECT_EQ(fq::cuda::launch_fake_quant_moving_average_abs_max(args, ma, 8, stochastic, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_moving_average_abs_max(args, ma, 1, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_moving_average_abs_max(args, ma, 17, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_moving_average_abs_max(bad_dtype, ma, 8, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_moving_average_abs_max(args, ma, 8, stochastic, false, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(ma_scale.read(), std::vector<float>{1.0f});
+  EXPECT_EQ(ma_state.read(), std::vector<float>{1.0f});
+  EXPECT_EQ(ma_accum.read(), std::vector<float>{1.0f});
+
+  // range_abs_max
+  DeviceArray<float> r_scale({2.0f}), r_window({2.0f, 1.0f, 0.5f});
+  DeviceArray<int64_t> r_iter({3});
+  fq::RangeAbsMaxState r{r_scale.ptr, r_window.ptr, 3, r_iter.ptr};
+  EXPECT_EQ(fq::cuda::launch_fake_quant_range_abs_max(args, r, 8, stochastic, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_range_abs_max(args, r, 0, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_range_abs_max(bad_dtype, r, 8, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  r.window_size = 0;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_range_abs_max(args, r, 8, kAway, true, ws.ptr, nullptr),
+            cudaErrorInvalidValue);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(r_scale.read(), std::vector<float>{2.0f});
+  EXPECT_EQ(r_window.read(), (std::vector<float>{2.0f, 1.0f, 0.5f}));
+  EXPECT_EQ(r_iter.read(), std::vector<int64_t>{3});
+
+  // fused moving-average min/max, per tensor and per channel
+  const std::vector<float> min0 = {-1.0f, -2.0f, -3.0f, -4.0f}, max0 = {1.0f, 2.0f, 3.0f, 4.0f},
+                           scale0 = {0.5f, 0.5f, 0.5f, 0.5f};
+  const std::vector<int32_t> zp0 = {1, 2, 3, 4};
+  DeviceArray<float> f_min(min0), f_max(max0), f_scale(scale0);
+  DeviceArray<int32_t> f_zp(zp0);
+  DeviceArray<int64_t> on({1});
+  fq::MovingAverageMinMaxState f;
+  f.observer_on = f.fake_quant_on = on.ptr;
+  f.running_min = f_min.ptr;
+  f.running_max = f_max.ptr;
+  f.scale = f_scale.ptr;
+  f.zero_point = f_zp.ptr;
+  auto fused = [&](const fq::FakeQuantArgs& a, fq::MovingAverageMinMaxState s, int64_t stride, fq::Rounding rounding) {
+    return fq::cuda::launch_fused_moving_average_min_max(a, s, stride, rounding, ws.ptr, nullptr);
+  };
+  f.channels = 1;
+  EXPECT_EQ(fused(args, f, 1, stochastic), cudaErrorInvalidValue);
+  EXPECT_EQ(fused(bad_dtype, f, 1, kEven), cudaErrorInvalidValue);
+  f.quant_min = 10, f.quant_max = 5;
+  EXPECT_EQ(fused(args, f, 1, kEven), cudaErrorInvalidValue);
+  f.quant_min = -128, f.quant_max = 127;
+  f.channels = 4;
+  EXPECT_EQ(fused(args, f, 24, stochastic), cudaErrorInvalidValue);
+  EXPECT_EQ(fused(args, f, 0, kEven), cudaErrorInvalidValue);   // channel_stride 0
+  EXPECT_EQ(fused(args, f, 7, kEven), cudaErrorInvalidValue);   // 96 is not a multiple of 4 x 7
+  f.channels = 0;
+  EXPECT_EQ(fused(args, f, 1, kEven), cudaErrorInvalidValue);
+  fq::FakeQuantArgs empty = args;
+  empty.numel = 0;
+  f.channels = 4;
+  EXPECT_EQ(fused(empty, f, 1, stochastic), cudaErrorInvalidValue);  // refused even with nothing to quantise
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(f_min.read(), min0);
+  EXPECT_EQ(f_max.read(), max0);
+  EXPECT_EQ(f_scale.read(), scale0);
+  EXPECT_EQ(f_zp.read(), zp0);
+
+  EXPECT_EQ(out.y.read(), y0);
+  EXPECT_EQ(out.mask.read(), mask0);
 }
 
 }  // namespace
