@@ -12,10 +12,17 @@
 //   runs  (per-channel, inner >= kRunsMinInner): block (c, j) walks slice j of channel c's
 //         outer * inner elements; consecutive threads take consecutive elements of a run, so
 //         loads coalesce; one partial per (slice, channel).
-//   rows  (per-channel, short runs: channels_last along C, the last axis, ...): block (tile, j)
-//         gives each thread one channel of a tile of up to 256 channels and a set of rows
-//         (outer indices); a warp reads 32 neighbouring channels, so loads coalesce; the
-//         threads of one channel are added in lane order in shared memory.
+//   rows  (per-channel, inner < kRunsMinInner: channels_last along C, the last axis, NCHW
+//         with small feature maps such as 7x7, ...): a row (one outer index) is
+//         channels * inner contiguous elements. Block (tile, j) covers a tile of
+//         tile_channels whole channels, i.e. tile_elements = tile_channels * inner <= 256
+//         consecutive elements of every row, one element per thread, for the rows of slice j;
+//         when a whole row is shorter than the block, `lanes` rows are read side by side
+//         (thread t: lane t / tile_elements, element t % tile_elements). Consecutive threads
+//         touch consecutive elements (a warp reads 32 of them: 128 bytes in fp32), and every
+//         element of a thread belongs to the same channel. The threads' sums are combined in
+//         shared memory by a fixed pairwise tree, first across lanes, then across the inner
+//         positions of each channel, which gives one partial per (slice, channel).
 // A second small kernel adds each channel's partials in slice order. Every sum is in a fixed
 // order for a given device, so results are reproducible run to run.
 #include <cub/cub.cuh>
@@ -295,51 +302,86 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------
 // Backward: per-channel, short runs
 
+// Block (tile, j): thread t takes element `position` = t % tile_elements of the tile in the
+// rows j * rows + lane, + lanes, ... (lane = t / tile_elements) of slice j; the tile starts
+// at element tile * tile_elements of each row, so the warps of a block read consecutive
+// elements. kUnroll rows are loaded before any is used, to keep loads in flight.
 template <typename T, bool kGradInput, bool kReduce>
 __global__ void __launch_bounds__(kThreads)
     learnable_backward_rows_kernel(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
                                    int64_t channels, int64_t inner, int64_t outer, int64_t slices,
-                                   const float* __restrict__ scales, const float* __restrict__ zero_points,
-                                   int32_t quant_min, int32_t quant_max, float grad_factor,
-                                   double* __restrict__ partial_scale, double* __restrict__ partial_zero_point) {
+                                   int32_t tile_channels, int32_t lanes, const float* __restrict__ scales,
+                                   const float* __restrict__ zero_points, int32_t quant_min, int32_t quant_max,
+                                   float grad_factor, double* __restrict__ partial_scale,
+                                   double* __restrict__ partial_zero_point) {
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const int64_t tile = blockIdx.x / slices;
   const int64_t j = blockIdx.x - tile * slices;
-  const int64_t tile_channels = min64(channels, kThreads);
-  const int64_t lanes = kThreads / tile_channels;  // threads (row lanes) per channel
-  const int64_t t = threadIdx.x;
-  const int64_t lane = t / tile_channels;
-  const int64_t c = tile * tile_channels + (t - lane * tile_channels);
+  const int tile_elements = tile_channels * static_cast<int>(inner);  // <= kThreads
+  const int t = threadIdx.x;
+  const int lane = t / tile_elements;
+  const int position = t - lane * tile_elements;
+  const int64_t c = tile * tile_channels + position / inner;
   const bool active = lane < lanes && c < channels;
+  const int64_t row = channels * inner;
   const int64_t rows = (outer + slices - 1) / slices;
   const int64_t o1 = min64(outer, (j + 1) * rows);
   Sums acc{0.0, 0.0};
   if (active) {
     const ChannelParams p = backward_params(scales, zero_points, c, false, qmin, qmax);
-    for (int64_t o = j * rows + lane; o < o1; o += lanes) {
-      const int64_t base = (o * channels + c) * inner;
-      for (int64_t i = 0; i < inner; ++i) {
-        const float r =
-            backward_element<kReduce>(to_float(x[base + i]), to_float(dy[base + i]), p, qmin, qmax, grad_factor, acc);
-        if constexpr (kGradInput) dx[base + i] = from_float<T>(r);
+    const int64_t column = tile * tile_elements + position;
+    for (int64_t o = j * rows + lane; o < o1; o += static_cast<int64_t>(lanes) * kUnroll) {
+      int64_t offset[kUnroll];
+      bool has[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t ou = o + static_cast<int64_t>(u) * lanes;
+        has[u] = ou < o1;
+        offset[u] = ou * row + column;
+      }
+      float xv[kUnroll], dv[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        xv[u] = has[u] ? to_float(x[offset[u]]) : 0.0f;
+        dv[u] = has[u] ? to_float(dy[offset[u]]) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (!has[u]) continue;
+        const float r = backward_element<kReduce>(xv[u], dv[u], p, qmin, qmax, grad_factor, acc);
+        if constexpr (kGradInput) dx[offset[u]] = from_float<T>(r);
       }
     }
   }
   if constexpr (kReduce) {
-    __shared__ double lane_scale[kThreads];
-    __shared__ double lane_zero_point[kThreads];
-    lane_scale[t] = acc.scale;
-    lane_zero_point[t] = acc.zero_point;
+    // Slot t holds thread t's sums (0 for idle threads). Fixed pairwise trees: slot
+    // (lane, position) += slot (lane + w, position) for lane % 2w == 0; then within each
+    // channel's inner positions i: slot i += slot i + w for i % 2w == 0. A step reads only
+    // slots no thread writes in that step; the channel's total ends in its first slot.
+    __shared__ double slot_scale[kThreads];
+    __shared__ double slot_zero_point[kThreads];
+    slot_scale[t] = acc.scale;
+    slot_zero_point[t] = acc.zero_point;
     __syncthreads();
-    if (t < tile_channels && c < channels) {
-      Sums total{0.0, 0.0};
-      for (int64_t l = 0; l < lanes; ++l) {
-        total.scale += lane_scale[l * tile_channels + t];
-        total.zero_point += lane_zero_point[l * tile_channels + t];
+    for (int w = 1; w < lanes; w *= 2) {
+      if (lane % (2 * w) == 0 && lane + w < lanes) {
+        slot_scale[t] += slot_scale[t + w * tile_elements];
+        slot_zero_point[t] += slot_zero_point[t + w * tile_elements];
       }
-      partial_scale[j * channels + c] = total.scale;
-      partial_zero_point[j * channels + c] = total.zero_point;
+      __syncthreads();
+    }
+    const int i = position % static_cast<int>(inner);
+    for (int w = 1; w < inner; w *= 2) {
+      if (lane == 0 && i % (2 * w) == 0 && i + w < inner) {
+        slot_scale[t] += slot_scale[t + w];
+        slot_zero_point[t] += slot_zero_point[t + w];
+      }
+      __syncthreads();
+    }
+    if (lane == 0 && i == 0 && c < channels) {
+      partial_scale[j * channels + c] = slot_scale[t];
+      partial_zero_point[j * channels + c] = slot_zero_point[t];
     }
   }
 }
@@ -364,21 +406,24 @@ __global__ void learnable_finish_channels_kernel(const double* __restrict__ part
 // ---------------------------------------------------------------------------
 // Backward plan and launch
 
-enum class Split { kFlat, kRuns, kRows };
+using Split = LearnableBackwardSplit;
+using BackwardPlan = LearnableBackwardShape;
 
-struct BackwardPlan {
-  Split split = Split::kFlat;
-  int64_t blocks = 0;
-  int64_t slices = 1;
-  int64_t channels = 1, inner = 1, outer = 1;
-  int64_t partials = 0;  // entries of each partial array (0: no reduction)
-};
+// Whether the launch accepts the arguments (the plan is empty otherwise): positive channels and
+// channel_stride, and per-channel a whole number of [channels][inner] rows.
+bool backward_args_valid(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
+  if (a.numel < 0 || qp.channels <= 0 || qp.channel_stride <= 0) return false;
+  if (qp.channels == 1) return true;
+  return qp.channel_stride <= a.numel / qp.channels && a.numel % (qp.channels * qp.channel_stride) == 0;
+}
 
 BackwardPlan plan_backward(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
   BackwardPlan plan;
   const bool reduce = a.grad_scale != nullptr || a.grad_zero_point != nullptr;
-  if (a.numel == 0) return plan;
-  if (qp.channels <= 1) {
+  if (a.numel <= 0 || !backward_args_valid(a, qp)) return plan;
+  if (qp.channels == 1) {
+    plan.split = Split::kFlat;
+    plan.inner = a.numel;
     plan.blocks = grid_for(mask_bytes(a.numel), kThreads).blocks;
     plan.partials = reduce ? plan.blocks : 0;
     return plan;
@@ -396,8 +441,12 @@ BackwardPlan plan_backward(const LearnableBackwardArgs& a, const LearnableQParam
     plan.blocks = plan.channels * plan.slices;
   } else {
     plan.split = Split::kRows;
-    const int64_t tile_channels = std::min<int64_t>(plan.channels, kThreads);
-    const int64_t tiles = (plan.channels + tile_channels - 1) / tile_channels;
+    // As many whole channels as fit the block (at least 4, as inner < 64), then as many whole
+    // rows side by side as fit.
+    plan.tile_channels = std::min<int64_t>(plan.channels, kThreads / plan.inner);
+    plan.tile_elements = plan.tile_channels * plan.inner;
+    plan.lanes = kThreads / plan.tile_elements;
+    const int64_t tiles = (plan.channels + plan.tile_channels - 1) / plan.tile_channels;
     plan.slices = std::clamp<int64_t>((target + tiles - 1) / tiles, 1, std::min(plan.outer, max_slices));
     plan.blocks = tiles * plan.slices;
   }
@@ -413,6 +462,8 @@ void launch_backward_kernels(const LearnableBackwardArgs& a, const LearnableQPar
   T* dx = static_cast<T*>(a.grad_input);
   const unsigned int blocks = static_cast<unsigned int>(plan.blocks);
   switch (plan.split) {
+    case Split::kNone:
+      return;
     case Split::kFlat: {
       const bool per_tensor_rule = qp.kind == LearnableKind::kPerTensor;
       const bool vec = is_aligned16(x) && is_aligned16(dy) && (!kGradInput || is_aligned16(dx));
@@ -434,8 +485,9 @@ void launch_backward_kernels(const LearnableBackwardArgs& a, const LearnableQPar
       break;
     case Split::kRows:
       learnable_backward_rows_kernel<T, kGradInput, kReduce><<<blocks, kThreads, 0, stream>>>(
-          x, dy, dx, plan.channels, plan.inner, plan.outer, plan.slices, qp.scale, qp.zero_point, qp.quant_min,
-          qp.quant_max, qp.grad_factor, ps, pz);
+          x, dy, dx, plan.channels, plan.inner, plan.outer, plan.slices, static_cast<int32_t>(plan.tile_channels),
+          static_cast<int32_t>(plan.lanes), qp.scale, qp.zero_point, qp.quant_min, qp.quant_max, qp.grad_factor, ps,
+          pz);
       break;
   }
   if constexpr (kReduce) {
@@ -464,7 +516,7 @@ void launch_backward_typed(const LearnableBackwardArgs& a, const LearnableQParam
 cudaError_t launch_fake_quant_learnable(const LearnableForwardArgs& a, const LearnableQParams& qp,
                                         cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
-  if (qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (a.numel < 0 || qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       return launch_forward_typed<float>(a, qp, stream);
@@ -474,6 +526,10 @@ cudaError_t launch_fake_quant_learnable(const LearnableForwardArgs& a, const Lea
       return launch_forward_typed<BFloat16>(a, qp, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+LearnableBackwardShape learnable_backward_shape(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
+  return plan_backward(a, qp);
 }
 
 size_t learnable_backward_workspace_bytes(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
@@ -489,10 +545,12 @@ cudaError_t launch_fake_quant_learnable_backward(const LearnableBackwardArgs& a,
       const cudaError_t e = cudaMemsetAsync(a.grad_scale, 0, channels * sizeof(float), stream);
       if (e != cudaSuccess) return e;
     }
-    if (a.grad_zero_point != nullptr && channels > 0) return cudaMemsetAsync(a.grad_zero_point, 0, channels * sizeof(float), stream);
+    if (a.grad_zero_point != nullptr && channels > 0) {
+      return cudaMemsetAsync(a.grad_zero_point, 0, channels * sizeof(float), stream);
+    }
     return cudaSuccess;
   }
-  if (channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (!backward_args_valid(a, qp)) return cudaErrorInvalidValue;
   const BackwardPlan plan = plan_backward(a, qp);
   if (static_cast<size_t>(2 * plan.partials) * sizeof(double) > workspace_bytes) return cudaErrorInvalidValue;
   if (plan.blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
