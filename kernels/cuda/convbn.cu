@@ -9,7 +9,9 @@
 //   channels_last (inner = 1): blocks of 32 x 8 threads, the 32 lanes of a warp on 32
 //     consecutive channels of a row, 8 rows at a time, grid (row splits, channel tiles).
 // Elementwise passes take 8 elements (one ReLU-mask byte) per thread, grid-striding, with
-// 16-byte accesses when aligned. Sums are accumulated in double, as on the CPU.
+// 16-byte accesses when aligned; they compute the CPU reference's operations in its order
+// (products rounded on their own, never contracted into an FMA), so their outputs and ReLU
+// masks equal the CPU's bit for bit. Sums are accumulated in double, as on the CPU.
 #include <cub/block/block_reduce.cuh>
 
 #include <algorithm>
@@ -66,6 +68,11 @@ __device__ __forceinline__ T store_as(Acc v) {
     return from_float<T>(v);
   }
 }
+
+// a * b rounded on its own: nvcc contracts a * b + c into an FMA by default, which the CPU
+// reference (built with -ffp-contract=off) does not compute.
+__device__ __forceinline__ float mul_uncontracted(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_uncontracted(double a, double b) { return __dmul_rn(a, b); }
 
 __device__ __forceinline__ bool mask_bit(const uint8_t* mask, int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1u) != 0; }
 
@@ -206,6 +213,9 @@ struct SumsGrid {
 
 SumsGrid sums_grid(const ActivationLayout& l) {
   const int64_t target_blocks = static_cast<int64_t>(current_sm_count()) * 8;
+  // Blocks along the channels (NCHW) or channel tiles (channels_last): at most 32 per
+  // multiprocessor, as grid_for, and within gridDim.y's 65,535; the kernels stride over the rest.
+  const int64_t max_channel_blocks = std::min<int64_t>(65535, static_cast<int64_t>(current_sm_count()) * 32);
   SumsGrid g;
   g.nhwc = l.inner == 1 && l.channels > 1;
   if (g.nhwc) {
@@ -213,14 +223,15 @@ SumsGrid sums_grid(const ActivationLayout& l) {
     int64_t splits = (l.outer + kTileRows * 16 - 1) / (kTileRows * 16);
     splits = std::max<int64_t>(1, std::min(splits, std::max<int64_t>(1, target_blocks / tiles)));
     g.splits = static_cast<unsigned int>(splits);
-    g.grid = dim3(g.splits, static_cast<unsigned int>(std::min<int64_t>(tiles, 65535)));
+    g.grid = dim3(g.splits, static_cast<unsigned int>(std::min<int64_t>(tiles, max_channel_blocks)));
     g.block = dim3(kTileChannels, kTileRows);
   } else {
     const int64_t per_channel = l.outer * l.inner;
     int64_t splits = (per_channel + kThreads * 16 - 1) / (kThreads * 16);
     splits = std::max<int64_t>(1, std::min(splits, std::max<int64_t>(1, target_blocks / std::max<int64_t>(1, l.channels))));
     g.splits = static_cast<unsigned int>(splits);
-    g.grid = dim3(g.splits, static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(l.channels, 65535))));
+    const int64_t channel_blocks = std::max<int64_t>(1, std::min(l.channels, max_channel_blocks));
+    g.grid = dim3(g.splits, static_cast<unsigned int>(channel_blocks));
     g.block = dim3(kThreads);
   }
   return g;
@@ -265,19 +276,34 @@ cudaError_t dispatch(ConvBnDType dtype, F f) {
 
 // --- elementwise passes ------------------------------------------------------------------
 
-// The channel of element `base` and the position in its run, stepped element by element.
+// The channel of a memory offset and the position in its run. A thread of an elementwise
+// pass splits two offsets below 2^32 (its first group and the grid's stride, see
+// elementwise_grid), with 32-bit divisions, and steps from there: a 64-bit division per group
+// is a subroutine call, and the registers live across it spilled.
 struct ChannelCursor {
-  int64_t c, i, inner, channels;
-  __device__ __forceinline__ ChannelCursor(int64_t base, const ActivationLayout& l) : inner(l.inner), channels(l.channels) {
-    const int64_t run = base / l.inner;
-    i = base - run * l.inner;
-    c = run % l.channels;
+  int64_t c, i;
+  __device__ __forceinline__ ChannelCursor(uint32_t offset, const ActivationLayout& l) {
+    // A divisor of 2^32 or more exceeds the offset (and the run): quotient 0, remainder all.
+    const uint32_t run = l.inner > UINT32_MAX ? 0u : offset / static_cast<uint32_t>(l.inner);
+    i = offset - static_cast<int64_t>(run) * l.inner;
+    c = l.channels > UINT32_MAX ? run : run % static_cast<uint32_t>(l.channels);
   }
-  __device__ __forceinline__ void next() {
-    if (++i == inner) {
+  // One element on.
+  __device__ __forceinline__ void next(const ActivationLayout& l) {
+    if (++i == l.inner) {
       i = 0;
-      if (++c == channels) c = 0;
+      if (++c == l.channels) c = 0;
     }
+  }
+  // `step` elements on, step given as its own split (c < channels, i < inner).
+  __device__ __forceinline__ void advance(const ChannelCursor& step, const ActivationLayout& l) {
+    i += step.i;
+    c += step.c;
+    if (i >= l.inner) {
+      i -= l.inner;
+      ++c;
+    }
+    if (c >= l.channels) c -= l.channels;
   }
 };
 
@@ -290,40 +316,54 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t groups = mask_bytes(numel);
   const int64_t full = numel / kMaskGroup;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x;
+  // After a group the cursor is at its end; the thread's next group starts `gap` further on
+  // (only the last group is partial, and none follows it).
+  ChannelCursor cur(first * static_cast<uint32_t>(kMaskGroup), l);
+  const ChannelCursor gap((static_cast<uint32_t>(stride) - 1) * static_cast<uint32_t>(kMaskGroup), l);
+  for (int64_t g = first; g < groups; g += stride, cur.advance(gap, l)) {
     const int64_t base = g * kMaskGroup;
     const int valid = g < full ? kMaskGroup : static_cast<int>(numel - base);
+    // The tail's loops are unrolled with a guard (not bounded by `valid`) so that the group
+    // stays in registers: a runtime index would put it in local memory.
     Group<T> x;
     if (kVector && g < full) {
       x = load_group<T, true>(in + base);
     } else {
-      for (int j = 0; j < valid; ++j) x.v[j] = in[base + j];
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (j < valid) x.v[j] = in[base + j];
+      }
     }
-    ChannelCursor cur(base, l);
     unsigned int bits = 0;
 #pragma unroll
     for (int j = 0; j < kMaskGroup; ++j) {
       if (j < valid) {
-        Acc v = load_acc(x.v[j]) * coef[cur.c] + coef[l.channels + cur.c];
-        if (mask != nullptr) {
-          bits |= static_cast<unsigned int>(v > Acc(0)) << j;
-          v = v <= Acc(0) ? Acc(0) : v;  // NaN passes, as torch.relu
-        }
+        Acc v = mul_uncontracted(load_acc(x.v[j]), coef[cur.c]) + coef[l.channels + cur.c];
+        if (mask != nullptr) v = v <= Acc(0) ? Acc(0) : v;  // NaN passes, as torch.relu
         x.v[j] = store_as<T, Acc>(v);
-        cur.next();
+        // The bit is that of the stored output, as on the CPU: a positive value that rounds
+        // to 0 in fp16 / bf16 passes no gradient; NaN gives 0.
+        if (mask != nullptr) bits |= static_cast<unsigned int>(load_acc(x.v[j]) > Acc(0)) << j;
+        cur.next(l);
       }
     }
     if (kVector && g < full) {
       store_group<T, true>(out + base, x);
     } else {
-      for (int j = 0; j < valid; ++j) out[base + j] = x.v[j];
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (j < valid) out[base + j] = x.v[j];
+      }
     }
     if (mask != nullptr) mask[g] = static_cast<uint8_t>(bits);
   }
 }
 
+// At least 4 blocks per multiprocessor (at most 64 registers): the float64 instantiation,
+// with two groups of 8 doubles in flight, would otherwise take 80.
 template <typename T, bool kVector>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     backward_kernel(const T* __restrict__ dy, const T* __restrict__ z, const uint8_t* __restrict__ mask,
                     const typename AccOf<T>::type* __restrict__ coef, T* __restrict__ dz, ActivationLayout l) {
   using Acc = typename AccOf<T>::type;
@@ -332,35 +372,46 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t full = numel / kMaskGroup;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t C = l.channels;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x;
+  // After a group the cursor is at its end; the thread's next group starts `gap` further on
+  // (only the last group is partial, and none follows it).
+  ChannelCursor cur(first * static_cast<uint32_t>(kMaskGroup), l);
+  const ChannelCursor gap((static_cast<uint32_t>(stride) - 1) * static_cast<uint32_t>(kMaskGroup), l);
+  for (int64_t g = first; g < groups; g += stride, cur.advance(gap, l)) {
     const int64_t base = g * kMaskGroup;
     const int valid = g < full ? kMaskGroup : static_cast<int>(numel - base);
-    Group<T> gy, zz, out;
+    Group<T> gy, zz;  // gy is overwritten with the result, element by element
     if (kVector && g < full) {
       gy = load_group<T, true>(dy + base);
       if (z != nullptr) zz = load_group<T, true>(z + base);
     } else {
-      for (int j = 0; j < valid; ++j) {
-        gy.v[j] = dy[base + j];
-        if (z != nullptr) zz.v[j] = z[base + j];
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (j < valid) {
+          gy.v[j] = dy[base + j];
+          if (z != nullptr) zz.v[j] = z[base + j];
+        }
       }
     }
     const unsigned int bits = mask != nullptr ? mask[g] : 0xFFu;
-    ChannelCursor cur(base, l);
 #pragma unroll
     for (int j = 0; j < kMaskGroup; ++j) {
       if (j < valid) {
         const int64_t c = cur.c;
         const Acc gv = ((bits >> j) & 1u) ? load_acc(gy.v[j]) : Acc(0);
-        const Acc centered = z != nullptr ? (load_acc(zz.v[j]) - coef[2 * C + c]) * coef[3 * C + c] : Acc(0);
-        out.v[j] = store_as<T, Acc>(coef[c] * ((gv - coef[C + c]) - centered));
-        cur.next();
+        const Acc centered =
+            z != nullptr ? mul_uncontracted(load_acc(zz.v[j]) - coef[2 * C + c], coef[3 * C + c]) : Acc(0);
+        gy.v[j] = store_as<T, Acc>(coef[c] * ((gv - coef[C + c]) - centered));
+        cur.next(l);
       }
     }
     if (kVector && g < full) {
-      store_group<T, true>(dz + base, out);
+      store_group<T, true>(dz + base, gy);
     } else {
-      for (int j = 0; j < valid; ++j) dz[base + j] = out.v[j];
+#pragma unroll
+      for (int j = 0; j < kMaskGroup; ++j) {
+        if (j < valid) dz[base + j] = gy.v[j];
+      }
     }
   }
 }
@@ -417,6 +468,16 @@ __global__ void channels_kernel(ConvBnChannelArgs a) {
   }
 }
 
+// The elementwise passes' grid: grid_for's, and at most 2^21 blocks, so that a thread's first
+// element and the grid's stride in elements (at most 2^21 * 256 * 8 = 2^32) split in 32 bits.
+constexpr unsigned int kMaxElementwiseBlocks = static_cast<unsigned int>((uint64_t{1} << 32) / (kThreads * kMaskGroup));
+
+LaunchShape elementwise_grid(int64_t groups) {
+  LaunchShape shape = grid_for(groups, kThreads);
+  shape.blocks = std::min(shape.blocks, kMaxElementwiseBlocks);
+  return shape;
+}
+
 bool vector_ok(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs) {
     if (p != nullptr && !is_aligned16(p)) return false;
@@ -452,7 +513,7 @@ cudaError_t launch_channel_grad_sums(const ChannelGradSumsArgs& a, void* workspa
 cudaError_t launch_convbn_epilogue(const ConvBnEpilogueArgs& a, cudaStream_t stream) {
   const int64_t groups = mask_bytes(a.layout.numel());
   if (groups == 0) return cudaSuccess;
-  const LaunchShape shape = grid_for(groups, kThreads);
+  const LaunchShape shape = elementwise_grid(groups);
   return dispatch(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
@@ -471,7 +532,7 @@ cudaError_t launch_convbn_epilogue(const ConvBnEpilogueArgs& a, cudaStream_t str
 cudaError_t launch_convbn_backward(const ConvBnBackwardArgs& a, cudaStream_t stream) {
   const int64_t groups = mask_bytes(a.layout.numel());
   if (groups == 0) return cudaSuccess;
-  const LaunchShape shape = grid_for(groups, kThreads);
+  const LaunchShape shape = elementwise_grid(groups);
   return dispatch(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;

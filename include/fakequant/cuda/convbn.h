@@ -13,7 +13,9 @@
 namespace fakequant {
 namespace cuda {
 
-// Device memory the two-stage per-channel reductions need for their partial sums.
+// Device memory the two-stage per-channel reductions need for their partial sums (no
+// initialisation needed). The grid, and so the size, follows the current device's
+// multiprocessor count: ask with the device current that the launch will use.
 size_t channel_sums_workspace_bytes(const ActivationLayout& layout);
 
 cudaError_t launch_channel_moments(const ChannelMomentsArgs& args, void* workspace, cudaStream_t stream);
