@@ -10,7 +10,12 @@
 
 #include "fakequant/fake_quant.h"
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)
+// Evaluates expr once (a launch is not repeated to print its error).
+#define ASSERT_CUDA(expr)                                                        \
+  do {                                                                           \
+    const cudaError_t fq_cuda_status_ = (expr);                                  \
+    ASSERT_EQ(fq_cuda_status_, cudaSuccess) << cudaGetErrorString(fq_cuda_status_); \
+  } while (0)
 
 #define SKIP_WITHOUT_GPU() \
   if (!::fakequant_test::have_gpu()) GTEST_SKIP() << "no CUDA device"
