@@ -133,20 +133,26 @@ void launch_dispatch(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaSt
 cudaError_t launch_fake_quant_per_channel(const FakeQuantArgs& a, const PerChannelQParams& qp,
                                           cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
-  if (qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  if (a.numel < 0 || qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
+  // An unknown rounding, zero-point type or dtype would launch nothing and report success.
+  const bool known_rounding = qp.rounding == Rounding::kHalfEven || qp.rounding == Rounding::kHalfAway ||
+                              qp.rounding == Rounding::kStochastic;
+  const bool known_zero_point =
+      qp.zero_point_type == ZeroPointType::kInt32 || qp.zero_point_type == ZeroPointType::kFloat32;
+  if (!known_rounding || !known_zero_point) return cudaErrorInvalidValue;
   if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       launch_dispatch<float>(a, qp, stream);
-      break;
+      return cudaGetLastError();
     case DType::kFloat16:
       launch_dispatch<Half>(a, qp, stream);
-      break;
+      return cudaGetLastError();
     case DType::kBFloat16:
       launch_dispatch<BFloat16>(a, qp, stream);
-      break;
+      return cudaGetLastError();
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

@@ -141,6 +141,10 @@ cudaError_t launch_mg(const MaskedGradArgs& a, cudaStream_t stream) {
 cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& a, const PerTensorQParams& qp,
                                          cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
+  // An unknown rounding would launch nothing and report success.
+  const bool known_rounding = qp.rounding == Rounding::kHalfEven || qp.rounding == Rounding::kHalfAway ||
+                              qp.rounding == Rounding::kStochastic;
+  if (a.numel < 0 || !known_rounding) return cudaErrorInvalidValue;
   if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
@@ -155,6 +159,7 @@ cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& a, const PerTensor
 
 cudaError_t launch_masked_grad(const MaskedGradArgs& a, cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
+  if (a.numel < 0) return cudaErrorInvalidValue;
   switch (a.dtype) {
     case DType::kFloat32:
       return launch_mg<float>(a, stream);

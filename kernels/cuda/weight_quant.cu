@@ -46,8 +46,8 @@ __device__ __forceinline__ uint32_t abs_bits_of(T v) {
 template <typename T, Rounding kMode, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     weight_abs_max_one_pass_kernel(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
-                                   float* __restrict__ scales, int64_t channels, int64_t len, int64_t per_block,
-                                   int32_t quant_min, int32_t quant_max, float eps, bool vector_io) {
+                                   float* __restrict__ scales, int64_t channels, int64_t blocks, int len,
+                                   int per_block, int32_t quant_min, int32_t quant_max, float eps, bool vector_io) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* tile = reinterpret_cast<T*>(smem_raw);
   using Reduce = cub::BlockReduce<uint32_t, kThreads>;
@@ -60,35 +60,39 @@ __global__ void __launch_bounds__(kThreads)
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
-  const int64_t blocks = (channels + per_block - 1) / per_block;
 
   for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
     const int64_t c0 = b * per_block;
     const int nch = static_cast<int>(per_block < channels - c0 ? per_block : channels - c0);
-    const int64_t begin = c0 * len;  // a multiple of 8: the block owns whole mask bytes
-    const int64_t count = nch * len;
+    // The block's elements start at a multiple of 8 (it owns whole mask bytes). Offsets inside
+    // the tile are 32-bit, as the tile fits in shared memory, and the block count comes from
+    // the host: 64-bit offsets (two registers each) and 64-bit divisions (one per mask group)
+    // made ptxas spill some instantiations.
+    const int64_t begin = c0 * len;
+    const int count = nch * len;
     const T* __restrict__ src = in + begin;
+    T* __restrict__ dst = out + begin;
 
     // 1. Stage the block's channels in shared memory; with one channel, take its abs-max on
     //    the way. Four 16-byte loads in flight per thread before the first shared store.
     uint32_t m = 0;
-    int64_t staged = 0;
+    int staged = 0;
     if (vector_io) {
       constexpr int kPerChunk = static_cast<int>(16 / sizeof(T));
       constexpr int kUnroll = 4;
-      const int64_t chunks = count / kPerChunk;
+      const int chunks = count / kPerChunk;
       const uint4* __restrict__ src4 = reinterpret_cast<const uint4*>(src);
       uint4* tile4 = reinterpret_cast<uint4*>(tile);
-      for (int64_t i0 = threadIdx.x; i0 < chunks; i0 += kUnroll * kThreads) {
+      for (int i0 = threadIdx.x; i0 < chunks; i0 += kUnroll * kThreads) {
         uint4 v[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t i = i0 + u * kThreads;
+          const int i = i0 + u * kThreads;
           if (i < chunks) v[u] = src4[i];
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t i = i0 + u * kThreads;
+          const int i = i0 + u * kThreads;
           if (i < chunks) {
             tile4[i] = v[u];
             T e[kPerChunk];
@@ -100,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       staged = chunks * kPerChunk;
     }
-    for (int64_t i = staged + threadIdx.x; i < count; i += kThreads) {
+    for (int i = staged + threadIdx.x; i < count; i += kThreads) {
       const T v = src[i];
       tile[i] = v;
       m = umax(m, abs_bits_of(v));
@@ -111,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < nch; ++j) {
       if (nch > 1) {
         m = 0;
-        for (int64_t i = threadIdx.x; i < len; i += kThreads) m = umax(m, abs_bits_of(tile[j * len + i]));
+        for (int i = threadIdx.x; i < len; i += kThreads) m = umax(m, abs_bits_of(tile[j * len + i]));
       }
       const uint32_t block_max = Reduce(reduce_storage).Reduce(m, ::cuda::maximum<>{});
       if (threadIdx.x == 0) {
@@ -125,12 +129,12 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // 3. Quant-dequant from shared memory, one 8-element mask group per thread.
-    const int64_t groups = mask_bytes(count);
-    const int64_t full_groups = count / kMaskGroup;
-    for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
-      const int64_t e0 = g * kMaskGroup;
-      int j = static_cast<int>(e0 / len);
-      int64_t within = e0 - j * len;
+    const int groups = static_cast<int>(mask_bytes(count));
+    const int full_groups = count / kMaskGroup;
+    for (int g = threadIdx.x; g < groups; g += kThreads) {
+      const int e0 = g * kMaskGroup;
+      int j = e0 / len;
+      int within = e0 - j * len;
       const bool full = g < full_groups;
       Group<T> x;
       if (full) {
@@ -157,14 +161,14 @@ __global__ void __launch_bounds__(kThreads)
       }
       if (full) {
         if (vector_io) {
-          store_group<T, true>(out + begin + e0, y);
+          store_group<T, true>(dst + e0, y);
         } else {
-          store_group<T, false>(out + begin + e0, y);
+          store_group<T, false>(dst + e0, y);
         }
       } else {
 #pragma unroll
         for (int t = 0; t < kMaskGroup; ++t) {
-          if (e0 + t < count) out[begin + e0 + t] = y.v[t];
+          if (e0 + t < count) dst[e0 + t] = y.v[t];
         }
       }
       if (mask != nullptr) mask[begin / kMaskGroup + g] = bits;
@@ -175,9 +179,11 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, Rounding kMode>
 void launch_one_pass(const WeightAbsMaxArgs& a, cudaStream_t stream) {
-  const int64_t len = weight_channel_length(a);
-  const int64_t per_block = weight_channels_per_block(len);
-  const int64_t tile = std::min(per_block, a.channels) * len;
+  // The one-pass test guarantees that a tile, hence a channel, fits in shared memory: both
+  // lengths are far below 2^31.
+  const int len = static_cast<int>(weight_channel_length(a));
+  const int per_block = static_cast<int>(weight_channels_per_block(len));
+  const int64_t tile = std::min<int64_t>(per_block, a.channels) * len;
   const size_t smem = static_cast<size_t>((tile * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16);
   const int64_t blocks = (a.channels + per_block - 1) / per_block;
   const unsigned int grid =
@@ -187,8 +193,8 @@ void launch_one_pass(const WeightAbsMaxArgs& a, cudaStream_t stream) {
   T* out = static_cast<T*>(a.output);
   const bool vec = is_aligned16(in) && is_aligned16(out);
   auto go = [&](auto kernel, int threads) {
-    kernel<<<grid, threads, smem, stream>>>(in, out, a.mask, a.scale, a.channels, len, per_block, a.quant_min,
-                                            a.quant_max, a.eps, vec);
+    kernel<<<grid, threads, smem, stream>>>(in, out, a.mask, a.scale, a.channels, blocks, len, per_block,
+                                            a.quant_min, a.quant_max, a.eps, vec);
   };
   // Threads per block follow the groups of one tile (short channels: small blocks, many of
   // them resident per multiprocessor).
@@ -309,7 +315,7 @@ void launch_reduction(const WeightAbsMaxArgs& a, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_typed(const WeightAbsMaxArgs& a, const int32_t* zero_points, cudaStream_t stream) {
   if (weight_abs_max_one_pass(a)) {
-    if (a.rounding == Rounding::kHalfAway) {
+    if (a.rounding == Rounding::kHalfAway) {  // else kHalfEven: the only other mode accepted
       launch_one_pass<T, Rounding::kHalfAway>(a, stream);
     } else {
       launch_one_pass<T, Rounding::kHalfEven>(a, stream);
@@ -341,6 +347,10 @@ bool weight_abs_max_one_pass(const WeightAbsMaxArgs& a) {
 
 cudaError_t launch_fake_quant_weight_abs_max(const WeightAbsMaxArgs& a, const int32_t* zero_points,
                                              cudaStream_t stream) {
+  // Deterministic roundings only, on both paths and before anything is written: the args carry
+  // no seed for stochastic rounding (which the one-pass kernel would otherwise have replaced by
+  // half_even without a word).
+  if (a.rounding != Rounding::kHalfEven && a.rounding != Rounding::kHalfAway) return cudaErrorInvalidValue;
   if (a.channels <= 0) return cudaSuccess;
   if (a.numel < 0 || (a.numel > 0 && a.channels > 1 && a.channel_stride <= 0)) return cudaErrorInvalidValue;
   switch (a.dtype) {

@@ -1,11 +1,18 @@
-// The CUDA kernels against the CPU reference, bit for bit. Skips without a GPU.
+// The CUDA quant-dequant kernels (per-tensor, per-channel) and the masked backward against
+// the CPU reference, bit for bit: every dtype, both deterministic roundings, empty, one-element
+// and odd-tailed inputs, input and output pointers off 16-byte alignment separately, dense
+// layouts with the channel at any position, the `enabled` switch, non-finite inputs and
+// out-of-contract qparams. Outputs are poisoned before each launch and the memory around
+// them is checked untouched. Stochastic rounding: test_stochastic_rounding_cuda.cu.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
-#include <tuple>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "fakequant/cuda/launch.h"
@@ -18,167 +25,559 @@ using namespace fakequant_test;
 
 namespace {
 
+constexpr int64_t kGuard = 8;              // poisoned elements after each device array
+constexpr unsigned char kPoison = 0x7F;    // fp32 3.4e38, fp16/bf16 NaN: shows where unwritten
+constexpr unsigned char kMaskPoison = 0xCD;
+
+// Element offsets of the input and the output pointer (an odd offset takes the pointer off
+// 16-byte alignment: the kernels' scalar path).
+struct Placement {
+  int64_t in, out;
+};
+constexpr Placement kPlacements[] = {{0, 0}, {1, 0}, {0, 1}, {3, 5}};
+
 template <typename T>
-std::vector<T> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 3.0f);
-  std::vector<T> v(n);
-  for (auto& e : v) e = fq::from_float<T>(dist(rng));
-  if (n > 4) v[1] = fq::from_float<T>(1e4f), v[2] = fq::from_float<T>(-1e4f);
+uint32_t bits_of(const T& v) {
+  uint32_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+
+// Bitwise equality, reporting the first difference.
+std::string hex(uint32_t v) {
+  char s[16];
+  std::snprintf(s, sizeof(s), "0x%X", v);
+  return s;
+}
+
+template <typename T>
+::testing::AssertionResult same_bits(const std::vector<T>& want, const std::vector<T>& got) {
+  if (want.size() != got.size()) return ::testing::AssertionFailure() << "sizes " << want.size() << " vs " << got.size();
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::memcmp(&want[i], &got[i], sizeof(T)) != 0) {
+      auto f = ::testing::AssertionFailure();
+      f << "first difference at element " << i << " of " << want.size() << ": want " << hex(bits_of(want[i]))
+        << ", got " << hex(bits_of(got[i]));
+      if constexpr (!std::is_same_v<T, uint8_t>) f << " (" << fq::to_float(want[i]) << " vs " << fq::to_float(got[i]) << ")";
+      return f;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// `n` elements at `offset` elements into a device allocation of offset + n + kGuard elements,
+// every byte poisoned first. download() returns the n elements and fails the test if anything
+// around them changed.
+template <typename T>
+class DeviceSpan {
+ public:
+  DeviceSpan(int64_t n, int64_t offset, unsigned char poison = kPoison)
+      : buf_(static_cast<size_t>(offset + n + kGuard)), n_(n), offset_(offset), poison_(poison) {
+    EXPECT_EQ(cudaMemset(buf_.ptr, poison, total_bytes()), cudaSuccess);
+  }
+  explicit DeviceSpan(const std::vector<T>& v, int64_t offset = 0) : DeviceSpan(static_cast<int64_t>(v.size()), offset) {
+    EXPECT_EQ(cudaMemcpy(ptr(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  T* ptr() const { return buf_.ptr + offset_; }
+  std::vector<T> download(const char* what) const {
+    std::vector<unsigned char> all(total_bytes());
+    EXPECT_EQ(cudaMemcpy(all.data(), buf_.ptr, all.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    const size_t first = static_cast<size_t>(offset_) * sizeof(T), end = static_cast<size_t>(offset_ + n_) * sizeof(T);
+    for (size_t i = 0; i < all.size(); ++i) {
+      if ((i < first || i >= end) && all[i] != poison_) {
+        ADD_FAILURE() << what << ": byte " << i << " outside the " << n_ << " elements at offset " << offset_
+                      << " was written";
+        break;
+      }
+    }
+    std::vector<T> v(static_cast<size_t>(n_));
+    if (n_ > 0) std::memcpy(v.data(), all.data() + first, end - first);
+    return v;
+  }
+
+ private:
+  size_t total_bytes() const { return static_cast<size_t>(offset_ + n_ + kGuard) * sizeof(T); }
+  DeviceBuffer<T> buf_;
+  int64_t n_, offset_;
+  unsigned char poison_;
+};
+
+template <typename T>
+T from_bits(uint32_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
   return v;
 }
 
-// Runs GPU and CPU on the same data; `offset` elements shift the device pointers off
-// 16-byte alignment to exercise the scalar path.
+// Non-finite and extreme values of each dtype, by bit pattern: NaNs of both signs (with
+// payloads, a signalling one), +-inf, +-0, the largest finite values, the smallest subnormal.
 template <typename T>
-void compare_with_cpu(int64_t n, int64_t offset, fq::Rounding mode, float scale, int32_t zp, int32_t qmin,
-                      int32_t qmax) {
-  const std::vector<T> x = random_values<T>(n, static_cast<uint32_t>(n * 7 + offset));
+std::vector<T> special_values() {
+  std::vector<uint32_t> b;
+  if constexpr (std::is_same_v<T, float>) {
+    b = {0x7FC00000u, 0xFFC01234u, 0x7F800001u, 0x7F800000u, 0xFF800000u, 0x80000000u, 0x00000000u,
+         0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u};
+  } else if constexpr (std::is_same_v<T, fq::Half>) {
+    b = {0x7E00u, 0xFE01u, 0x7C01u, 0x7C00u, 0xFC00u, 0x8000u, 0x0000u, 0x7BFFu, 0xFBFFu, 0x0001u};
+  } else {
+    b = {0x7FC0u, 0xFFC1u, 0x7F81u, 0x7F80u, 0xFF80u, 0x8000u, 0x0000u, 0x7F7Fu, 0xFF7Fu, 0x0001u};
+  }
+  std::vector<T> v;
+  for (uint32_t x : b) v.push_back(from_bits<T>(x));
+  return v;
+}
+
+// n values: normal with standard deviation `spread`, every fourth one an exact multiple of
+// tie_step / 2 (ties of the rounding when tie_step is the scale, a power of two), and, from
+// 16 elements on, the special values spread over the tensor (first and last element included).
+template <typename T>
+std::vector<T> test_values(int64_t n, uint32_t seed, float spread, float tie_step) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, spread);
+  std::uniform_int_distribution<int> half_steps(-600, 600);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = fq::from_float<T>(i % 4 == 3 ? static_cast<float>(half_steps(rng)) * 0.5f * tie_step : dist(rng));
+  }
+  if (n >= 16) {
+    const std::vector<T> specials = special_values<T>();
+    for (size_t k = 0; k < specials.size(); ++k) {
+      const int64_t at = k == 0 ? 0 : k == 1 ? n - 1 : static_cast<int64_t>((k * 7919u) % static_cast<size_t>(n));
+      v[at] = specials[k];
+    }
+  }
+  return v;
+}
+
+// ----------------------------------------------------------------------------------------
+// Per-tensor.
+
+struct TensorQParams {
+  float scale;
+  int32_t zero_point, quant_min, quant_max;
+};
+
+// 8-bit signed and unsigned, 16-bit with a large zero point, 4-bit and 2-level ranges; the
+// power-of-two scales make the ties of test_values exact.
+const TensorQParams kTensorQParams[] = {
+    {0.0173f, 0, -128, 127}, {0.125f, 17, 0, 255}, {0.002f, -300, -32768, 32767}, {0.25f, 3, -8, 7}, {0.5f, 0, 0, 1}};
+
+template <typename T>
+void check_per_tensor(int64_t n, Placement at, fq::Rounding mode, const TensorQParams& q,
+                      std::optional<int64_t> enabled = std::nullopt, bool with_mask = true) {
+  const float spread = static_cast<float>(q.quant_max - q.quant_min) * q.scale * 0.4f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 7 + at.in * 3 + at.out), spread, q.scale);
+  const int64_t enabled_value = enabled.value_or(1);
   std::vector<T> y_cpu(n);
   std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
   fq::fake_quant_per_tensor_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n},
-                                {&scale, &zp, qmin, qmax, mode});
+                                {&q.scale, &q.zero_point, q.quant_min, q.quant_max, mode, nullptr,
+                                 enabled ? &enabled_value : nullptr});
 
-  DeviceBuffer<T> dx(n + offset), dy(n + offset);
-  DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
-  DeviceBuffer<float> ds(1);
-  DeviceBuffer<int32_t> dz(1);
-  ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemset(dy.ptr, 0x7F, (n + offset) * sizeof(T)));  // poison
-  ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
-  ASSERT_CUDA(cudaMemcpy(ds.ptr, &scale, sizeof(float), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dz.ptr, &zp, sizeof(int32_t), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({dtype_of<T>(), dx.ptr + offset, dy.ptr + offset, dm.ptr, n},
-                                                     {ds.ptr, dz.ptr, qmin, qmax, mode}, nullptr));
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(std::vector<float>{q.scale});
+  DeviceSpan<int32_t> dz(std::vector<int32_t>{q.zero_point});
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor(
+      {dtype_of<T>(), dx.ptr(), dy.ptr(), with_mask ? dm.ptr() : nullptr, n},
+      {ds.ptr(), dz.ptr(), q.quant_min, q.quant_max, mode, nullptr, enabled ? de.ptr() : nullptr}, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
-  std::vector<T> y_gpu(n);
-  std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
-  ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
-  ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
-  ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(T))) << "n=" << n << " offset=" << offset;
-  ASSERT_EQ(m_cpu, m_gpu) << "n=" << n << " offset=" << offset;
+  const auto where = [&] {
+    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " n=" << n << " offsets=" << at.in << "/" << at.out
+                                << " " << fq::rounding_name(mode) << " scale=" << q.scale << " zp=" << q.zero_point
+                                << " range=[" << q.quant_min << "," << q.quant_max << "]"
+                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none");
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  const std::vector<uint8_t> m_gpu = dm.download("mask");
+  if (with_mask) {
+    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
+  } else {
+    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
+  }
+  ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();  // the input is left alone
 }
 
 class FakeQuantCuda : public ::testing::TestWithParam<int64_t> {};
 
-TEST_P(FakeQuantCuda, Float32MatchesCpuReference) {
+TEST_P(FakeQuantCuda, PerTensorMatchesCpuReference) {
   SKIP_WITHOUT_GPU();
-  for (const int64_t offset : {0, 1, 3})
-    for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
-      compare_with_cpu<float>(GetParam(), offset, mode, 0.0173f, 0, -128, 127);
-      compare_with_cpu<float>(GetParam(), offset, mode, 0.11f, 17, 0, 255);
-      compare_with_cpu<float>(GetParam(), offset, mode, 0.002f, -300, -32768, 32767);
-    }
+  for (const Placement at : kPlacements)
+    for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway})
+      for (const TensorQParams& q : kTensorQParams) {
+        check_per_tensor<float>(GetParam(), at, mode, q);
+        check_per_tensor<fq::Half>(GetParam(), at, mode, q);
+        check_per_tensor<fq::BFloat16>(GetParam(), at, mode, q);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
 }
 
-TEST_P(FakeQuantCuda, HalfAndBFloat16MatchCpuReference) {
+// One element, a partial group, one group, a group and a bit, 31 groups and a tail, more than
+// one block of 256 threads.
+INSTANTIATE_TEST_SUITE_P(Sizes, FakeQuantCuda, ::testing::Values(1, 7, 8, 9, 255, 4097));
+
+// Beyond one grid of a device with a few multiprocessors, so that the grid strides.
+TEST(FakeQuantCudaLarge, PerTensorMatchesCpuReference) {
   SKIP_WITHOUT_GPU();
-  for (const int64_t offset : {0, 1})
-    for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
-      compare_with_cpu<fq::Half>(GetParam(), offset, mode, 0.05f, 3, -128, 127);
-      compare_with_cpu<fq::BFloat16>(GetParam(), offset, mode, 0.05f, 3, -8, 7);
-    }
+  const int64_t n = 200003;
+  check_per_tensor<float>(n, {0, 0}, fq::Rounding::kHalfEven, kTensorQParams[0]);
+  check_per_tensor<float>(n, {1, 0}, fq::Rounding::kHalfAway, kTensorQParams[1]);
+  check_per_tensor<fq::Half>(n, {0, 1}, fq::Rounding::kHalfEven, kTensorQParams[2]);
+  check_per_tensor<fq::BFloat16>(n, {0, 0}, fq::Rounding::kHalfAway, kTensorQParams[3]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, FakeQuantCuda, ::testing::Values(1, 7, 8, 9, 255, 4097, 1 << 20, (1 << 22) + 5));
-
-TEST(FakeQuantCudaEdges, OutOfContractQParamsPoisonOnDevice) {
+TEST(FakeQuantCudaEdges, PerTensorWithoutMaskWritesTheOutputOnly) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 1000;
-  const std::vector<float> x = random_values<float>(n, 1);
-  DeviceBuffer<float> dx(n), dy(n), ds(1);
-  DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
-  DeviceBuffer<int32_t> dz(1);
-  ASSERT_CUDA(cudaMemcpy(dx.ptr, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  const float bad_scale = -1.0f;
-  const int32_t zp = 0;
-  ASSERT_CUDA(cudaMemcpy(ds.ptr, &bad_scale, sizeof(float), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dz.ptr, &zp, sizeof(int32_t), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, dx.ptr, dy.ptr, dm.ptr, n},
-                                                     {ds.ptr, dz.ptr, -128, 127, fq::Rounding::kHalfEven}, nullptr));
-  std::vector<float> y(n);
-  std::vector<uint8_t> m(fq::mask_bytes(n));
-  ASSERT_CUDA(cudaMemcpy(y.data(), dy.ptr, n * sizeof(float), cudaMemcpyDeviceToHost));
-  ASSERT_CUDA(cudaMemcpy(m.data(), dm.ptr, m.size(), cudaMemcpyDeviceToHost));
-  for (float v : y) ASSERT_TRUE(std::isnan(v));
-  for (uint8_t b : m) ASSERT_EQ(b, 0);
+  for (const int64_t n : {1, 13, 4099}) {
+    check_per_tensor<float>(n, {0, 0}, fq::Rounding::kHalfEven, kTensorQParams[0], std::nullopt, false);
+    check_per_tensor<fq::Half>(n, {1, 0}, fq::Rounding::kHalfAway, kTensorQParams[1], 1, false);
+  }
+}
+
+// `enabled` pointing to 0: the input passes through and every mask bit is set (padding bits
+// 0), whatever the qparams; any other value: fake quant as without the switch.
+TEST(FakeQuantCudaEdges, PerTensorEnabledSwitch) {
+  SKIP_WITHOUT_GPU();
+  const TensorQParams bad{-1.0f, 0, -128, 127};
+  for (const int64_t n : {1, 13, 4099})
+    for (const Placement at : {Placement{0, 0}, Placement{1, 0}, Placement{0, 1}})
+      for (const int64_t enabled : {0, 1, 7}) {
+        check_per_tensor<float>(n, at, fq::Rounding::kHalfEven, kTensorQParams[0], enabled);
+        check_per_tensor<fq::Half>(n, at, fq::Rounding::kHalfAway, kTensorQParams[3], enabled);
+        check_per_tensor<fq::BFloat16>(n, at, fq::Rounding::kHalfEven, bad, enabled);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+  // The pass-through written out: output == input bit for bit, mask all ones.
+  const int64_t n = 21;
+  const std::vector<float> x = test_values<float>(n, 5, 3.0f, 0.25f);
+  DeviceSpan<float> dx(x), dy(n, 0), ds(std::vector<float>{bad.scale});
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<int32_t> dz(std::vector<int32_t>{0});
+  DeviceSpan<int64_t> de(std::vector<int64_t>{0});
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, dx.ptr(), dy.ptr(), dm.ptr(), n},
+                                                     {ds.ptr(), dz.ptr(), -128, 127, fq::Rounding::kHalfEven, nullptr,
+                                                      de.ptr()},
+                                                     nullptr));
+  EXPECT_TRUE(same_bits(x, dy.download("output")));
+  EXPECT_EQ(dm.download("mask"), (std::vector<uint8_t>{0xFF, 0xFF, 0x1F}));
+}
+
+// Out-of-contract qparams (scale not a positive normal finite float, zero point outside the
+// range) poison the output with NaN and clear the mask, on every dtype and path.
+TEST(FakeQuantCudaEdges, PerTensorOutOfContractQParamsPoison) {
+  SKIP_WITHOUT_GPU();
+  const TensorQParams bad[] = {{-1.0f, 0, -128, 127},    {0.0f, 0, -128, 127},      {-0.0f, 0, -128, 127},
+                               {NAN, 0, -128, 127},      {INFINITY, 0, -128, 127},  {1e-39f, 0, -128, 127},
+                               {0.1f, 128, -128, 127},   {0.1f, -129, -128, 127},   {0.1f, 16, 0, 15}};
+  for (const TensorQParams& q : bad)
+    for (const Placement at : {Placement{0, 0}, Placement{1, 3}}) {
+      check_per_tensor<float>(1001, at, fq::Rounding::kHalfEven, q);
+      check_per_tensor<fq::Half>(1001, at, fq::Rounding::kHalfAway, q);
+      check_per_tensor<fq::BFloat16>(1001, at, fq::Rounding::kHalfEven, q);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  // What the poison is, written out: NaN everywhere (the canonical 16-bit NaN), mask 0.
+  const int64_t n = 37;
+  const std::vector<fq::Half> x = test_values<fq::Half>(n, 9, 3.0f, 0.25f);
+  DeviceSpan<fq::Half> dx(x), dy(n, 0);
+  DeviceSpan<float> ds(std::vector<float>{-0.5f});
+  DeviceSpan<int32_t> dz(std::vector<int32_t>{0});
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat16, dx.ptr(), dy.ptr(), dm.ptr(), n},
+                                                     {ds.ptr(), dz.ptr(), -128, 127, fq::Rounding::kHalfEven}, nullptr));
+  for (const fq::Half v : dy.download("output")) ASSERT_EQ(v.bits, 0x7FFFu);
+  for (const uint8_t b : dm.download("mask")) ASSERT_EQ(b, 0u);
+}
+
+// docs/numerics.md, "Non-finite inputs", written out: NaN -> NaN (fp32 keeps its bits), +inf ->
+// (quant_max - zp) * s, -inf -> (quant_min - zp) * s, mask 0 for all three.
+TEST(FakeQuantCudaEdges, NonFiniteInputsFollowTheContract) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<float> x = {1.0f, NAN, INFINITY, -INFINITY, from_bits<float>(0xFFC01234u), 0.5f, -0.25f, 1e30f, -1e30f};
+  const int64_t n = static_cast<int64_t>(x.size());
+  const float scale = 0.25f;
+  const int32_t zp = 3;
+  for (const Placement at : {Placement{0, 0}, Placement{1, 1}}) {
+    DeviceSpan<float> dx(x, at.in), dy(n, at.out), ds(std::vector<float>{scale});
+    DeviceSpan<int32_t> dz(std::vector<int32_t>{zp});
+    DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, dx.ptr(), dy.ptr(), dm.ptr(), n},
+                                                       {ds.ptr(), dz.ptr(), -8, 7, fq::Rounding::kHalfEven}, nullptr));
+    const std::vector<float> y = dy.download("output");
+    const std::vector<uint8_t> m = dm.download("mask");
+    EXPECT_EQ(y[0], 1.0f);
+    EXPECT_EQ(bits_of(y[1]), bits_of(x[1]));
+    EXPECT_EQ(y[2], (7 - zp) * scale);
+    EXPECT_EQ(y[3], (-8 - zp) * scale);
+    EXPECT_EQ(bits_of(y[4]), 0xFFC01234u);
+    EXPECT_EQ(y[5], 0.5f);
+    EXPECT_EQ(y[6], -0.25f);
+    EXPECT_EQ(y[7], (7 - zp) * scale);
+    EXPECT_EQ(y[8], (-8 - zp) * scale);
+    // In range: elements 0, 5, 6 (q = 7, 5, 2).
+    EXPECT_EQ(m, (std::vector<uint8_t>{0x61, 0x00}));
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// Per-channel.
+
+// Memory [outer][channels][inner]: channel_stride = inner. outer 1 is the channel axis
+// outermost; inner 1 the channel innermost (channels_last along C); both > 1 a middle axis.
+struct ChannelLayout {
+  int64_t outer, channels, inner;
+};
+
+// Out-of-contract channels for check_per_channel: channel 0 a negative scale, 1 a zero point
+// outside the range (int) or NaN (float), 2 a NaN scale, 3 an infinite scale, 4 a subnormal.
+constexpr int kBadChannels = 5;
+
+template <typename T>
+void check_per_channel(ChannelLayout l, Placement at, fq::Rounding mode, bool float_zp, int32_t qmin, int32_t qmax,
+                       std::optional<int64_t> enabled = std::nullopt, bool bad_channels = false,
+                       bool with_mask = true) {
+  const int64_t n = l.outer * l.channels * l.inner;
+  const int64_t channels = l.channels;
+  std::mt19937 rng(static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out));
+  // Power-of-two scales (exact ties) and arbitrary ones.
+  std::uniform_real_distribution<float> scale_dist(0.005f, 0.05f);
+  std::uniform_real_distribution<float> zp_dist(static_cast<float>(qmin), static_cast<float>(qmax));
+  std::vector<float> scales(channels), zps_f(channels);
+  std::vector<int32_t> zps_i(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    scales[c] = c % 3 == 0 ? std::ldexp(1.0f, -3 - static_cast<int>(c % 5)) : scale_dist(rng);
+    zps_f[c] = zp_dist(rng);
+    zps_i[c] = static_cast<int32_t>(std::lround(zps_f[c]));
+  }
+  if (bad_channels) {
+    const float bad_scales[kBadChannels] = {-0.5f, 0.1f, NAN, INFINITY, 1e-39f};
+    for (int64_t c = 0; c < std::min<int64_t>(channels, kBadChannels); ++c) scales[c] = bad_scales[c];
+    if (channels > 1) zps_i[1] = qmax + 1, zps_f[1] = NAN;
+  }
+  const float spread = static_cast<float>(qmax - qmin) * 0.02f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
+  const int64_t enabled_value = enabled.value_or(1);
+
+  fq::PerChannelQParams qp;
+  qp.scale = scales.data();
+  qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
+  qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
+  qp.channels = channels;
+  qp.channel_stride = l.inner;
+  qp.quant_min = qmin;
+  qp.quant_max = qmax;
+  qp.rounding = mode;
+  qp.enabled = enabled ? &enabled_value : nullptr;
+  std::vector<T> y_cpu(n);
+  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+  fq::fake_quant_per_channel_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
+
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(scales);
+  DeviceSpan<float> dzf(zps_f);
+  DeviceSpan<int32_t> dzi(zps_i);
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
+  fq::PerChannelQParams dqp = qp;
+  dqp.scale = ds.ptr();
+  dqp.zero_point = float_zp ? static_cast<const void*>(dzf.ptr()) : static_cast<const void*>(dzi.ptr());
+  dqp.enabled = enabled ? de.ptr() : nullptr;
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel(
+      {dtype_of<T>(), dx.ptr(), dy.ptr(), with_mask ? dm.ptr() : nullptr, n}, dqp, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const auto where = [&] {
+    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " " << l.outer << "x" << l.channels << "x"
+                                << l.inner << " offsets=" << at.in << "/" << at.out << " " << fq::rounding_name(mode)
+                                << " float_zp=" << float_zp << " range=[" << qmin << "," << qmax << "]"
+                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none")
+                                << " bad_channels=" << bad_channels;
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  const std::vector<uint8_t> m_gpu = dm.download("mask");
+  if (with_mask) {
+    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
+  } else {
+    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
+  }
+}
+
+const ChannelLayout kChannelLayouts[] = {
+    {1, 1, 1},    {1, 1, 1001},  // one element; one channel
+    {1, 7, 1},    {1, 64, 1},    // channel innermost, one row
+    {257, 3, 1},  {9, 70, 1},    // channel innermost, many rows (channels_last)
+    {1, 5, 13},   {1, 16, 9},    // channel outermost
+    {3, 5, 7},    {2, 17, 41},   {4, 3, 2}, {2, 96, 9},  // middle axis
+};
+
+TEST(FakeQuantPerChannelCuda, MatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (const ChannelLayout& l : kChannelLayouts)
+    for (const Placement at : kPlacements)
+      for (const bool float_zp : {false, true})
+        for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
+          check_per_channel<float>(l, at, mode, float_zp, -128, 127);
+          check_per_channel<fq::Half>(l, at, mode, float_zp, 0, 15);
+          check_per_channel<fq::BFloat16>(l, at, mode, float_zp, -8, 7);
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+}
+
+// More channels than a grid dimension other than x may hold, innermost and outermost, and a
+// tensor beyond one grid of a device with a few multiprocessors.
+TEST(FakeQuantPerChannelCuda, ManyChannelsAndLargeTensors) {
+  SKIP_WITHOUT_GPU();
+  check_per_channel<float>({2, 70001, 1}, {0, 0}, fq::Rounding::kHalfEven, false, -128, 127);
+  check_per_channel<fq::Half>({1, 70001, 3}, {1, 0}, fq::Rounding::kHalfAway, true, -128, 127);
+  check_per_channel<fq::BFloat16>({3, 5, 13335}, {0, 1}, fq::Rounding::kHalfEven, false, -128, 127);
+  check_per_channel<float>({3, 5, 13335}, {0, 0}, fq::Rounding::kHalfAway, true, 0, 255);
+}
+
+TEST(FakeQuantPerChannelCuda, WithoutMaskWritesTheOutputOnly) {
+  SKIP_WITHOUT_GPU();
+  check_per_channel<float>({3, 5, 7}, {0, 0}, fq::Rounding::kHalfEven, false, -128, 127, std::nullopt, false, false);
+  check_per_channel<fq::BFloat16>({9, 70, 1}, {1, 1}, fq::Rounding::kHalfAway, true, -8, 7, 1, false, false);
+}
+
+TEST(FakeQuantPerChannelCuda, EnabledSwitch) {
+  SKIP_WITHOUT_GPU();
+  for (const ChannelLayout& l : {ChannelLayout{1, 1, 1}, ChannelLayout{3, 5, 7}, ChannelLayout{257, 3, 1}})
+    for (const Placement at : {Placement{0, 0}, Placement{1, 0}, Placement{0, 1}})
+      for (const int64_t enabled : {0, 1, -3})
+        for (const bool bad : {false, true}) {
+          check_per_channel<float>(l, at, fq::Rounding::kHalfEven, false, -128, 127, enabled, bad);
+          check_per_channel<fq::Half>(l, at, fq::Rounding::kHalfAway, true, -128, 127, enabled, bad);
+          check_per_channel<fq::BFloat16>(l, at, fq::Rounding::kHalfEven, false, -8, 7, enabled, bad);
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+}
+
+// Out-of-contract qparams poison their own channel only (check_per_channel's bad channels).
+TEST(FakeQuantPerChannelCuda, OutOfContractChannelsPoisonOnlyThemselves) {
+  SKIP_WITHOUT_GPU();
+  for (const ChannelLayout& l : {ChannelLayout{1, 7, 9}, ChannelLayout{5, 6, 1}, ChannelLayout{2, 6, 5}})
+    for (const bool float_zp : {false, true})
+      for (const Placement at : {Placement{0, 0}, Placement{1, 0}}) {
+        check_per_channel<float>(l, at, fq::Rounding::kHalfEven, float_zp, -128, 127, std::nullopt, true);
+        check_per_channel<fq::Half>(l, at, fq::Rounding::kHalfAway, float_zp, -128, 127, std::nullopt, true);
+        check_per_channel<fq::BFloat16>(l, at, fq::Rounding::kHalfEven, float_zp, 0, 255, std::nullopt, true);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+  // Written out for channel 0 (negative scale) of a [1, 7, 9] float tensor: NaN and mask 0
+  // for its 9 elements, channel 5 (valid) in contract.
+  const int64_t n = 63;
+  const std::vector<float> x = test_values<float>(n, 3, 0.5f, 0.125f);
+  std::vector<float> scales(7, 0.125f);
+  scales[0] = -0.125f;
+  const std::vector<int32_t> zps(7, 0);
+  DeviceSpan<float> dx(x), dy(n, 0), ds(scales);
+  DeviceSpan<int32_t> dz(zps);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  fq::PerChannelQParams qp;
+  qp.scale = ds.ptr(), qp.zero_point = dz.ptr(), qp.channels = 7, qp.channel_stride = 9;
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel({fq::DType::kFloat32, dx.ptr(), dy.ptr(), dm.ptr(), n}, qp,
+                                                      nullptr));
+  const std::vector<float> y = dy.download("output");
+  const std::vector<uint8_t> m = dm.download("mask");
+  for (int i = 0; i < 9; ++i) {
+    EXPECT_EQ(bits_of(y[i]), 0x7FC00000u) << i;
+    EXPECT_EQ((m[i / 8] >> (i % 8)) & 1, 0) << i;
+  }
+  for (int i = 45; i < 54; ++i) {
+    if (std::isnan(x[i])) continue;
+    const float q = std::nearbyint(x[i] * 8.0f);
+    EXPECT_EQ(y[i], std::min(std::max(q, -128.0f), 127.0f) * 0.125f) << i;
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// Masked backward.
+
+template <typename T>
+void check_masked_grad(int64_t n, Placement at) {
+  const std::vector<T> g = test_values<T>(n, static_cast<uint32_t>(n + at.in), 2.0f, 0.5f);
+  std::mt19937 rng(static_cast<uint32_t>(n * 5 + at.out));
+  std::vector<uint8_t> mask(fq::mask_bytes(n));
+  for (auto& b : mask) b = static_cast<uint8_t>(rng());  // padding bits set too: ignored
+  std::vector<T> ref(n);
+  fq::masked_grad_cpu({dtype_of<T>(), g.data(), mask.data(), ref.data(), n});
+  DeviceSpan<T> dg(g, at.in), dout(n, at.out);
+  DeviceSpan<uint8_t> dm(mask);
+  ASSERT_CUDA(fq::cuda::launch_masked_grad({dtype_of<T>(), dg.ptr(), dm.ptr(), dout.ptr(), n}, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_TRUE(same_bits(ref, dout.download("grad_input")))
+      << fq::dtype_name(dtype_of<T>()) << " n=" << n << " offsets=" << at.in << "/" << at.out;
 }
 
 TEST(MaskedGradCuda, MatchesCpuReference) {
   SKIP_WITHOUT_GPU();
-  for (const int64_t n : {1, 8, 13, 4099, (1 << 20) + 3}) {
-    for (const int64_t offset : {0, 1}) {
-      const std::vector<float> g = random_values<float>(n, static_cast<uint32_t>(n));
-      std::mt19937 rng(static_cast<uint32_t>(n + offset));
-      std::vector<uint8_t> mask(fq::mask_bytes(n));
-      for (auto& b : mask) b = static_cast<uint8_t>(rng());
-      std::vector<float> ref(n);
-      fq::masked_grad_cpu({fq::DType::kFloat32, g.data(), mask.data(), ref.data(), n});
-      DeviceBuffer<float> dg(n + offset), dout(n + offset);
-      DeviceBuffer<uint8_t> dm(mask.size());
-      ASSERT_CUDA(cudaMemcpy(dg.ptr + offset, g.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-      ASSERT_CUDA(cudaMemcpy(dm.ptr, mask.data(), mask.size(), cudaMemcpyHostToDevice));
-      ASSERT_CUDA(fq::cuda::launch_masked_grad({fq::DType::kFloat32, dg.ptr + offset, dm.ptr, dout.ptr + offset, n}, nullptr));
-      std::vector<float> out(n);
-      ASSERT_CUDA(cudaMemcpy(out.data(), dout.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
-      ASSERT_EQ(0, std::memcmp(out.data(), ref.data(), n * sizeof(float))) << "n=" << n;
+  for (const int64_t n : {1, 7, 8, 13, 4099})
+    for (const Placement at : kPlacements) {
+      check_masked_grad<float>(n, at);
+      check_masked_grad<fq::Half>(n, at);
+      check_masked_grad<fq::BFloat16>(n, at);
+      if (::testing::Test::HasFatalFailure()) return;
     }
-  }
+  check_masked_grad<float>(200003, {0, 0});
+  check_masked_grad<fq::BFloat16>(200003, {0, 1});
 }
 
-// Per-channel: every (outer, C, inner) split, int and float zero points, misaligned
-// pointers, against the CPU reference bit for bit.
-TEST(FakeQuantPerChannelCuda, MatchesCpuReference) {
-  SKIP_WITHOUT_GPU();
-  for (const auto& [outer, channels, inner] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 7}, {1, 64, 1},
-                                               {257, 3, 1}, {2, 17, 4097}, {1, 1, 100003}, {8, 96, 49}}) {
-    for (const bool float_zp : {false, true}) {
-      for (const int64_t offset : {0, 1}) {
-        const int64_t n = outer * channels * inner;
-        const std::vector<float> x = random_values<float>(n, static_cast<uint32_t>(n + channels));
-        std::mt19937 rng(static_cast<uint32_t>(channels + offset));
-        std::uniform_real_distribution<float> sd(0.005f, 0.05f), zf(-20.0f, 20.0f);
-        std::vector<float> scales(channels), zps_f(channels);
-        std::vector<int32_t> zps_i(channels);
-        for (int64_t c = 0; c < channels; ++c) scales[c] = sd(rng), zps_f[c] = zf(rng), zps_i[c] = static_cast<int32_t>(zps_f[c]);
-        fq::PerChannelQParams qp;
-        qp.scale = scales.data();
-        qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
-        qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
-        qp.channels = channels;
-        qp.channel_stride = inner;
-        std::vector<float> y_cpu(n);
-        std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
-        fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
+// ----------------------------------------------------------------------------------------
+// Arguments (checked before any device work: no GPU needed).
 
-        DeviceBuffer<float> dx(n + offset), dy(n + offset), ds(channels);
-        DeviceBuffer<int32_t> dz(channels);  // 4-byte zero points of either type
-        DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
-        ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemcpy(ds.ptr, scales.data(), channels * sizeof(float), cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemcpy(dz.ptr, qp.zero_point, channels * 4, cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
-        fq::PerChannelQParams dqp = qp;
-        dqp.scale = ds.ptr;
-        dqp.zero_point = dz.ptr;
-        ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel({fq::DType::kFloat32, dx.ptr + offset, dy.ptr + offset, dm.ptr, n},
-                                                            dqp, nullptr));
-        std::vector<float> y_gpu(n);
-        std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
-        ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
-        ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
-        ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(float)))
-            << outer << "x" << channels << "x" << inner << " float_zp=" << float_zp << " offset=" << offset;
-        ASSERT_EQ(m_cpu, m_gpu);
-      }
-    }
-  }
+TEST(FakeQuantCudaArgs, EmptyLaunchesAreNoOps) {
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, nullptr, nullptr, nullptr, 0},
+                                                   {nullptr, nullptr, -128, 127, fq::Rounding::kHalfEven}, nullptr),
+            cudaSuccess);
+  fq::PerChannelQParams qp;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel({fq::DType::kBFloat16, nullptr, nullptr, nullptr, 0}, qp, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(fq::cuda::launch_masked_grad({fq::DType::kFloat16, nullptr, nullptr, nullptr, 0}, nullptr), cudaSuccess);
 }
 
-TEST(FakeQuantCudaEdges, EmptyLaunchIsANoOp) {
-  SKIP_WITHOUT_GPU();
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, nullptr, nullptr, nullptr, 0},
-                                                     {nullptr, nullptr, -128, 127, fq::Rounding::kHalfEven}, nullptr));
+// Unknown enum values and negative sizes are errors, not silent no-ops.
+TEST(FakeQuantCudaArgs, InvalidArgumentsAreRejected) {
+  float dummy = 0.0f;
+  const int32_t zp = 0;
+  const auto bad_dtype = static_cast<fq::DType>(7);
+  const auto bad_rounding = static_cast<fq::Rounding>(9);
+  const fq::PerTensorQParams tensor_qp{&dummy, &zp, -128, 127, fq::Rounding::kHalfEven};
+  fq::PerTensorQParams tensor_bad_rounding = tensor_qp;
+  tensor_bad_rounding.rounding = bad_rounding;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({bad_dtype, &dummy, &dummy, nullptr, 1}, tensor_qp, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, &dummy, &dummy, nullptr, 1},
+                                                   tensor_bad_rounding, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, &dummy, &dummy, nullptr, -8}, tensor_qp,
+                                                   nullptr),
+            cudaErrorInvalidValue);
+
+  fq::PerChannelQParams qp;
+  qp.scale = &dummy;
+  qp.zero_point = &zp;
+  const fq::FakeQuantArgs one{fq::DType::kFloat32, &dummy, &dummy, nullptr, 1};
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel({bad_dtype, &dummy, &dummy, nullptr, 1}, qp, nullptr),
+            cudaErrorInvalidValue);
+  fq::PerChannelQParams p = qp;
+  p.rounding = bad_rounding;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel(one, p, nullptr), cudaErrorInvalidValue);
+  p = qp;
+  p.zero_point_type = static_cast<fq::ZeroPointType>(5);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel(one, p, nullptr), cudaErrorInvalidValue);
+  p = qp;
+  p.channels = 0;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel(one, p, nullptr), cudaErrorInvalidValue);
+  p = qp;
+  p.channel_stride = 0;
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel(one, p, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel({fq::DType::kFloat32, &dummy, &dummy, nullptr, -1}, qp, nullptr),
+            cudaErrorInvalidValue);
+
+  const uint8_t mask = 0;
+  EXPECT_EQ(fq::cuda::launch_masked_grad({bad_dtype, &dummy, &mask, &dummy, 1}, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(fq::cuda::launch_masked_grad({fq::DType::kFloat32, &dummy, &mask, &dummy, -1}, nullptr),
+            cudaErrorInvalidValue);
 }
 
 }  // namespace

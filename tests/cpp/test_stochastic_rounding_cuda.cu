@@ -1,13 +1,20 @@
-// Stochastic rounding on CUDA against the CPU reference, bit for bit (same seed, same
-// Philox words by memory offset). Skips without a GPU, except the argument check, which
-// needs no device.
+// Stochastic rounding on CUDA against the CPU reference, bit for bit (same seed, same Philox
+// words by memory offset): per-tensor and per-channel (int and float zero points), every
+// dtype, empty, one-element and odd-tailed inputs, input and output pointers off 16-byte
+// alignment separately, dense layouts with the channel at any position, the `enabled` switch,
+// non-finite inputs and out-of-contract qparams; plus the properties written out (levels stay,
+// the expectation is the input, the seed is read on the device). The argument checks need no
+// device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
-#include <tuple>
+#include <string>
 #include <vector>
 
 #include "fakequant/cuda/launch.h"
@@ -20,124 +27,397 @@ using namespace fakequant_test;
 
 namespace {
 
+constexpr int64_t kGuard = 8;              // poisoned elements after each device array
+constexpr unsigned char kPoison = 0x7F;    // fp32 3.4e38, fp16/bf16 NaN: shows where unwritten
+constexpr unsigned char kMaskPoison = 0xCD;
+
+// Element offsets of the input and the output pointer (odd: off 16-byte alignment).
+struct Placement {
+  int64_t in, out;
+};
+constexpr Placement kPlacements[] = {{0, 0}, {1, 0}, {0, 1}, {3, 5}};
+
+using Seed = std::array<int64_t, 2>;
+
+// Both words with their high bits set (the key's and the counter offset's upper halves are
+// used by Philox).
+Seed random_seed(uint64_t s) {
+  std::mt19937_64 rng(s);
+  return {static_cast<int64_t>(rng() | (1ull << 63)), static_cast<int64_t>(rng() | (1ull << 40))};
+}
+
 template <typename T>
-std::vector<T> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 3.0f);
-  std::vector<T> v(n);
-  for (auto& e : v) e = fq::from_float<T>(dist(rng));
-  if (n > 4) v[1] = fq::from_float<T>(1e4f), v[2] = fq::from_float<T>(-1e4f);
+uint32_t bits_of(const T& v) {
+  uint32_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+
+template <typename T>
+T from_bits(uint32_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
   return v;
 }
 
-std::array<int64_t, 2> random_seed(uint64_t s) {
-  std::mt19937_64 rng(s);
-  return {static_cast<int64_t>(rng()), static_cast<int64_t>(rng())};
+std::string hex(uint32_t v) {
+  char s[16];
+  std::snprintf(s, sizeof(s), "0x%X", v);
+  return s;
 }
 
-// `offset` elements shift the device pointers off 16-byte alignment (the scalar path).
 template <typename T>
-void compare_per_tensor(int64_t n, int64_t offset, float scale, int32_t zp, int32_t qmin, int32_t qmax) {
-  const std::vector<T> x = random_values<T>(n, static_cast<uint32_t>(n * 7 + offset));
-  const auto seed = random_seed(static_cast<uint64_t>(n * 3 + offset));
+::testing::AssertionResult same_bits(const std::vector<T>& want, const std::vector<T>& got) {
+  if (want.size() != got.size()) return ::testing::AssertionFailure() << "sizes " << want.size() << " vs " << got.size();
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::memcmp(&want[i], &got[i], sizeof(T)) != 0) {
+      auto f = ::testing::AssertionFailure();
+      f << "first difference at element " << i << " of " << want.size() << ": want " << hex(bits_of(want[i]))
+        << ", got " << hex(bits_of(got[i]));
+      if constexpr (!std::is_same_v<T, uint8_t>) f << " (" << fq::to_float(want[i]) << " vs " << fq::to_float(got[i]) << ")";
+      return f;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// `n` elements at `offset` elements into a device allocation of offset + n + kGuard elements,
+// every byte poisoned first; download() fails the test if anything around them changed.
+template <typename T>
+class DeviceSpan {
+ public:
+  DeviceSpan(int64_t n, int64_t offset, unsigned char poison = kPoison)
+      : buf_(static_cast<size_t>(offset + n + kGuard)), n_(n), offset_(offset), poison_(poison) {
+    EXPECT_EQ(cudaMemset(buf_.ptr, poison, total_bytes()), cudaSuccess);
+  }
+  explicit DeviceSpan(const std::vector<T>& v, int64_t offset = 0) : DeviceSpan(static_cast<int64_t>(v.size()), offset) {
+    EXPECT_EQ(cudaMemcpy(ptr(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  T* ptr() const { return buf_.ptr + offset_; }
+  std::vector<T> download(const char* what) const {
+    std::vector<unsigned char> all(total_bytes());
+    EXPECT_EQ(cudaMemcpy(all.data(), buf_.ptr, all.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    const size_t first = static_cast<size_t>(offset_) * sizeof(T), end = static_cast<size_t>(offset_ + n_) * sizeof(T);
+    for (size_t i = 0; i < all.size(); ++i) {
+      if ((i < first || i >= end) && all[i] != poison_) {
+        ADD_FAILURE() << what << ": byte " << i << " outside the " << n_ << " elements at offset " << offset_
+                      << " was written";
+        break;
+      }
+    }
+    std::vector<T> v(static_cast<size_t>(n_));
+    if (n_ > 0) std::memcpy(v.data(), all.data() + first, end - first);
+    return v;
+  }
+
+ private:
+  size_t total_bytes() const { return static_cast<size_t>(offset_ + n_ + kGuard) * sizeof(T); }
+  DeviceBuffer<T> buf_;
+  int64_t n_, offset_;
+  unsigned char poison_;
+};
+
+// Non-finite and extreme values of each dtype, by bit pattern.
+template <typename T>
+std::vector<T> special_values() {
+  std::vector<uint32_t> b;
+  if constexpr (std::is_same_v<T, float>) {
+    b = {0x7FC00000u, 0xFFC01234u, 0x7F800000u, 0xFF800000u, 0x80000000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u};
+  } else if constexpr (std::is_same_v<T, fq::Half>) {
+    b = {0x7E00u, 0xFE01u, 0x7C00u, 0xFC00u, 0x8000u, 0x7BFFu, 0xFBFFu, 0x0001u};
+  } else {
+    b = {0x7FC0u, 0xFFC1u, 0x7F80u, 0xFF80u, 0x8000u, 0x7F7Fu, 0xFF7Fu, 0x0001u};
+  }
+  std::vector<T> v;
+  for (uint32_t x : b) v.push_back(from_bits<T>(x));
+  return v;
+}
+
+// n values: normal with standard deviation `spread`, every fourth one on a multiple of
+// level / 2 (levels and half-way points), and from 16 elements on the special values.
+template <typename T>
+std::vector<T> test_values(int64_t n, uint32_t seed, float spread, float level) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, spread);
+  std::uniform_int_distribution<int> half_levels(-600, 600);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = fq::from_float<T>(i % 4 == 3 ? static_cast<float>(half_levels(rng)) * 0.5f * level : dist(rng));
+  }
+  if (n >= 16) {
+    const std::vector<T> specials = special_values<T>();
+    for (size_t k = 0; k < specials.size(); ++k) {
+      const int64_t at = k == 0 ? 0 : k == 1 ? n - 1 : static_cast<int64_t>((k * 7919u) % static_cast<size_t>(n));
+      v[at] = specials[k];
+    }
+  }
+  return v;
+}
+
+// ----------------------------------------------------------------------------------------
+// Per-tensor.
+
+struct TensorQParams {
+  float scale;
+  int32_t zero_point, quant_min, quant_max;
+};
+
+const TensorQParams kTensorQParams[] = {
+    {0.0173f, 0, -128, 127}, {0.002f, -300, -32768, 32767}, {0.25f, 3, -8, 7}, {0.125f, 17, 0, 255}};
+
+template <typename T>
+void check_per_tensor(int64_t n, Placement at, const TensorQParams& q, const Seed& seed,
+                      std::optional<int64_t> enabled = std::nullopt, bool with_mask = true) {
+  const float spread = static_cast<float>(q.quant_max - q.quant_min) * q.scale * 0.4f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 7 + at.in * 3 + at.out), spread, q.scale);
+  const int64_t enabled_value = enabled.value_or(1);
   std::vector<T> y_cpu(n);
   std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
   fq::fake_quant_per_tensor_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n},
-                                {&scale, &zp, qmin, qmax, fq::Rounding::kStochastic, seed.data()});
+                                {&q.scale, &q.zero_point, q.quant_min, q.quant_max, fq::Rounding::kStochastic,
+                                 seed.data(), enabled ? &enabled_value : nullptr});
 
-  DeviceBuffer<T> dx(n + offset), dy(n + offset);
-  DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
-  DeviceBuffer<float> ds(1);
-  DeviceBuffer<int32_t> dz(1);
-  DeviceBuffer<int64_t> dseed(2);
-  ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemset(dy.ptr, 0x7F, (n + offset) * sizeof(T)));  // poison
-  ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
-  ASSERT_CUDA(cudaMemcpy(ds.ptr, &scale, sizeof(float), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dz.ptr, &zp, sizeof(int32_t), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dseed.ptr, seed.data(), sizeof(seed), cudaMemcpyHostToDevice));
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(std::vector<float>{q.scale});
+  DeviceSpan<int32_t> dz(std::vector<int32_t>{q.zero_point});
+  DeviceSpan<int64_t> dseed(std::vector<int64_t>(seed.begin(), seed.end()));
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
   ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor(
-      {dtype_of<T>(), dx.ptr + offset, dy.ptr + offset, dm.ptr, n},
-      {ds.ptr, dz.ptr, qmin, qmax, fq::Rounding::kStochastic, dseed.ptr}, nullptr));
+      {dtype_of<T>(), dx.ptr(), dy.ptr(), with_mask ? dm.ptr() : nullptr, n},
+      {ds.ptr(), dz.ptr(), q.quant_min, q.quant_max, fq::Rounding::kStochastic, dseed.ptr(),
+       enabled ? de.ptr() : nullptr},
+      nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
-  std::vector<T> y_gpu(n);
-  std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
-  ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
-  ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
-  ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(T))) << "n=" << n << " offset=" << offset;
-  ASSERT_EQ(m_cpu, m_gpu) << "n=" << n << " offset=" << offset;
+  const auto where = [&] {
+    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " n=" << n << " offsets=" << at.in << "/" << at.out
+                                << " scale=" << q.scale << " zp=" << q.zero_point << " range=[" << q.quant_min << ","
+                                << q.quant_max << "] seed=" << seed[0] << "," << seed[1]
+                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none");
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  const std::vector<uint8_t> m_gpu = dm.download("mask");
+  if (with_mask) {
+    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
+  } else {
+    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
+  }
+  ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();
 }
 
 class StochasticCuda : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(StochasticCuda, PerTensorMatchesCpuReference) {
   SKIP_WITHOUT_GPU();
-  for (const int64_t offset : {0, 1, 3}) {
-    compare_per_tensor<float>(GetParam(), offset, 0.0173f, 0, -128, 127);
-    compare_per_tensor<float>(GetParam(), offset, 0.002f, -300, -32768, 32767);
-    compare_per_tensor<fq::Half>(GetParam(), offset, 0.05f, 3, -128, 127);
-    compare_per_tensor<fq::BFloat16>(GetParam(), offset, 0.05f, 3, -8, 7);
+  const int64_t n = GetParam();
+  for (const Placement at : kPlacements)
+    for (const TensorQParams& q : kTensorQParams) {
+      const Seed seed = random_seed(static_cast<uint64_t>(n * 3 + at.in + 16 * at.out));
+      check_per_tensor<float>(n, at, q, seed);
+      check_per_tensor<fq::Half>(n, at, q, seed);
+      check_per_tensor<fq::BFloat16>(n, at, q, seed);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, StochasticCuda, ::testing::Values(1, 7, 8, 9, 255, 4097));
+
+// Beyond one grid of a device with a few multiprocessors, so that the grid strides.
+TEST(StochasticCudaLarge, PerTensorMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 200003;
+  check_per_tensor<float>(n, {0, 0}, kTensorQParams[0], random_seed(1));
+  check_per_tensor<fq::Half>(n, {1, 0}, kTensorQParams[2], random_seed(2));
+  check_per_tensor<fq::BFloat16>(n, {0, 1}, kTensorQParams[3], random_seed(3));
+}
+
+TEST(StochasticCudaEdges, PerTensorWithoutMaskAndEnabledSwitch) {
+  SKIP_WITHOUT_GPU();
+  const TensorQParams bad{NAN, 0, -128, 127};
+  for (const int64_t n : {1, 13, 4099})
+    for (const Placement at : {Placement{0, 0}, Placement{1, 0}, Placement{0, 1}}) {
+      check_per_tensor<float>(n, at, kTensorQParams[0], random_seed(n), std::nullopt, false);
+      for (const int64_t enabled : {0, 1}) {
+        check_per_tensor<float>(n, at, kTensorQParams[0], random_seed(n + 1), enabled);
+        check_per_tensor<fq::Half>(n, at, kTensorQParams[2], random_seed(n + 2), enabled);
+        check_per_tensor<fq::BFloat16>(n, at, bad, random_seed(n + 3), enabled);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+    }
+}
+
+TEST(StochasticCudaEdges, PerTensorOutOfContractQParamsPoison) {
+  SKIP_WITHOUT_GPU();
+  const TensorQParams bad[] = {{-1.0f, 0, -128, 127}, {0.0f, 0, -128, 127},     {NAN, 0, -128, 127},
+                               {INFINITY, 0, -128, 127}, {1e-39f, 0, -128, 127}, {0.1f, 128, -128, 127}};
+  for (const TensorQParams& q : bad) {
+    check_per_tensor<float>(1001, {0, 0}, q, random_seed(7));
+    check_per_tensor<fq::Half>(1001, {1, 0}, q, random_seed(8));
+    check_per_tensor<fq::BFloat16>(1001, {0, 3}, q, random_seed(9));
+    if (::testing::Test::HasFatalFailure()) return;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, StochasticCuda, ::testing::Values(1, 7, 8, 9, 255, 4097, 1 << 20, (1 << 22) + 5));
+// The properties of docs/numerics.md, written out (independently of the CPU reference):
+// values on a quantization level never move; a value a fraction f above a level rounds up
+// with probability f (checked on 8192 draws at f = 0.3, within 5 standard deviations);
+// both seed words are read on the device, and the same seed gives the same result.
+TEST(StochasticCudaEdges, LevelsStayFractionsRoundUpInProportionAndTheSeedIsRead) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 8192;
+  const float scale = 0.25f;
+  auto run = [&](const std::vector<float>& x, const Seed& seed) {
+    DeviceSpan<float> dx(x), dy(n, 0), ds(std::vector<float>{scale});
+    DeviceSpan<int32_t> dz(std::vector<int32_t>{0});
+    DeviceSpan<int64_t> dseed(std::vector<int64_t>(seed.begin(), seed.end()));
+    EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, dx.ptr(), dy.ptr(), nullptr, n},
+                                                     {ds.ptr(), dz.ptr(), -128, 127, fq::Rounding::kStochastic,
+                                                      dseed.ptr()},
+                                                     nullptr),
+              cudaSuccess);
+    return dy.download("output");
+  };
+  std::vector<float> levels(n);
+  for (int64_t i = 0; i < n; ++i) levels[i] = static_cast<float>(i % 255 - 128) * scale;
+  EXPECT_TRUE(same_bits(levels, run(levels, random_seed(11))));
+
+  // x / scale = 2.3 (exact in fp32 arithmetic: the scale is a power of two) rounds up to 3
+  // with probability 0.3; -2.3 up to -2 with probability 0.7.
+  for (const float v : {2.3f, -2.3f}) {
+    const std::vector<float> x(n, v * scale);
+    const Seed seed = random_seed(v > 0 ? 12 : 13);
+    const std::vector<float> y = run(x, seed);
+    const float below = std::floor(v);
+    int64_t up = 0;
+    for (const float out : y) {
+      const float q = out / scale;
+      ASSERT_TRUE(q == below || q == below + 1.0f) << q;
+      up += q == below + 1.0f;
+    }
+    const double want = static_cast<double>(v) - below;  // frac(v)
+    const double p = static_cast<double>(up) / n, sigma = std::sqrt(want * (1.0 - want) / n);
+    EXPECT_NEAR(p, want, 5 * sigma) << "v " << v;
+    EXPECT_TRUE(same_bits(y, run(x, seed)));  // deterministic for a seed
+    EXPECT_FALSE(same_bits(y, run(x, {seed[0] ^ 1, seed[1]})));
+    EXPECT_FALSE(same_bits(y, run(x, {seed[0], seed[1] ^ (int64_t{1} << 35)})));
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// Per-channel.
+
+// Memory [outer][channels][inner]: channel_stride = inner.
+struct ChannelLayout {
+  int64_t outer, channels, inner;
+};
+
+template <typename T>
+void check_per_channel(ChannelLayout l, Placement at, bool float_zp, int32_t qmin, int32_t qmax, const Seed& seed,
+                       std::optional<int64_t> enabled = std::nullopt, bool bad_channels = false) {
+  const int64_t n = l.outer * l.channels * l.inner;
+  const int64_t channels = l.channels;
+  std::mt19937 rng(static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out));
+  std::uniform_real_distribution<float> scale_dist(0.005f, 0.05f);
+  std::uniform_real_distribution<float> zp_dist(static_cast<float>(qmin), static_cast<float>(qmax));
+  std::vector<float> scales(channels), zps_f(channels);
+  std::vector<int32_t> zps_i(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    scales[c] = c % 3 == 0 ? std::ldexp(1.0f, -3 - static_cast<int>(c % 5)) : scale_dist(rng);
+    zps_f[c] = zp_dist(rng);
+    zps_i[c] = static_cast<int32_t>(std::lround(zps_f[c]));
+  }
+  if (bad_channels) {  // 0: negative scale, 1: zero point out of range / NaN, 2: NaN, 3: inf, 4: subnormal
+    const float bad_scales[] = {-0.5f, 0.1f, NAN, INFINITY, 1e-39f};
+    for (int64_t c = 0; c < std::min<int64_t>(channels, 5); ++c) scales[c] = bad_scales[c];
+    if (channels > 1) zps_i[1] = qmin - 1, zps_f[1] = NAN;
+  }
+  const float spread = static_cast<float>(qmax - qmin) * 0.02f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
+  const int64_t enabled_value = enabled.value_or(1);
+
+  fq::PerChannelQParams qp;
+  qp.scale = scales.data();
+  qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
+  qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
+  qp.channels = channels;
+  qp.channel_stride = l.inner;
+  qp.quant_min = qmin;
+  qp.quant_max = qmax;
+  qp.rounding = fq::Rounding::kStochastic;
+  qp.seed = seed.data();
+  qp.enabled = enabled ? &enabled_value : nullptr;
+  std::vector<T> y_cpu(n);
+  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+  fq::fake_quant_per_channel_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
+
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(scales), dzf(zps_f);
+  DeviceSpan<int32_t> dzi(zps_i);
+  DeviceSpan<int64_t> dseed(std::vector<int64_t>(seed.begin(), seed.end()));
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
+  fq::PerChannelQParams dqp = qp;
+  dqp.scale = ds.ptr();
+  dqp.zero_point = float_zp ? static_cast<const void*>(dzf.ptr()) : static_cast<const void*>(dzi.ptr());
+  dqp.seed = dseed.ptr();
+  dqp.enabled = enabled ? de.ptr() : nullptr;
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel({dtype_of<T>(), dx.ptr(), dy.ptr(), dm.ptr(), n}, dqp, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const auto where = [&] {
+    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " " << l.outer << "x" << l.channels << "x"
+                                << l.inner << " offsets=" << at.in << "/" << at.out << " float_zp=" << float_zp
+                                << " range=[" << qmin << "," << qmax << "] seed=" << seed[0] << "," << seed[1]
+                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none")
+                                << " bad_channels=" << bad_channels;
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  ASSERT_TRUE(same_bits(m_cpu, dm.download("mask"))) << where();
+}
+
+const ChannelLayout kChannelLayouts[] = {
+    {1, 1, 1},   {1, 1, 1001},                       // one element; one channel
+    {1, 7, 1},   {257, 3, 1},  {9, 70, 1},           // channel innermost (channels_last)
+    {1, 5, 13},  {1, 16, 9},                         // channel outermost
+    {3, 5, 7},   {2, 17, 41},  {4, 3, 2}, {2, 96, 9}  // middle axis
+};
 
 TEST(StochasticCudaPerChannel, MatchesCpuReference) {
   SKIP_WITHOUT_GPU();
-  for (const auto& [outer, channels, inner] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 7}, {1, 64, 1},
-                                               {257, 3, 1}, {2, 17, 4097}, {1, 1, 100003}, {8, 96, 49}}) {
-    for (const bool float_zp : {false, true}) {
-      for (const int64_t offset : {0, 1}) {
-        const int64_t n = outer * channels * inner;
-        const std::vector<float> x = random_values<float>(n, static_cast<uint32_t>(n + channels));
-        std::mt19937 rng(static_cast<uint32_t>(channels + offset));
-        std::uniform_real_distribution<float> sd(0.005f, 0.05f), zf(-20.0f, 20.0f);
-        std::vector<float> scales(channels), zps_f(channels);
-        std::vector<int32_t> zps_i(channels);
-        for (int64_t c = 0; c < channels; ++c) {
-          scales[c] = sd(rng), zps_f[c] = zf(rng), zps_i[c] = static_cast<int32_t>(zps_f[c]);
-        }
-        const auto seed = random_seed(static_cast<uint64_t>(n + offset));
-        fq::PerChannelQParams qp;
-        qp.scale = scales.data();
-        qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
-        qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
-        qp.channels = channels;
-        qp.channel_stride = inner;
-        qp.rounding = fq::Rounding::kStochastic;
-        qp.seed = seed.data();
-        std::vector<float> y_cpu(n);
-        std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
-        fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
-
-        DeviceBuffer<float> dx(n + offset), dy(n + offset), ds(channels);
-        DeviceBuffer<int32_t> dz(channels);  // 4-byte zero points of either type
-        DeviceBuffer<uint8_t> dm(fq::mask_bytes(n));
-        DeviceBuffer<int64_t> dseed(2);
-        ASSERT_CUDA(cudaMemcpy(dx.ptr + offset, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemcpy(ds.ptr, scales.data(), channels * sizeof(float), cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemcpy(dz.ptr, qp.zero_point, channels * 4, cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemcpy(dseed.ptr, seed.data(), sizeof(seed), cudaMemcpyHostToDevice));
-        ASSERT_CUDA(cudaMemset(dm.ptr, 0xCD, fq::mask_bytes(n)));
-        fq::PerChannelQParams dqp = qp;
-        dqp.scale = ds.ptr;
-        dqp.zero_point = dz.ptr;
-        dqp.seed = dseed.ptr;
-        ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel(
-            {fq::DType::kFloat32, dx.ptr + offset, dy.ptr + offset, dm.ptr, n}, dqp, nullptr));
-        std::vector<float> y_gpu(n);
-        std::vector<uint8_t> m_gpu(fq::mask_bytes(n));
-        ASSERT_CUDA(cudaMemcpy(y_gpu.data(), dy.ptr + offset, n * sizeof(float), cudaMemcpyDeviceToHost));
-        ASSERT_CUDA(cudaMemcpy(m_gpu.data(), dm.ptr, m_gpu.size(), cudaMemcpyDeviceToHost));
-        ASSERT_EQ(0, std::memcmp(y_cpu.data(), y_gpu.data(), n * sizeof(float)))
-            << outer << "x" << channels << "x" << inner << " float_zp=" << float_zp << " offset=" << offset;
-        ASSERT_EQ(m_cpu, m_gpu);
+  for (const ChannelLayout& l : kChannelLayouts)
+    for (const Placement at : kPlacements)
+      for (const bool float_zp : {false, true}) {
+        const Seed seed = random_seed(static_cast<uint64_t>(l.channels * 1000 + l.inner + at.in + 8 * at.out));
+        check_per_channel<float>(l, at, float_zp, -128, 127, seed);
+        check_per_channel<fq::Half>(l, at, float_zp, 0, 15, seed);
+        check_per_channel<fq::BFloat16>(l, at, float_zp, -8, 7, seed);
+        if (::testing::Test::HasFatalFailure()) return;
       }
-    }
-  }
 }
 
-// Checked before anything touches the device, so this runs without a GPU as well.
+TEST(StochasticCudaPerChannel, ManyChannelsAndLargeTensors) {
+  SKIP_WITHOUT_GPU();
+  check_per_channel<float>({2, 70001, 1}, {0, 0}, false, -128, 127, random_seed(21));
+  check_per_channel<fq::BFloat16>({1, 70001, 3}, {0, 1}, true, -128, 127, random_seed(22));
+  check_per_channel<fq::Half>({3, 5, 13335}, {1, 0}, false, -128, 127, random_seed(23));
+}
+
+TEST(StochasticCudaPerChannel, EnabledSwitchAndOutOfContractChannels) {
+  SKIP_WITHOUT_GPU();
+  for (const ChannelLayout& l : {ChannelLayout{1, 7, 9}, ChannelLayout{5, 6, 1}, ChannelLayout{2, 6, 5}})
+    for (const Placement at : {Placement{0, 0}, Placement{1, 0}, Placement{0, 1}})
+      for (const bool float_zp : {false, true}) {
+        for (const int64_t enabled : {0, 1}) {
+          check_per_channel<float>(l, at, float_zp, -128, 127, random_seed(31), enabled, true);
+          check_per_channel<fq::Half>(l, at, float_zp, -128, 127, random_seed(32), enabled, false);
+        }
+        check_per_channel<fq::BFloat16>(l, at, float_zp, 0, 255, random_seed(33), std::nullopt, true);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
+
+// ----------------------------------------------------------------------------------------
+// Arguments: checked before anything touches the device, so these run without a GPU as well.
+
 TEST(StochasticCudaArgs, MissingSeedIsAnInvalidValue) {
   float dummy = 0.0f;
   const int32_t zp = 0;
@@ -151,6 +431,11 @@ TEST(StochasticCudaArgs, MissingSeedIsAnInvalidValue) {
   qp.rounding = fq::Rounding::kStochastic;
   EXPECT_EQ(fq::cuda::launch_fake_quant_per_channel({fq::DType::kFloat32, &dummy, &dummy, nullptr, 1}, qp, nullptr),
             cudaErrorInvalidValue);
+  // Empty: nothing to round, no seed needed.
+  EXPECT_EQ(fq::cuda::launch_fake_quant_per_tensor({fq::DType::kFloat32, nullptr, nullptr, nullptr, 0},
+                                                   {&dummy, &zp, -128, 127, fq::Rounding::kStochastic, nullptr},
+                                                   nullptr),
+            cudaSuccess);
 }
 
 }  // namespace

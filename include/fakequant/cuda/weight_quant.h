@@ -24,6 +24,10 @@ constexpr int64_t kWeightTileBytes = 48 * 1024 - 512;
 // the device; unused, may be null, on the one-pass path).
 bool weight_abs_max_one_pass(const WeightAbsMaxArgs& args);
 
+// Returns cudaErrorInvalidValue, having written nothing, for a rounding other than
+// Rounding::kHalfEven or Rounding::kHalfAway (WeightAbsMaxArgs has no seed for
+// Rounding::kStochastic), for numel < 0, for channel_stride <= 0 with several channels and
+// data, and for null zero_points on the two-pass path. channels <= 0 is a no-op.
 cudaError_t launch_fake_quant_weight_abs_max(const WeightAbsMaxArgs& args, const int32_t* zero_points,
                                              cudaStream_t stream);
 
