@@ -86,6 +86,8 @@ void weight_scales_from_abs_max_bits(const WeightAbsMaxArgs& a, const uint32_t* 
 
 // Everything on the calling thread, any layout (the second pass of a non-contiguous layout
 // is fake_quant_per_channel_cpu with weight_quant_qparams).
+// Rounding::kStochastic (WeightAbsMaxArgs has no seed) throws std::invalid_argument before
+// anything is written, here and in fake_quant_weight_abs_max_cpu_blocks.
 void fake_quant_weight_abs_max_cpu(const WeightAbsMaxArgs& a);
 
 }  // namespace fakequant

@@ -7,12 +7,22 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 #include <vector>
 
 #include "fakequant/weight_quant.h"
 
 namespace fakequant {
 namespace {
+
+// WeightAbsMaxArgs carries no seed: stochastic rounding cannot be honoured (the CUDA launcher
+// returns cudaErrorInvalidValue for it). Checked before anything is written.
+void check_deterministic_rounding(const WeightAbsMaxArgs& a) {
+  if (a.rounding != Rounding::kHalfEven && a.rounding != Rounding::kHalfAway) {
+    throw std::invalid_argument(
+        "fakequant: weight abs-max quantization takes no seed: rounding must be half_even or half_away");
+  }
+}
 
 // Elements per tile of the contiguous path: channels are reduced, then quantised, a tile at
 // a time, so that the second read of a tile comes from cache (64 KB of fp32: inside L2).
@@ -142,6 +152,7 @@ FakeQuantArgs weight_quant_fake_quant_args(const WeightAbsMaxArgs& a) {
 }
 
 void fake_quant_weight_abs_max_cpu_blocks(const WeightAbsMaxArgs& a, int64_t block_begin, int64_t block_end) {
+  check_deterministic_rounding(a);
   const int64_t channels = a.channels;
   const int64_t len = weight_channel_length(a);
   const int64_t per_block = weight_channels_per_block(len);
@@ -203,6 +214,7 @@ void weight_scales_from_abs_max_bits(const WeightAbsMaxArgs& a, const uint32_t* 
 }
 
 void fake_quant_weight_abs_max_cpu(const WeightAbsMaxArgs& a) {
+  check_deterministic_rounding(a);
   if (a.channels <= 0) return;
   if (weight_channels_contiguous(a)) {
     const int64_t per_block = weight_channels_per_block(weight_channel_length(a));

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <tuple>
 #include <vector>
 
@@ -223,6 +224,23 @@ TEST(WeightAbsMaxCpu, EmptyChannelsGetEpsAndNullMaskIsAllowed) {
       make_args(fq::DType::kFloat32, x.data(), y.data(), nullptr, s3.data(), l, -8, 7, fq::Rounding::kHalfEven));
   const std::vector<float> e = formula_scales(x, l, -8, 7, fq::kFloat32Eps);
   for (int64_t i = 0; i < l.numel(); ++i) ASSERT_EQ(y[i], formula_value(x[i], e[i / 11], -8, 7, fq::Rounding::kHalfEven).value);
+}
+
+// The op takes no seed: stochastic rounding is refused before anything is written, on the
+// contiguous (blocks) path, the two-pass path and for an empty weight.
+TEST(WeightAbsMaxCpu, StochasticRoundingThrowsBeforeWriting) {
+  for (const Layout l : {Layout{1, 16, 9}, Layout{4, 6, 5}, Layout{1, 5, 0}}) {
+    const std::vector<float> x = random_weight(l, 11);
+    std::vector<float> y(l.numel(), 7.0f), s(l.channels, 7.0f);
+    std::vector<uint8_t> m(fq::mask_bytes(l.numel()), 0xA5);
+    const fq::WeightAbsMaxArgs a = make_args(fq::DType::kFloat32, x.data(), y.data(), m.data(), s.data(), l, -127, 127,
+                                             fq::Rounding::kStochastic);
+    EXPECT_THROW(fq::fake_quant_weight_abs_max_cpu(a), std::invalid_argument);
+    EXPECT_THROW(fq::fake_quant_weight_abs_max_cpu_blocks(a, 0, 1), std::invalid_argument);
+    EXPECT_EQ(y, std::vector<float>(l.numel(), 7.0f));
+    EXPECT_EQ(s, std::vector<float>(l.channels, 7.0f));
+    EXPECT_EQ(m, std::vector<uint8_t>(fq::mask_bytes(l.numel()), 0xA5));
+  }
 }
 
 TEST(WeightAbsMaxCpu, ScaleOfAnExactCaseByHand) {
