@@ -38,9 +38,6 @@ LIMITS = {
     # One thread per channel of per-channel double-precision scalar formulas (fold, moments,
     # parameter gradients): a few hundred threads in all, latency does not matter.
     "channels_kernel": {"registers": 128},
-    # Four 16-byte loads in flight per thread before the first shared store, plus the
-    # channel qparams: the weight's one read must stay a deep pipeline.
-    "weight_abs_max_one_pass_kernel": {"registers": 96},
 }
 HARD_SHARED_LIMIT = 48 * 1024
 
