@@ -1,12 +1,19 @@
-// Pieces every CUDA GoogleTest file shares: GPU detection and skipping, a device buffer,
-// the DType of a storage type.
+// Pieces every CUDA GoogleTest file shares: GPU detection and skipping, a device buffer and
+// a poisoned, guarded device span, the DType of a storage type, bitwise comparison with the
+// first difference reported, and test data with the special values of each dtype.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "fakequant/fake_quant.h"
 
@@ -41,6 +48,150 @@ constexpr fakequant::DType dtype_of() {
   if constexpr (std::is_same_v<T, float>) return fakequant::DType::kFloat32;
   if constexpr (std::is_same_v<T, fakequant::Half>) return fakequant::DType::kFloat16;
   return fakequant::DType::kBFloat16;
+}
+
+constexpr int64_t kGuard = 8;              // poisoned elements after each device array
+constexpr unsigned char kPoison = 0x7F;    // fp32 3.4e38, fp16/bf16 NaN: shows where unwritten
+constexpr unsigned char kMaskPoison = 0xCD;
+
+// Element offsets of the input and the output pointer (an odd offset takes the pointer off
+// 16-byte alignment: the kernels' scalar path).
+struct Placement {
+  int64_t in, out;
+};
+constexpr Placement kPlacements[] = {{0, 0}, {1, 0}, {0, 1}, {3, 5}};
+
+template <typename T>
+uint32_t bits_of(const T& v) {
+  uint32_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+
+// Bitwise equality, reporting the first difference.
+inline std::string hex(uint32_t v) {
+  char s[16];
+  std::snprintf(s, sizeof(s), "0x%X", v);
+  return s;
+}
+
+template <typename T>
+::testing::AssertionResult same_bits(const std::vector<T>& want, const std::vector<T>& got) {
+  if (want.size() != got.size()) return ::testing::AssertionFailure() << "sizes " << want.size() << " vs " << got.size();
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::memcmp(&want[i], &got[i], sizeof(T)) != 0) {
+      auto f = ::testing::AssertionFailure();
+      f << "first difference at element " << i << " of " << want.size() << ": want " << hex(bits_of(want[i]))
+        << ", got " << hex(bits_of(got[i]));
+      if constexpr (!std::is_same_v<T, uint8_t>) f << " (" << fakequant::to_float(want[i]) << " vs " << fakequant::to_float(got[i]) << ")";
+      return f;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Scales bit for bit, except that a NaN scale (a channel holding a NaN) only has to be NaN:
+// docs/numerics.md makes no promise about the payload of a NaN computed from other values
+// (the GPU's conversions and division give the canonical NaN, the CPU keeps the input's).
+inline ::testing::AssertionResult same_scales(const std::vector<float>& want, const std::vector<float>& got) {
+  std::vector<float> w = want, g = got;
+  for (size_t i = 0; i < w.size() && i < g.size(); ++i) {
+    if (std::isnan(w[i]) && std::isnan(g[i])) w[i] = g[i] = 0.0f;
+  }
+  return same_bits(w, g);
+}
+
+template <typename T>
+bool all_bytes(const std::vector<T>& v, unsigned char byte) {
+  const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+  for (size_t i = 0; i < v.size() * sizeof(T); ++i) {
+    if (p[i] != byte) return false;
+  }
+  return true;
+}
+
+// `n` elements at `offset` elements into a device allocation of offset + n + kGuard elements,
+// every byte poisoned first. download() returns the n elements and fails the test if anything
+// around them changed.
+template <typename T>
+class DeviceSpan {
+ public:
+  DeviceSpan(int64_t n, int64_t offset, unsigned char poison = kPoison)
+      : buf_(static_cast<size_t>(offset + n + kGuard)), n_(n), offset_(offset), poison_(poison) {
+    EXPECT_EQ(cudaMemset(buf_.ptr, poison, total_bytes()), cudaSuccess);
+  }
+  explicit DeviceSpan(const std::vector<T>& v, int64_t offset = 0) : DeviceSpan(static_cast<int64_t>(v.size()), offset) {
+    EXPECT_EQ(cudaMemcpy(ptr(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  T* ptr() const { return buf_.ptr + offset_; }
+  std::vector<T> download(const char* what) const {
+    std::vector<unsigned char> all(total_bytes());
+    EXPECT_EQ(cudaMemcpy(all.data(), buf_.ptr, all.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    const size_t first = static_cast<size_t>(offset_) * sizeof(T), end = static_cast<size_t>(offset_ + n_) * sizeof(T);
+    for (size_t i = 0; i < all.size(); ++i) {
+      if ((i < first || i >= end) && all[i] != poison_) {
+        ADD_FAILURE() << what << ": byte " << i << " outside the " << n_ << " elements at offset " << offset_
+                      << " was written";
+        break;
+      }
+    }
+    std::vector<T> v(static_cast<size_t>(n_));
+    if (n_ > 0) std::memcpy(v.data(), all.data() + first, end - first);
+    return v;
+  }
+
+ private:
+  size_t total_bytes() const { return static_cast<size_t>(offset_ + n_ + kGuard) * sizeof(T); }
+  DeviceBuffer<T> buf_;
+  int64_t n_, offset_;
+  unsigned char poison_;
+};
+
+template <typename T>
+T from_bits(uint32_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+// Non-finite and extreme values of each dtype, by bit pattern: NaNs of both signs (with
+// payloads, a signalling one), +-inf, +-0, the largest finite values, the smallest subnormal.
+template <typename T>
+std::vector<T> special_values() {
+  std::vector<uint32_t> b;
+  if constexpr (std::is_same_v<T, float>) {
+    b = {0x7FC00000u, 0xFFC01234u, 0x7F800001u, 0x7F800000u, 0xFF800000u, 0x80000000u, 0x00000000u,
+         0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u};
+  } else if constexpr (std::is_same_v<T, fakequant::Half>) {
+    b = {0x7E00u, 0xFE01u, 0x7C01u, 0x7C00u, 0xFC00u, 0x8000u, 0x0000u, 0x7BFFu, 0xFBFFu, 0x0001u};
+  } else {
+    b = {0x7FC0u, 0xFFC1u, 0x7F81u, 0x7F80u, 0xFF80u, 0x8000u, 0x0000u, 0x7F7Fu, 0xFF7Fu, 0x0001u};
+  }
+  std::vector<T> v;
+  for (uint32_t x : b) v.push_back(from_bits<T>(x));
+  return v;
+}
+
+// n values: normal with standard deviation `spread`, every fourth one an exact multiple of
+// tie_step / 2 (ties of the rounding when tie_step is the scale, a power of two), and, from
+// 16 elements on, the special values spread over the tensor (first and last element included).
+template <typename T>
+std::vector<T> test_values(int64_t n, uint32_t seed, float spread, float tie_step) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, spread);
+  std::uniform_int_distribution<int> half_steps(-600, 600);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = fakequant::from_float<T>(i % 4 == 3 ? static_cast<float>(half_steps(rng)) * 0.5f * tie_step : dist(rng));
+  }
+  if (n >= 16) {
+    const std::vector<T> specials = special_values<T>();
+    for (size_t k = 0; k < specials.size(); ++k) {
+      const int64_t at = k == 0 ? 0 : k == 1 ? n - 1 : static_cast<int64_t>((k * 7919u) % static_cast<size_t>(n));
+      v[at] = specials[k];
+    }
+  }
+  return v;
 }
 
 }  // namespace fakequant_test

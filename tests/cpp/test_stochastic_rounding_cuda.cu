@@ -27,16 +27,6 @@ using namespace fakequant_test;
 
 namespace {
 
-constexpr int64_t kGuard = 8;              // poisoned elements after each device array
-constexpr unsigned char kPoison = 0x7F;    // fp32 3.4e38, fp16/bf16 NaN: shows where unwritten
-constexpr unsigned char kMaskPoison = 0xCD;
-
-// Element offsets of the input and the output pointer (odd: off 16-byte alignment).
-struct Placement {
-  int64_t in, out;
-};
-constexpr Placement kPlacements[] = {{0, 0}, {1, 0}, {0, 1}, {3, 5}};
-
 using Seed = std::array<int64_t, 2>;
 
 // Both words with their high bits set (the key's and the counter offset's upper halves are
@@ -44,114 +34,6 @@ using Seed = std::array<int64_t, 2>;
 Seed random_seed(uint64_t s) {
   std::mt19937_64 rng(s);
   return {static_cast<int64_t>(rng() | (1ull << 63)), static_cast<int64_t>(rng() | (1ull << 40))};
-}
-
-template <typename T>
-uint32_t bits_of(const T& v) {
-  uint32_t b = 0;
-  std::memcpy(&b, &v, sizeof(T));
-  return b;
-}
-
-template <typename T>
-T from_bits(uint32_t b) {
-  T v;
-  std::memcpy(&v, &b, sizeof(T));
-  return v;
-}
-
-std::string hex(uint32_t v) {
-  char s[16];
-  std::snprintf(s, sizeof(s), "0x%X", v);
-  return s;
-}
-
-template <typename T>
-::testing::AssertionResult same_bits(const std::vector<T>& want, const std::vector<T>& got) {
-  if (want.size() != got.size()) return ::testing::AssertionFailure() << "sizes " << want.size() << " vs " << got.size();
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (std::memcmp(&want[i], &got[i], sizeof(T)) != 0) {
-      auto f = ::testing::AssertionFailure();
-      f << "first difference at element " << i << " of " << want.size() << ": want " << hex(bits_of(want[i]))
-        << ", got " << hex(bits_of(got[i]));
-      if constexpr (!std::is_same_v<T, uint8_t>) f << " (" << fq::to_float(want[i]) << " vs " << fq::to_float(got[i]) << ")";
-      return f;
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
-// `n` elements at `offset` elements into a device allocation of offset + n + kGuard elements,
-// every byte poisoned first; download() fails the test if anything around them changed.
-template <typename T>
-class DeviceSpan {
- public:
-  DeviceSpan(int64_t n, int64_t offset, unsigned char poison = kPoison)
-      : buf_(static_cast<size_t>(offset + n + kGuard)), n_(n), offset_(offset), poison_(poison) {
-    EXPECT_EQ(cudaMemset(buf_.ptr, poison, total_bytes()), cudaSuccess);
-  }
-  explicit DeviceSpan(const std::vector<T>& v, int64_t offset = 0) : DeviceSpan(static_cast<int64_t>(v.size()), offset) {
-    EXPECT_EQ(cudaMemcpy(ptr(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  T* ptr() const { return buf_.ptr + offset_; }
-  std::vector<T> download(const char* what) const {
-    std::vector<unsigned char> all(total_bytes());
-    EXPECT_EQ(cudaMemcpy(all.data(), buf_.ptr, all.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    const size_t first = static_cast<size_t>(offset_) * sizeof(T), end = static_cast<size_t>(offset_ + n_) * sizeof(T);
-    for (size_t i = 0; i < all.size(); ++i) {
-      if ((i < first || i >= end) && all[i] != poison_) {
-        ADD_FAILURE() << what << ": byte " << i << " outside the " << n_ << " elements at offset " << offset_
-                      << " was written";
-        break;
-      }
-    }
-    std::vector<T> v(static_cast<size_t>(n_));
-    if (n_ > 0) std::memcpy(v.data(), all.data() + first, end - first);
-    return v;
-  }
-
- private:
-  size_t total_bytes() const { return static_cast<size_t>(offset_ + n_ + kGuard) * sizeof(T); }
-  DeviceBuffer<T> buf_;
-  int64_t n_, offset_;
-  unsigned char poison_;
-};
-
-// Non-finite and extreme values of each dtype, by bit pattern.
-template <typename T>
-std::vector<T> special_values() {
-  std::vector<uint32_t> b;
-  if constexpr (std::is_same_v<T, float>) {
-    b = {0x7FC00000u, 0xFFC01234u, 0x7F800000u, 0xFF800000u, 0x80000000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u};
-  } else if constexpr (std::is_same_v<T, fq::Half>) {
-    b = {0x7E00u, 0xFE01u, 0x7C00u, 0xFC00u, 0x8000u, 0x7BFFu, 0xFBFFu, 0x0001u};
-  } else {
-    b = {0x7FC0u, 0xFFC1u, 0x7F80u, 0xFF80u, 0x8000u, 0x7F7Fu, 0xFF7Fu, 0x0001u};
-  }
-  std::vector<T> v;
-  for (uint32_t x : b) v.push_back(from_bits<T>(x));
-  return v;
-}
-
-// n values: normal with standard deviation `spread`, every fourth one on a multiple of
-// level / 2 (levels and half-way points), and from 16 elements on the special values.
-template <typename T>
-std::vector<T> test_values(int64_t n, uint32_t seed, float spread, float level) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, spread);
-  std::uniform_int_distribution<int> half_levels(-600, 600);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    v[i] = fq::from_float<T>(i % 4 == 3 ? static_cast<float>(half_levels(rng)) * 0.5f * level : dist(rng));
-  }
-  if (n >= 16) {
-    const std::vector<T> specials = special_values<T>();
-    for (size_t k = 0; k < specials.size(); ++k) {
-      const int64_t at = k == 0 ? 0 : k == 1 ? n - 1 : static_cast<int64_t>((k * 7919u) % static_cast<size_t>(n));
-      v[at] = specials[k];
-    }
-  }
-  return v;
 }
 
 // ----------------------------------------------------------------------------------------
