@@ -94,6 +94,27 @@ __device__ __forceinline__ float backward_element(float x, float dy, const Chann
   return p.valid ? g.grad_input : poison_value();
 }
 
+// kUnroll elements at `offset` (those with `has` set) of one channel: every load is issued
+// before the first element is used, then each element's gradients as backward_element.
+template <typename T, bool kGradInput, bool kReduce>
+__device__ __forceinline__ void backward_batch(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
+                                               const int64_t (&offset)[kUnroll], const bool (&has)[kUnroll],
+                                               const ChannelParams& p, float qmin, float qmax, float grad_factor,
+                                               Sums& acc) {
+  float xv[kUnroll], dv[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    xv[u] = has[u] ? to_float(x[offset[u]]) : 0.0f;
+    dv[u] = has[u] ? to_float(dy[offset[u]]) : 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (!has[u]) continue;
+    const float r = backward_element<kReduce>(xv[u], dv[u], p, qmin, qmax, grad_factor, acc);
+    if constexpr (kGradInput) dx[offset[u]] = from_float<T>(r);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Forward
 
@@ -275,18 +296,7 @@ __global__ void __launch_bounds__(kThreads)
       i += step_i;
       if (i >= inner) i -= inner, ++o;
     }
-    float xv[kUnroll], dv[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      xv[u] = has[u] ? to_float(x[offset[u]]) : 0.0f;
-      dv[u] = has[u] ? to_float(dy[offset[u]]) : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (!has[u]) continue;
-      const float r = backward_element<kReduce>(xv[u], dv[u], p, qmin, qmax, grad_factor, acc);
-      if constexpr (kGradInput) dx[offset[u]] = from_float<T>(r);
-    }
+    backward_batch<T, kGradInput, kReduce>(x, dy, dx, offset, has, p, qmin, qmax, grad_factor, acc);
   }
   if constexpr (kReduce) {
     using BlockReduce = cub::BlockReduce<Sums, kThreads>;
@@ -340,18 +350,7 @@ __global__ void __launch_bounds__(kThreads)
         has[u] = ou < o1;
         offset[u] = ou * row + column;
       }
-      float xv[kUnroll], dv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        xv[u] = has[u] ? to_float(x[offset[u]]) : 0.0f;
-        dv[u] = has[u] ? to_float(dy[offset[u]]) : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (!has[u]) continue;
-        const float r = backward_element<kReduce>(xv[u], dv[u], p, qmin, qmax, grad_factor, acc);
-        if constexpr (kGradInput) dx[offset[u]] = from_float<T>(r);
-      }
+      backward_batch<T, kGradInput, kReduce>(x, dy, dx, offset, has, p, qmin, qmax, grad_factor, acc);
     }
   }
   if constexpr (kReduce) {
