@@ -4,7 +4,8 @@
 #   apt: cmake, ninja, GoogleTest, Google Benchmark, a C++ compiler
 #   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core, torchao
 #        (torch.ao.quantization's successor; the QAT modules are tested against both),
-#        matplotlib (bench/render_report.py draws the GB/s plots of the benchmark report)
+#        matplotlib (bench/render_report.py draws the GB/s plots of the benchmark report),
+#        scikit-learn (its bundled digits data set: the end-to-end QAT accuracy test)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -34,12 +35,17 @@ elif [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 
 py_missing=()
-for mod in pytest numpy expecttest scikit_build_core torchao matplotlib; do
+for mod in pytest numpy expecttest scikit_build_core torchao matplotlib sklearn; do
   "$PYTHON" -c "import $mod" 2>/dev/null || py_missing+=("$mod")
 done
 if [ ${#py_missing[@]} -gt 0 ]; then
   pkgs=()
-  for m in "${py_missing[@]}"; do pkgs+=("${m//_/-}"); done
+  for m in "${py_missing[@]}"; do
+    case "$m" in
+      sklearn) pkgs+=(scikit-learn) ;;
+      *) pkgs+=("${m//_/-}") ;;
+    esac
+  done
   echo "ci/setup.sh: pip install ${pkgs[*]}"
   # torch stays pinned: nothing here may pull another build of it.
   pip_install "${pkgs[@]}" "torch==$("$PYTHON" -c "import torch; print(torch.__version__)")"
