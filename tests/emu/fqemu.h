@@ -42,6 +42,10 @@ void launch(const LaunchConfig& cfg, Call&& call, Args&&... args) {
   launch_erased(cfg, [](void* b) { (*static_cast<Body*>(b))(); }, &body);
 }
 
+// The first statement of a kernel declared with __launch_bounds__(max_threads): a block of
+// more threads is a launch a GPU refuses (aborts here).
+void check_launch_bounds(unsigned max_threads);
+
 // __syncthreads(): every thread of the block must arrive at the same barrier.
 void syncthreads(const char* file, int line);
 

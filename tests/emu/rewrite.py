@@ -13,6 +13,8 @@ which the three pieces of CUDA syntax a host compiler cannot take are host C++:
       -> one block-wide object per declaration site (::fqemu::shared)
   extern __shared__ T name[];
       -> #define name (the block's dynamic shared memory, as T*)
+  __global__ void __launch_bounds__(N) kernel(...) { ...
+      -> the body first checks that the block has at most N threads
 
 Line numbers are kept (a #line directive names the original file), so compiler and
 sanitizer reports point at the real source.
@@ -213,8 +215,35 @@ def rewrite_shared(text, path):
     return result
 
 
+LAUNCH_BOUNDS = re.compile(r"\b__launch_bounds__\s*\(")
+
+
+def rewrite_launch_bounds(text, path):
+    """`__global__ void __launch_bounds__(N[, M]) kernel(...) { body }`: the body starts with
+    a check that the block has at most N threads (a GPU refuses such a launch; the prelude
+    drops the attribute itself)."""
+    code = code_mask(text)
+    inserts = []
+    for m in LAUNCH_BOUNDS.finditer(code):
+        open_paren = m.end() - 1
+        close_paren = match_close(code, open_paren, "(", ")")
+        max_threads = split_top_level(text[open_paren + 1:close_paren])[0].strip()
+        params = code.find("(", close_paren + 1)
+        if params < 0:
+            raise RewriteError("%s:%d: __launch_bounds__ without a kernel" % (path, line_of(text, m.start())))
+        body = match_close(code, params, "(", ")") + 1
+        while body < len(code) and code[body].isspace():
+            body += 1
+        if body >= len(code) or code[body] != "{":
+            raise RewriteError("%s:%d: __launch_bounds__ on a declaration (no body)" % (path, line_of(text, m.start())))
+        inserts.append((body + 1, " ::fqemu::check_launch_bounds(%s);" % max_threads))
+    for pos, snippet in reversed(inserts):
+        text = text[:pos] + snippet + text[pos:]
+    return text
+
+
 def rewrite(text, path):
-    return '#line 1 "%s"\n' % path + rewrite_shared(rewrite_launches(text, path), path)
+    return '#line 1 "%s"\n' % path + rewrite_shared(rewrite_launches(rewrite_launch_bounds(text, path), path), path)
 
 
 def main(argv):

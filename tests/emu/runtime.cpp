@@ -474,6 +474,14 @@ void launch_erased(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
   g_body_ctx = nullptr;
 }
 
+void check_launch_bounds(unsigned max_threads) {
+  if (block_threads() > max_threads) {
+    fail("a kernel declared with __launch_bounds__(%u) was launched with blocks of %u threads (a GPU refuses "
+         "the launch)",
+         max_threads, block_threads());
+  }
+}
+
 void syncthreads(const char* file, int line) {
   Fiber& f = running_fiber("__syncthreads");
   f.state = State::kBarrier;

@@ -254,6 +254,18 @@ TEST(Limits, DynamicSharedMemoryHasTheLaunchSize) {
   cudaFree(d);
 }
 
+__global__ void __launch_bounds__(64) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
+
+TEST(Limits, LaunchAboveTheKernelsLaunchBoundsAborts) {
+  int* d = nullptr;
+  ASSERT_CUDA(cudaMalloc(&d, 128 * sizeof(int)));
+  bounded_kernel<<<1, 64>>>(d);  // at the bound: runs
+  ASSERT_CUDA(cudaGetLastError());
+  EXPECT_EQ(host_copy(d, 64), std::vector<int>(64, 1));
+  EXPECT_DEATH(bounded_kernel<<<1, 128>>>(d), "__launch_bounds__\\(64\\) was launched with blocks of 128 threads");
+  cudaFree(d);
+}
+
 // --- memory --------------------------------------------------------------------------------
 
 TEST(Memory, CopiesAreCheckedAgainstTheirDirection) {
