@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,5 +19,6 @@ def fresh_seed():
     """Fresh random data for every test; the seed is printed so a failure can be replayed."""
     seed = int(os.environ.get("FAKEQUANT_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
     torch.manual_seed(seed)
+    np.random.seed(seed)  # the tests draw magnitudes with numpy too
     print(f"seed={seed}")
     yield
