@@ -46,24 +46,30 @@ void reduce_cpu(const ReduceArgs& args, ReduceKind kind, float* out_a, float* ou
 // Observer state updates, applied to the reduced values (the epilogues of the CUDA
 // reduction; plain loops on the CPU).
 
+// Non-finite statistics (every observer below; quant_math.h, docs/numerics.md): an update
+// whose batch statistic or result is not finite is not applied - the state keeps its values -
+// and the quant-dequant of that call is poisoned (NaN output, mask 0).
+
 // Paddle moving_average_abs_max (per tensor): state = r*state + 1, accum = r*accum + abs_max,
-// scale = accum / state. All pointers to one float.
+// scale = accum / state. All pointers to one float. Returns the scale the quant-dequant uses:
+// the new scale, or NaN (poisoning) when the update was not applied.
 struct MovingAverageAbsMaxState {
   float* scale = nullptr;
   float* state = nullptr;
   float* accum = nullptr;
   float moving_rate = 0.9f;
 };
-void moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float abs_max);
+float moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float abs_max);
 
 // Paddle range_abs_max (per tensor): `window` holds the abs-max of the last window_size
 // steps; `iter` (int64) counts the steps and is incremented by the update. Paddle's rule:
 //   idx = iter % window_size; removed = window[idx]; window[idx] = cur
 //   scale = max(scale, cur) if cur > scale, else if |removed - scale| < 1e-6 (the maximum
 //   left the window) scale = max(0, |window[0 : min(iter, window_size)]|), NaN if any is NaN
-// Returns the scale the quant-dequant uses: the updated *scale, or NaN for an out-of-contract
-// iter < 0, which leaves window, iter and scale untouched (the CUDA launcher does the same;
-// bindings reject iter < 0 up front on the CPU).
+// Returns the scale the quant-dequant uses: the updated *scale, or NaN for a non-finite abs_max
+// or an out-of-contract iter < 0, either of which leaves window, iter and scale untouched (the
+// CUDA launcher does the same; bindings reject iter < 0 up front on the CPU). iter + 1 does not
+// overflow at INT64_MAX (range_abs_max_next_iter).
 struct RangeAbsMaxState {
   float* scale = nullptr;
   float* window = nullptr;
@@ -91,8 +97,10 @@ struct MovingAverageMinMaxState {
   bool symmetric = false;
 };
 // `current_min` / `current_max`: this step's per-channel min and max (ignored when the
-// observer is off or `observe` is false, e.g. for an empty input).
+// observer is off or `observe` is false, e.g. for an empty input). A channel whose step is not
+// applied (moving_average_min_max_step) keeps its running values and gets rejected[c] = 1
+// (`rejected`, [channels], may be null): the caller poisons that channel's quant-dequant.
 void moving_average_min_max_update_cpu(const MovingAverageMinMaxState& s, const float* current_min,
-                                       const float* current_max, bool observe);
+                                       const float* current_max, bool observe, uint8_t* rejected = nullptr);
 
 }  // namespace fakequant

@@ -329,6 +329,9 @@ FQ_HD QuantDequantResult quant_dequant_float_zp(float x, float scale, float inv_
   const bool in_range = (q >= quant_min) & (q <= quant_max);
   float clamped = q < quant_min ? quant_min : q;
   clamped = clamped > quant_max ? quant_max : clamped;
+  // ATen rounds to an integer type, which has no -0: a -0 level (a small negative x with a
+  // zero point of +0) is +0 there. Adding +0 turns -0 into +0 and leaves everything else.
+  clamped = clamped + 0.0f;
   const double y = (static_cast<double>(clamped) - static_cast<double>(zero_point)) * static_cast<double>(scale);
   return {is_nan(x) ? x : static_cast<float>(y), in_range};
 }
@@ -389,6 +392,27 @@ FQ_HD float moving_average_min_max(float running, float current, float averaging
   return is_inf(running) ? current : add_rn(running, mul_rn(averaging_const, current - running));
 }
 
+// False for NaN and +-inf.
+FQ_HD bool is_finite(float v) { return v - v == 0.0f; }
+
+// Observers and non-finite statistics (docs/numerics.md, "Non-finite statistics"): an update
+// whose batch statistic or result is not finite (a NaN or inf in the batch, or an overflow of
+// the running value) is not applied - the state keeps its last finite values, so one bad batch
+// cannot make a quantizer unusable - and the quant-dequant of that call is poisoned (NaN
+// output, mask 0), so the bad batch is seen rather than hidden.
+
+// One channel of the moving-average min/max observer: both running values move, or (false
+// returned) neither does.
+FQ_HD bool moving_average_min_max_step(float* running_min, float* running_max, float current_min, float current_max,
+                                       float averaging_const) {
+  const float next_min = moving_average_min_max(*running_min, current_min, averaging_const);
+  const float next_max = moving_average_min_max(*running_max, current_max, averaging_const);
+  if (!(is_finite(current_min) && is_finite(current_max) && is_finite(next_min) && is_finite(next_max))) return false;
+  *running_min = next_min;
+  *running_max = next_max;
+  return true;
+}
+
 // PaddlePaddle's moving_average_abs_max update (fake_quantize_moving_average_abs_max):
 //   state = r * state + 1;  accum = r * accum + abs_max;  scale = accum / state
 struct MovingAverageAbsMaxUpdate {
@@ -400,6 +424,12 @@ FQ_HD MovingAverageAbsMaxUpdate moving_average_abs_max(float state, float accum,
   u.accum = add_rn(mul_rn(rate, accum), abs_max);
   u.scale = u.accum / u.state;
   return u;
+}
+
+// Whether the update above is applied (the non-finite rule: the batch's abs-max and the new
+// state all finite).
+FQ_HD bool moving_average_abs_max_accepted(float abs_max, const MovingAverageAbsMaxUpdate& u) {
+  return is_finite(abs_max) && is_finite(u.state) && is_finite(u.accum) && is_finite(u.scale);
 }
 
 // Paddle's abs-max scales are the range end (|x| <= scale maps to [-bin_cnt, bin_cnt],
@@ -419,6 +449,15 @@ FQ_HD bool range_abs_max_left_window(float removed, float scale) {
 }
 
 FQ_HD int32_t abs_max_bin_cnt(int32_t bits) { return (1 << (bits - 1)) - 1; }
+
+// range_abs_max's step counter after `iter` (>= 0): iter + 1, without overflowing at
+// INT64_MAX. From window_size steps on only iter % window_size (the slot) and
+// min(iter, window_size) = window_size are read, so the counter then continues as
+// window_size + (iter + 1) % window_size: the same slots in the same order.
+FQ_HD int64_t range_abs_max_next_iter(int64_t iter, int64_t window_size) {
+  constexpr int64_t kMaxIter = 0x7FFFFFFFFFFFFFFF;
+  return iter < kMaxIter ? iter + 1 : window_size + (iter % window_size + 1) % window_size;
+}
 
 // PyTorch's choice of affine qparams from a [min, max] range: a port of ATen's
 // quant_utils::ChooseQuantizationParams as called by torch.fused_moving_avg_obs_fake_quant on

@@ -137,13 +137,16 @@ void backward_range(const LearnableBackwardArgs& a, const LearnableQParams& qp, 
     const int64_t c = channels > 1 ? run % channels : 0;
     const BackwardSegment seg{&plan.scale[c], &plan.inv_scale[c], &plan.zero_point[c], &plan.valid[c]};
     const int64_t stop = std::min(end, per_element ? i + (channels - c) : (run + 1) * stride);
+    // Without the gradient (or the sums) those pointers are null: no offset is applied to them.
     T* dxi = kGradInput ? dx + i : nullptr;
+    double* ss = kReduce ? sum_scale + c : nullptr;
+    double* sz = kReduce ? sum_zero_point + c : nullptr;
     if (per_element) {
-      backward_run<T, kGradInput, kReduce, true>(x + i, dy + i, dxi, stop - i, seg, qmin, qmax, qp.grad_factor,
-                                                 sum_scale + c, sum_zero_point + c);
+      backward_run<T, kGradInput, kReduce, true>(x + i, dy + i, dxi, stop - i, seg, qmin, qmax, qp.grad_factor, ss,
+                                                 sz);
     } else {
-      backward_run<T, kGradInput, kReduce, false>(x + i, dy + i, dxi, stop - i, seg, qmin, qmax, qp.grad_factor,
-                                                  sum_scale + c, sum_zero_point + c);
+      backward_run<T, kGradInput, kReduce, false>(x + i, dy + i, dxi, stop - i, seg, qmin, qmax, qp.grad_factor, ss,
+                                                  sz);
     }
     i = stop;
   }

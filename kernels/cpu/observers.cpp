@@ -181,16 +181,19 @@ void reduce_cpu(const ReduceArgs& args, ReduceKind kind, float* out_a, float* ou
   reduce_cpu_range(args, kind, 0, args.numel, out_a, out_b);
 }
 
-void moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float abs_max) {
+float moving_average_abs_max_update_cpu(const MovingAverageAbsMaxState& s, float abs_max) {
   const MovingAverageAbsMaxUpdate u = moving_average_abs_max(*s.state, *s.accum, abs_max, s.moving_rate);
+  if (!moving_average_abs_max_accepted(abs_max, u)) return kNaN;  // state untouched, a poisoning scale
   *s.state = u.state;
   *s.accum = u.accum;
   *s.scale = u.scale;
+  return u.scale;
 }
 
 float range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max) {
   const int64_t it = *s.iter;
   if (it < 0) return kNaN;  // out of contract: state untouched, a NaN (poisoning) scale
+  if (!is_finite(abs_max)) return kNaN;  // a non-finite batch: state untouched, poisoned output
   const int64_t idx = it % s.window_size;
   const float removed = s.window[idx];
   s.window[idx] = abs_max;
@@ -206,19 +209,21 @@ float range_abs_max_update_cpu(const RangeAbsMaxState& s, float abs_max) {
     }
   }
   *s.scale = scale;
-  *s.iter = it + 1;
+  *s.iter = range_abs_max_next_iter(it, s.window_size);
   return scale;
 }
 
 void moving_average_min_max_update_cpu(const MovingAverageMinMaxState& s, const float* current_min,
-                                       const float* current_max, bool observe) {
+                                       const float* current_max, bool observe, uint8_t* rejected) {
   const bool observer_on = *s.observer_on != 0;
   const bool fake_quant_on = *s.fake_quant_on != 0;
   for (int64_t c = 0; c < s.channels; ++c) {
+    bool applied = true;
     if (observe && observer_on) {
-      s.running_min[c] = moving_average_min_max(s.running_min[c], current_min[c], s.averaging_const);
-      s.running_max[c] = moving_average_min_max(s.running_max[c], current_max[c], s.averaging_const);
+      applied = moving_average_min_max_step(&s.running_min[c], &s.running_max[c], current_min[c], current_max[c],
+                                            s.averaging_const);
     }
+    if (rejected != nullptr) rejected[c] = applied ? 0 : 1;
     if (fake_quant_on) {
       const AffineQParams q = choose_qparams(s.running_min[c], s.running_max[c], s.quant_min, s.quant_max,
                                              s.symmetric, false);

@@ -15,7 +15,9 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// Workspace layout: [partials][step: float x channels][zero point: int32 x channels].
+// Workspace layout: [partials][step: float x channels][zero point: int32 x channels]: the
+// qparams the quant-dequant reads (the abs-max observers' step; the min/max observer's stored
+// qparams, NaN-poisoned where its step was not applied).
 struct ObserverWorkspace {
   void* partials;
   float* step;
@@ -46,6 +48,8 @@ __device__ __forceinline__ void write_abs_max_qparams(float scale, int32_t bin_c
   *zp = 0;
 }
 
+// Non-finite statistics (quant_math.h): an update that is not applied leaves the state and
+// gives the quant-dequant a NaN step (a poisoned output), as the CPU reference does.
 struct MovingAverageAbsMaxEpilogue {
   static constexpr bool kCooperative = false;
   MovingAverageAbsMaxState s;
@@ -54,6 +58,10 @@ struct MovingAverageAbsMaxEpilogue {
   int32_t* zp;
   __device__ void operator()(int64_t, float abs_max, float) const {
     const MovingAverageAbsMaxUpdate u = moving_average_abs_max(*s.state, *s.accum, abs_max, s.moving_rate);
+    if (!moving_average_abs_max_accepted(abs_max, u)) {
+      write_abs_max_qparams(__uint_as_float(0x7FC00000u), bin_cnt, step, zp);
+      return;
+    }
     *s.state = u.state;
     *s.accum = u.accum;
     *s.scale = u.scale;
@@ -68,8 +76,9 @@ struct NanMaxOp {
 // Paddle's window update; the rescan of the window (when its maximum was evicted) is a
 // block reduction here, where Paddle copies the window to the host. The rescan starts from 0
 // (the identity of an abs-max) and propagates NaN, as range_abs_max_update_cpu does. A
-// negative iter (out of contract, which only the device sees) would index before the window:
-// the state is left as it is and the step is NaN, so the quant-dequant poisons its output.
+// negative iter (out of contract, which only the device sees) would index before the window,
+// and a non-finite abs-max would enter it: in both cases the state is left as it is and the
+// step is NaN, so the quant-dequant poisons its output.
 struct RangeAbsMaxEpilogue {
   static constexpr bool kCooperative = true;
   RangeAbsMaxState s;
@@ -84,7 +93,7 @@ struct RangeAbsMaxEpilogue {
     __shared__ bool state_valid;
     if (threadIdx.x == 0) {
       const int64_t it = *s.iter;
-      state_valid = it >= 0;
+      state_valid = it >= 0 && is_finite(abs_max);
       rescan = 0;
       if (!state_valid) {
         scale = __uint_as_float(0x7FC00000u);
@@ -98,7 +107,7 @@ struct RangeAbsMaxEpilogue {
         } else if (range_abs_max_left_window(removed, scale)) {
           rescan = it < s.window_size ? it : s.window_size;
         }
-        *s.iter = it + 1;
+        *s.iter = range_abs_max_next_iter(it, s.window_size);
       }
     }
     __syncthreads();
@@ -115,13 +124,18 @@ struct RangeAbsMaxEpilogue {
   }
 };
 
+// The quant-dequant reads its qparams from the workspace (step, zp): the stored scale and zero
+// point, with a NaN scale for a channel whose step was not applied (non-finite statistics).
 struct MovingAverageMinMaxEpilogue {
   static constexpr bool kCooperative = false;
   MovingAverageMinMaxState s;
+  float* step;
+  int32_t* zp;
   __device__ void operator()(int64_t c, float current_min, float current_max) const {
+    bool applied = true;
     if (*s.observer_on != 0) {
-      s.running_min[c] = moving_average_min_max(s.running_min[c], current_min, s.averaging_const);
-      s.running_max[c] = moving_average_min_max(s.running_max[c], current_max, s.averaging_const);
+      applied = moving_average_min_max_step(&s.running_min[c], &s.running_max[c], current_min, current_max,
+                                            s.averaging_const);
     }
     if (*s.fake_quant_on != 0) {
       const AffineQParams q =
@@ -129,6 +143,8 @@ struct MovingAverageMinMaxEpilogue {
       s.scale[c] = q.scale;
       s.zero_point[c] = q.zero_point;
     }
+    step[c] = applied ? s.scale[c] : __uint_as_float(0x7FC00000u);
+    zp[c] = s.zero_point[c];
   }
 };
 
@@ -253,13 +269,13 @@ cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const M
     return cudaGetLastError();
   }
   const ObserverWorkspace w = carve(args, workspace);
-  const cudaError_t e =
-      launch_reduce_with<ReduceKind::kMinMax>(args, w.partials, MovingAverageMinMaxEpilogue{s}, stream);
+  const cudaError_t e = launch_reduce_with<ReduceKind::kMinMax>(
+      args, w.partials, MovingAverageMinMaxEpilogue{s, w.step, w.zero_point}, stream);
   if (e != cudaSuccess) return e;
   if (s.channels == 1) {
     PerTensorQParams qp;
-    qp.scale = s.scale;
-    qp.zero_point = s.zero_point;
+    qp.scale = w.step;
+    qp.zero_point = w.zero_point;
     qp.quant_min = s.quant_min;
     qp.quant_max = s.quant_max;
     qp.rounding = rounding;
@@ -267,8 +283,8 @@ cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const M
     return launch_fake_quant_per_tensor(fq, qp, stream);
   }
   PerChannelQParams qp;
-  qp.scale = s.scale;
-  qp.zero_point = s.zero_point;
+  qp.scale = w.step;
+  qp.zero_point = w.zero_point;
   qp.zero_point_type = ZeroPointType::kInt32;
   qp.channels = s.channels;
   qp.channel_stride = channel_stride;

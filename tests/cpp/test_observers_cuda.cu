@@ -436,12 +436,14 @@ TEST_P(CudaMovingAverageAbsMax, TrainingAndEvalMatchCpuReference) {
     const HostTensor x = host_tensor(c.dtype, random_values(n, 40 + step, magnitudes[step], specials));
     HostOutputs cpu(c.dtype, n);
     if (n > 0) {
+      // The scale the quant-dequant uses: NaN (poisoned) where a non-finite step is not applied.
+      float use_scale = scale;
       if (training) {
         float abs_max = 0.0f;
         fq::reduce_cpu({x.dtype, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-        fq::moving_average_abs_max_update_cpu(host, abs_max);
+        use_scale = fq::moving_average_abs_max_update_cpu(host, abs_max);
       }
-      abs_max_quant_dequant_cpu(cpu.args(x), scale, c.bits, c.rounding);
+      abs_max_quant_dequant_cpu(cpu.args(x), use_scale, c.bits, c.rounding);
     }
     dx.upload(x);
     out.poison();
@@ -514,7 +516,8 @@ TEST_P(CudaRangeAbsMax, WindowSequenceMatchesCpuReference) {
     EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
     expect_outputs_match(out, cpu, c.dtype, where);
   }
-  if (n > 0) EXPECT_EQ(iter, 10);
+  // Ten training steps; one with non-finite values (step 9) is not applied.
+  if (n > 0) EXPECT_EQ(iter, c.specials == Specials::kNone ? 10 : 9);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -698,11 +701,17 @@ TEST_P(CudaFusedMovingAverageMinMax, StepsMatchCpuReference) {
       fq::reduce_cpu({x.dtype, x.bytes.data(), n, channels, channel_stride}, fq::ReduceKind::kMinMax, cur_min.data(),
                      cur_max.data());
     }
-    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), observe);
+    std::vector<uint8_t> rejected(channels, 0);
+    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), observe, rejected.data());
+    // As the CPU binding: the stored qparams, NaN scales where a non-finite step was not applied.
+    std::vector<float> use_scale = scale;
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      if (rejected[ch]) use_scale[ch] = kNaN;
+    }
     HostOutputs cpu(c.dtype, n);
     if (channels == 1) {
       fq::PerTensorQParams qp;
-      qp.scale = scale.data();
+      qp.scale = use_scale.data();
       qp.zero_point = zero_point.data();
       qp.quant_min = c.quant_min;
       qp.quant_max = c.quant_max;
@@ -711,7 +720,7 @@ TEST_P(CudaFusedMovingAverageMinMax, StepsMatchCpuReference) {
       fq::fake_quant_per_tensor_cpu(cpu.args(x), qp);
     } else {
       fq::PerChannelQParams qp;
-      qp.scale = scale.data();
+      qp.scale = use_scale.data();
       qp.zero_point = zero_point.data();
       qp.channels = channels;
       qp.channel_stride = channel_stride;
@@ -762,6 +771,196 @@ INSTANTIATE_TEST_SUITE_P(
         MinMaxCase{kF32, 2, 300, 2, false, 0, kEven, 0, 255, false, Specials::kNone},
         MinMaxCase{kF32, 2, 70000, 1, false, 0, kEven, -128, 127, true, Specials::kNaNInf}),
     min_max_case_name);
+
+// ---------------------------------------------------------------------------------------
+// Non-finite statistics (docs/numerics.md): a batch whose statistic (or the update's result) is
+// not finite leaves the observer state as it was and poisons that call's output (NaN, mask 0);
+// the finite batches after it continue as if it had not come. Finding: a NaN or inf batch used
+// to enter the state for good.
+
+// Every element NaN and every mask bit 0.
+void expect_poisoned(const DeviceOutputs& out, int64_t n, const std::string& where) {
+  const std::vector<unsigned char> y = out.y.read();
+  for (int64_t i = 0; i < n; ++i) {
+    float v;
+    std::memcpy(&v, y.data() + 4 * i, 4);
+    ASSERT_TRUE(std::isnan(v)) << where << ": element " << i;
+  }
+  for (uint8_t b : out.mask.read()) ASSERT_EQ(b, 0) << where;
+}
+
+TEST(CudaObserverNonFinite, AbsMaxObserversSkipABadBatch) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 2049, window_size = 3;
+  const Specials steps[] = {Specials::kNone, Specials::kNaNInf, Specials::kInf, Specials::kNone, Specials::kNone};
+  float scale = 0.0f, state = 0.0f, accum = 0.0f, range_scale = 0.0f;
+  std::vector<float> window(window_size, 0.0f);
+  int64_t iter = 0;
+  const fq::MovingAverageAbsMaxState ma_host{&scale, &state, &accum, 0.9f};
+  const fq::RangeAbsMaxState range_host{&range_scale, window.data(), window_size, &iter};
+  DeviceArray<float> d_scale({0.0f}), d_state({0.0f}), d_accum({0.0f}), d_range_scale({0.0f}), d_window(window);
+  DeviceArray<int64_t> d_iter({0});
+  const fq::MovingAverageAbsMaxState ma_dev{d_scale.ptr, d_state.ptr, d_accum.ptr, 0.9f};
+  const fq::RangeAbsMaxState range_dev{d_range_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
+  DeviceTensor dx(kF32, n, 0);
+  DeviceOutputs out(kF32, n, 0);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+  for (int step = 0; step < 5; ++step) {
+    const bool bad = steps[step] != Specials::kNone;
+    const HostTensor x = host_tensor(kF32, random_values(n, 300 + step, 1.0f + step, steps[step]));
+    float abs_max = 0.0f;
+    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+    dx.upload(x);
+    const std::string where = "step " + std::to_string(step);
+    // moving_average_abs_max
+    const float ma_before[3] = {scale, state, accum};
+    HostOutputs cpu(kF32, n);
+    abs_max_quant_dequant_cpu(cpu.args(x), fq::moving_average_abs_max_update_cpu(ma_host, abs_max), 8,
+                              fq::Rounding::kHalfAway);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_moving_average_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, ma_dev,
+                                                                   8, fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    EXPECT_TRUE(same_floats({d_scale.read()[0], d_state.read()[0], d_accum.read()[0]}, {scale, state, accum}))
+        << where << ": moving_average_abs_max state";
+    expect_outputs_match(out, cpu, kF32, where + " moving_average_abs_max");
+    if (bad) {
+      EXPECT_TRUE(same_floats({scale, state, accum}, {ma_before[0], ma_before[1], ma_before[2]})) << where;
+      expect_poisoned(out, n, where + " moving_average_abs_max");
+    }
+    // range_abs_max
+    const std::vector<float> window_before = window;
+    const int64_t iter_before = iter;
+    HostOutputs cpu_range(kF32, n);
+    abs_max_quant_dequant_cpu(cpu_range.args(x), fq::range_abs_max_update_cpu(range_host, abs_max), 8,
+                              fq::Rounding::kHalfAway);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, range_dev, 8,
+                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    EXPECT_TRUE(same_floats(d_range_scale.read(), {range_scale})) << where << ": range_abs_max scale";
+    EXPECT_TRUE(same_floats(d_window.read(), window)) << where << ": window";
+    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
+    expect_outputs_match(out, cpu_range, kF32, where + " range_abs_max");
+    if (bad) {
+      EXPECT_EQ(window, window_before) << where;
+      EXPECT_EQ(iter, iter_before) << where;
+      expect_poisoned(out, n, where + " range_abs_max");
+    }
+  }
+  EXPECT_EQ(iter, 3);  // the three finite steps
+  EXPECT_TRUE(std::isfinite(scale) && std::isfinite(range_scale));
+}
+
+TEST(CudaObserverNonFinite, MinMaxObserverSkipsOnlyTheBadChannel) {
+  SKIP_WITHOUT_GPU();
+  const int64_t outer = 50, channels = 4, n = outer * channels;  // channels innermost
+  std::vector<float> running_min(channels, kInf), running_max(channels, -kInf), scale(channels, 1.0f);
+  std::vector<int32_t> zero_point(channels, 0);
+  int64_t on = 1;
+  fq::MovingAverageMinMaxState host;
+  host.observer_on = &on;
+  host.fake_quant_on = &on;
+  host.running_min = running_min.data();
+  host.running_max = running_max.data();
+  host.scale = scale.data();
+  host.zero_point = zero_point.data();
+  host.channels = channels;
+  host.averaging_const = 0.25f;
+  host.quant_min = 0;
+  host.quant_max = 255;
+  DeviceArray<float> d_min(running_min), d_max(running_max), d_scale(scale);
+  DeviceArray<int32_t> d_zp(zero_point);
+  DeviceArray<int64_t> d_on({1});
+  fq::MovingAverageMinMaxState dev = host;
+  dev.observer_on = d_on.ptr;
+  dev.fake_quant_on = d_on.ptr;
+  dev.running_min = d_min.ptr;
+  dev.running_max = d_max.ptr;
+  dev.scale = d_scale.ptr;
+  dev.zero_point = d_zp.ptr;
+  DeviceTensor dx(kF32, n, 0);
+  DeviceOutputs out(kF32, n, 0);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n, channels, 1}));
+  for (int step = 0; step < 4; ++step) {
+    std::vector<float> v = random_values(n, 500 + step, 1.0f + step, Specials::kNone);
+    const int64_t bad_channel = 2;
+    if (step == 1) v[7 * channels + bad_channel] = kNaN;
+    if (step == 2) v[3 * channels + bad_channel] = -kInf;
+    const HostTensor x = host_tensor(kF32, v);
+    std::vector<float> cur_min(channels), cur_max(channels);
+    fq::reduce_cpu({kF32, x.bytes.data(), n, channels, 1}, fq::ReduceKind::kMinMax, cur_min.data(), cur_max.data());
+    const float min_before = running_min[bad_channel], max_before = running_max[bad_channel];
+    std::vector<uint8_t> rejected(channels, 0);
+    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), true, rejected.data());
+    std::vector<float> use_scale = scale;
+    for (int64_t c = 0; c < channels; ++c) {
+      EXPECT_EQ(rejected[c], (step == 1 || step == 2) && c == bad_channel ? 1 : 0) << "step " << step;
+      if (rejected[c]) use_scale[c] = kNaN;
+    }
+    if (step == 1 || step == 2) {
+      EXPECT_EQ(running_min[bad_channel], min_before);
+      EXPECT_EQ(running_max[bad_channel], max_before);
+    }
+    HostOutputs cpu(kF32, n);
+    fq::PerChannelQParams qp;
+    qp.scale = use_scale.data();
+    qp.zero_point = zero_point.data();
+    qp.channels = channels;
+    qp.channel_stride = 1;
+    qp.quant_min = 0;
+    qp.quant_max = 255;
+    fq::fake_quant_per_channel_cpu(cpu.args(x), qp);
+    dx.upload(x);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fused_moving_average_min_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 1,
+                                                              fq::Rounding::kHalfEven, ws.ptr, nullptr));
+    const std::string where = "step " + std::to_string(step);
+    EXPECT_TRUE(same_floats(d_min.read(), running_min)) << where;
+    EXPECT_TRUE(same_floats(d_max.read(), running_max)) << where;
+    EXPECT_TRUE(same_floats(d_scale.read(), scale)) << where;
+    EXPECT_EQ(d_zp.read(), zero_point) << where;
+    expect_outputs_match(out, cpu, kF32, where);
+  }
+  for (int64_t c = 0; c < channels; ++c) EXPECT_TRUE(std::isfinite(running_min[c]) && std::isfinite(running_max[c]));
+}
+
+// Finding: iter + 1 overflowed at INT64_MAX (undefined behaviour). The counter continues as
+// window_size + (iter + 1) % window_size, the same slots in the same order, on both backends.
+TEST(CudaRangeAbsMaxEdges, IterAtInt64MaxContinuesWithoutOverflow) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 500, window_size = 5;
+  const int64_t max_iter = std::numeric_limits<int64_t>::max();
+  std::vector<float> window = {0.5f, 2.0f, 1.0f, 0.25f, 0.75f};
+  float scale = 2.0f;
+  int64_t iter = max_iter - 1;
+  const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
+  DeviceArray<float> d_scale({scale}), d_window(window);
+  DeviceArray<int64_t> d_iter({iter});
+  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
+  DeviceTensor dx(kF32, n, 0);
+  DeviceOutputs out(kF32, n, 0);
+  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+  for (int step = 0; step < 4; ++step) {
+    const HostTensor x = host_tensor(kF32, random_values(n, 700 + step, 0.5f + step, Specials::kNone));
+    float abs_max = 0.0f;
+    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+    const int64_t slot = iter % window_size;
+    HostOutputs cpu(kF32, n);
+    abs_max_quant_dequant_cpu(cpu.args(x), fq::range_abs_max_update_cpu(host, abs_max), 8, fq::Rounding::kHalfAway);
+    EXPECT_EQ(window[slot], abs_max);
+    EXPECT_GE(iter, window_size);
+    EXPECT_EQ(iter % window_size, (slot + 1) % window_size);
+    dx.upload(x);
+    out.poison();
+    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
+                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    const std::string where = "step " + std::to_string(step);
+    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where;
+    EXPECT_TRUE(same_floats(d_window.read(), window)) << where;
+    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where;
+    expect_outputs_match(out, cpu, kF32, where);
+  }
+  EXPECT_EQ(iter, window_size + (max_iter % window_size + 1) % window_size + 2);
+}
 
 // ---------------------------------------------------------------------------------------
 // Rejected arguments: every observer launcher checks its arguments before it launches

@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -20,8 +21,63 @@ DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
   }
 }
 
+bool is_aligned(const at::Tensor& t) {
+  // Meta tensors have no data; an empty tensor is never read.
+  if (t.numel() == 0 || t.is_meta()) return true;
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % static_cast<uintptr_t>(t.element_size()) == 0;
+}
+
 at::Tensor dense_or_contiguous(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+  if (!t.is_non_overlapping_and_dense()) return t.contiguous();
+  // clone keeps a dense tensor's strides, so the output layout is the same either way.
+  return is_aligned(t) ? t : t.clone(at::MemoryFormat::Preserve);
+}
+
+at::Tensor contiguous_aligned(const at::Tensor& t, at::MemoryFormat format) {
+  at::Tensor c = t.contiguous(format);
+  return is_aligned(c) ? c : c.clone(format);
+}
+
+namespace {
+
+// [first, last) byte offsets of the storage that t's elements span.
+std::pair<int64_t, int64_t> storage_byte_span(const at::Tensor& t) {
+  int64_t extent = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
+  const int64_t item = static_cast<int64_t>(t.element_size());
+  const int64_t first = t.storage_offset() * item;
+  return {first, first + extent * item};
+}
+
+}  // namespace
+
+bool tensors_overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;
+  if (!a.has_storage() || !b.has_storage() || !a.storage().is_alias_of(b.storage())) return false;
+  const auto [a_first, a_last] = storage_byte_span(a);
+  const auto [b_first, b_last] = storage_byte_span(b);
+  return a_first < b_last && b_first < a_last;
+}
+
+void check_no_overlap(const char* op, std::initializer_list<NamedTensor> updated,
+                      std::initializer_list<NamedTensor> read) {
+  for (auto u = updated.begin(); u != updated.end(); ++u) {
+    for (auto v = u + 1; v != updated.end(); ++v) {
+      TORCH_CHECK(!tensors_overlap(*u->first, *v->first), op, ": ", u->second, " and ", v->second,
+                  " share memory, but both are updated in place; pass tensors that do not overlap");
+    }
+    for (const NamedTensor& r : read) {
+      TORCH_CHECK(!tensors_overlap(*u->first, *r.first), op, ": ", u->second, " and ", r.second, " share memory, but ",
+                  u->second, " is updated in place while ", r.second,
+                  " is read; pass tensors that do not overlap (e.g. a clone)");
+    }
+  }
+}
+
+std::array<bool, 3> output_mask_flags(const char* op, const c10::List<bool>& output_mask, const char* outputs) {
+  TORCH_CHECK(output_mask.size() == 3, op, ": output_mask must hold 3 flags, one per output (", outputs, "), got ",
+              output_mask.size());
+  return {output_mask.get(0), output_mask.get(1), output_mask.get(2)};
 }
 
 FakeQuantBuffers allocate_fake_quant_buffers(const at::Tensor& input, DType dtype) {
@@ -73,7 +129,7 @@ at::Tensor check_seed(const char* op, const at::Tensor& input, Rounding mode, co
               " elements (Philox key, counter offset), got shape ", s.sizes());
   TORCH_CHECK(s.device() == input.device(), op, ": seed must be on the same device as input (", input.device(),
               "), got ", s.device());
-  return s.contiguous();
+  return contiguous_aligned(s);
 }
 
 PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
@@ -90,8 +146,10 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
 
   static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
   call.qparams.seed = call.seed.defined() ? call.seed.const_data_ptr<int64_t>() : nullptr;
-  call.qparams.scale = scale.const_data_ptr<float>();
-  call.qparams.zero_point = zero_point.const_data_ptr<int32_t>();
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
+  call.qparams.scale = call.scale.const_data_ptr<float>();
+  call.qparams.zero_point = call.zero_point.const_data_ptr<int32_t>();
   call.qparams.quant_min = static_cast<int32_t>(quant_min);
   call.qparams.quant_max = static_cast<int32_t>(quant_max);
   call.qparams.rounding = mode;
@@ -144,8 +202,8 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
   // channel any positive stride will do (a size-1 dimension's stride is arbitrary).
   call.qparams.channel_stride = channels > 1 ? call.input.stride(ax) : 1;
   call.qparams.channels = std::max<int64_t>(channels, 1);
-  call.scale = scale.contiguous();
-  call.zero_point = zero_point.contiguous();
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
   call.qparams.scale = call.scale.const_data_ptr<float>();
   call.qparams.zero_point = call.zero_point.const_data_ptr();
   call.qparams.zero_point_type = zero_point.scalar_type() == at::kFloat ? ZeroPointType::kFloat32 : ZeroPointType::kInt32;
@@ -158,8 +216,8 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
 void check_per_channel_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
                                      int64_t quant_min, int64_t quant_max) {
   constexpr const char* op = "fakequant.fake_quant_per_channel";
-  const at::Tensor s = scale.contiguous();
-  const at::Tensor z = zero_point.contiguous();
+  const at::Tensor s = contiguous_aligned(scale);
+  const at::Tensor z = contiguous_aligned(zero_point);
   const float* sp = s.const_data_ptr<float>();
   for (int64_t c = 0; c < s.numel(); ++c) {
     const std::string e = check_scale_value(sp[c]);
@@ -186,9 +244,10 @@ MaskedGradCall prepare_masked_grad(const at::Tensor& grad_output, const at::Tens
               " elements, got ", mask.numel());
   TORCH_CHECK(mask.device() == grad_output.device(), op, ": mask must be on the same device as grad_output (",
               grad_output.device(), "), got ", mask.device());
+  call.grad_output = is_aligned(grad_output) ? grad_output : grad_output.clone(at::MemoryFormat::Preserve);
   call.grad_input = at::empty_like(grad_output);
   call.args.dtype = dtype;
-  call.args.grad_output = grad_output.const_data_ptr();
+  call.args.grad_output = call.grad_output.const_data_ptr();
   call.args.mask = mask.const_data_ptr<uint8_t>();
   call.args.grad_input = call.grad_input.mutable_data_ptr();
   call.args.numel = grad_output.numel();

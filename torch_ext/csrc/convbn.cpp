@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "common.h"
 #include "fakequant/weight_quant.h"
 
 namespace fakequant {
@@ -80,7 +81,64 @@ void check_running_stat(const char* op, const char* name, const at::Tensor& t, c
   TORCH_CHECK(t.dim() == 1 && t.size(0) == channels, op, ": ", name, " must have shape [", channels,
               "] (out_channels), got ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
+  TORCH_CHECK(is_aligned(t), op, ": ", name, " must be aligned to its element size (4 bytes; it is updated in place)");
 }
+
+void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the same device as input (", input.device(),
+              "), got ", t.device());
+}
+
+// The weight's dtype: input's, or float32 with a float16 / bfloat16 input.
+void check_weight_dtype(const char* op, const char* name, const at::Tensor& weight, const at::Tensor& input,
+                        ConvBnDType dtype) {
+  const bool ok =
+      weight.scalar_type() == input.scalar_type() ||
+      (weight.scalar_type() == at::kFloat && (dtype == ConvBnDType::kFloat16 || dtype == ConvBnDType::kBFloat16));
+  TORCH_CHECK(ok, op, ": ", name, " must have input's dtype (", input.scalar_type(),
+              "), or float32 with a float16/bfloat16 input, got ", weight.scalar_type());
+}
+
+// input / weight / groups / stride / padding / dilation, shared by the forward and the backward.
+int64_t check_conv_arguments(const char* op, const at::Tensor& input, const at::Tensor& weight, int64_t groups,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             ConvBnDType dtype) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-d NCHW tensor, got ", input.dim(), " dimensions");
+  check_same_device(op, "weight", weight, input);
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be a 4-d [out_channels, in_channels/groups, kh, kw] tensor, got ",
+              weight.dim(), " dimensions");
+  check_weight_dtype(op, "weight", weight, input, dtype);
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  const int64_t channels = weight.size(0);
+  TORCH_CHECK(channels >= 1, op, ": weight must have at least one output channel");
+  TORCH_CHECK(channels % groups == 0, op, ": out_channels (", channels, ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(input.size(1) == weight.size(1) * groups, op, ": input has ", input.size(1),
+              " channels, but weight expects in_channels = weight.size(1) * groups = ", weight.size(1) * groups);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  return channels;
+}
+
+// A packed 1-bit mask saved by the forward: uint8, contiguous 1-D, empty or `bytes` long.
+void check_saved_mask(const char* op, const char* name, const at::Tensor& mask, const at::Tensor& input, int64_t bytes,
+                      const char* of) {
+  check_same_device(op, name, mask, input);
+  TORCH_CHECK(mask.scalar_type() == at::kByte, op, ": ", name, " must be a uint8 tensor (1 bit per element of ", of,
+              "), got ", mask.scalar_type());
+  TORCH_CHECK(mask.dim() == 1 && mask.is_contiguous(), op, ": ", name,
+              " must be a contiguous 1-D tensor, as conv_bn_fake_quant returns it, got shape ", mask.sizes(),
+              " with strides ", mask.strides());
+  TORCH_CHECK(mask.numel() == 0 || mask.numel() == bytes, op, ": ", name, " must be empty or hold ceil(numel / 8) = ",
+              bytes, " bytes of ", of, ", got ", mask.numel());
+}
+
+// The convolution's output size along one spatial dimension.
+int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
+  return (in + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+int64_t pair_at(at::IntArrayRef v, size_t i) { return v.size() == 1 ? v[0] : v[i]; }
 
 bool parse_mode(const char* op, c10::string_view mode) {
   const std::string m(mode);
@@ -88,7 +146,7 @@ bool parse_mode(const char* op, c10::string_view mode) {
   return m == "batch";
 }
 
-at::Tensor double_vector(const at::Tensor& t) { return t.to(at::kDouble).contiguous(); }
+at::Tensor double_vector(const at::Tensor& t) { return contiguous_aligned(t.to(at::kDouble)); }
 
 template <typename T>
 T* ptr(const at::Tensor& t) {
@@ -118,30 +176,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const char* op = kOp;
   // --- checks (nothing is read from tensor values) ---
   const ConvBnDType dtype = activation_dtype(input, op, "input");
-  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-d NCHW tensor, got ", input.dim(), " dimensions");
-  TORCH_CHECK(weight.device() == input.device(), op, ": weight must be on the same device as input (",
-              input.device(), "), got ", weight.device());
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be a 4-d [out_channels, in_channels/groups, kh, kw] tensor, got ",
-              weight.dim(), " dimensions");
-  const bool weight_dtype_ok =
-      weight.scalar_type() == input.scalar_type() ||
-      (weight.scalar_type() == at::kFloat && (dtype == ConvBnDType::kFloat16 || dtype == ConvBnDType::kBFloat16));
-  TORCH_CHECK(weight_dtype_ok, op, ": weight must have input's dtype (", input.scalar_type(),
-              "), or float32 with a float16/bfloat16 input, got ", weight.scalar_type());
-  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  const int64_t channels = weight.size(0);
-  TORCH_CHECK(channels >= 1, op, ": weight must have at least one output channel");
-  TORCH_CHECK(channels % groups == 0, op, ": out_channels (", channels, ") must be divisible by groups (", groups, ")");
-  TORCH_CHECK(input.size(1) == weight.size(1) * groups, op, ": input has ", input.size(1),
-              " channels, but weight expects in_channels = weight.size(1) * groups = ", weight.size(1) * groups);
-  check_pair(op, "stride", stride, 1);
-  check_pair(op, "padding", padding, 0);
-  check_pair(op, "dilation", dilation, 1);
+  const int64_t channels = check_conv_arguments(op, input, weight, groups, stride, padding, dilation, dtype);
   if (bias.has_value()) check_channel_vector(op, "bias", *bias, input, channels);
   check_channel_vector(op, "bn_weight", bn_weight, input, channels);
   check_channel_vector(op, "bn_bias", bn_bias, input, channels);
   check_running_stat(op, "running_mean", running_mean, input, channels);
   check_running_stat(op, "running_var", running_var, input, channels);
+  const at::Tensor no_bias;
+  check_no_overlap(op, {{&running_mean, "running_mean"}, {&running_var, "running_var"}},
+                   {{&input, "input"}, {&weight, "weight"}, {bias.has_value() ? &*bias : &no_bias, "bias"},
+                    {&bn_weight, "bn_weight"}, {&bn_bias, "bn_bias"}});
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0, got ", eps);
   TORCH_CHECK(std::isfinite(momentum), op, ": momentum must be finite, got ", momentum);
   const bool batch = parse_mode(op, mode);
@@ -156,8 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(eps_error.empty(), op, ": weight_", eps_error);
 
   const at::MemoryFormat fmt = activation_format(input);
-  const at::Tensor x = input.contiguous(fmt);
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor x = contiguous_aligned(input, fmt);
+  const at::Tensor w = contiguous_aligned(weight);  // read by the fold kernel
   const at::ScalarType act = input.scalar_type();
   const at::TensorOptions opts = x.options();
   const int64_t length = w.numel() / channels;
@@ -268,40 +312,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {u, at::empty({0}, opts), wq, weight_mask, relu_mask, rows};
 }
 
+std::array<bool, 3> conv_bn_output_mask(const c10::List<bool>& output_mask) {
+  return output_mask_flags(kBackwardOp, output_mask, "grad_input, grad_weight, grad_params");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bn_fake_quant_backward(
     const ConvBnBackend& backend, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& pre_bn, const at::Tensor& weight_q, const at::Tensor& weight_mask, const at::Tensor& relu_mask,
     const at::Tensor& channel_state, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
     int64_t groups, c10::string_view mode, bool training, std::array<bool, 3> output_mask) {
   const char* op = kBackwardOp;
+  // Every saved tensor is checked (dtype, shape, layout, device) before anything is read: the
+  // kernels index them by the shapes of input, weight and grad_output.
   const ConvBnDType dtype = activation_dtype(input, op, "input");
-  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && grad_output.dim() == 4, op,
-              ": input, weight and grad_output must be 4-d tensors");
+  const int64_t channels = check_conv_arguments(op, input, weight, groups, stride, padding, dilation, dtype);
+  check_same_device(op, "grad_output", grad_output, input);
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output must have input's dtype (",
               input.scalar_type(), "), got ", grad_output.scalar_type());
-  const int64_t channels = weight.size(0);
+  const std::array<int64_t, 4> out_shape = {
+      input.size(0), channels,
+      conv_output_size(input.size(2), weight.size(2), pair_at(stride, 0), pair_at(padding, 0), pair_at(dilation, 0)),
+      conv_output_size(input.size(3), weight.size(3), pair_at(stride, 1), pair_at(padding, 1), pair_at(dilation, 1))};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_shape), op,
+              ": grad_output must have the convolution output's shape ", at::IntArrayRef(out_shape), ", got ",
+              grad_output.sizes());
+  check_same_device(op, "channel_state", channel_state, input);
   TORCH_CHECK(channel_state.scalar_type() == at::kDouble && channel_state.dim() == 2 &&
                   channel_state.size(0) == kConvBnRows && channel_state.size(1) == channels,
               op, ": channel_state must be the float64 [", static_cast<int>(kConvBnRows), ", ", channels,
               "] tensor returned by conv_bn_fake_quant, got ", channel_state.scalar_type(), " ",
               channel_state.sizes());
-  TORCH_CHECK(grad_output.size(1) == channels, op, ": grad_output must have ", channels, " channels, got ",
-              grad_output.size(1));
   const bool batch = parse_mode(op, mode);
   const bool batch_training = batch && training;
+  check_same_device(op, "pre_bn", pre_bn, input);
+  if (training) {
+    TORCH_CHECK(pre_bn.scalar_type() == input.scalar_type(), op, ": pre_bn must have input's dtype (",
+                input.scalar_type(), "), as conv_bn_fake_quant returns it, got ", pre_bn.scalar_type());
+    TORCH_CHECK(pre_bn.sizes() == grad_output.sizes(), op, ": pre_bn must have grad_output's shape ",
+                grad_output.sizes(), " in training, got ", pre_bn.sizes());
+  } else {
+    TORCH_CHECK(pre_bn.numel() == 0, op,
+                ": pre_bn must be empty with training=False (conv_bn_fake_quant returns [0] there), got shape ",
+                pre_bn.sizes());
+  }
+  check_same_device(op, "weight_q", weight_q, input);
+  TORCH_CHECK(weight_q.sizes() == weight.sizes(), op, ": weight_q must have weight's shape ", weight.sizes(), ", got ",
+              weight_q.sizes());
+  TORCH_CHECK(weight_q.scalar_type() == input.scalar_type() || weight_q.scalar_type() == weight.scalar_type(), op,
+              ": weight_q must have input's dtype (", input.scalar_type(), ") or weight's (", weight.scalar_type(),
+              "), got ", weight_q.scalar_type());
+  check_saved_mask(op, "weight_mask", weight_mask, input, mask_bytes(weight.numel()), "weight");
+  check_saved_mask(op, "relu_mask", relu_mask, input, mask_bytes(grad_output.numel()), "the output");
   const bool relu = relu_mask.numel() > 0;
-  TORCH_CHECK(!relu || relu_mask.numel() == mask_bytes(grad_output.numel()), op,
-              ": relu_mask must hold ceil(numel / 8) bytes of grad_output, got ", relu_mask.numel());
-  TORCH_CHECK(!training || pre_bn.sizes() == grad_output.sizes(), op,
-              ": pre_bn must have grad_output's shape in training, got ", pre_bn.sizes());
-  TORCH_CHECK(weight_mask.numel() == 0 || weight_mask.numel() == mask_bytes(weight.numel()), op,
-              ": weight_mask must be empty or hold ceil(numel / 8) bytes of weight, got ", weight_mask.numel());
 
   const at::MemoryFormat fmt = activation_format(input);
-  const at::Tensor x = input.contiguous(fmt);
-  const at::Tensor g = grad_output.contiguous(fmt);
-  const at::Tensor z = training ? pre_bn.contiguous(fmt) : at::Tensor();
-  const at::Tensor rows = channel_state.contiguous();
+  const at::Tensor x = contiguous_aligned(input, fmt);
+  const at::Tensor g = contiguous_aligned(grad_output, fmt);
+  const at::Tensor z = training ? contiguous_aligned(pre_bn, fmt) : at::Tensor();
+  const at::Tensor rows = contiguous_aligned(channel_state);
   const at::TensorOptions opts = x.options();
   const ActivationLayout layout = layout_of(g, fmt);
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_params = output_mask[2];
@@ -354,7 +422,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bn_fake_quant_backward(
                                                  {0, 0}, groups, {need_input, need_conv_weight_grad, false});
     grad_input = need_input ? dx.contiguous(fmt) : dx;
     if (need_conv_weight_grad) {
-      const at::Tensor w = weight.contiguous();
+      const at::Tensor w = contiguous_aligned(weight);
       const at::Tensor dwc = dw.to(w.scalar_type()).contiguous();
       if (need_weight_sums) weight_sums = at::empty({channels}, opts.dtype(at::kDouble));
       grad_weight = at::empty_like(w);

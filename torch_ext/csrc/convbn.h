@@ -5,8 +5,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/List.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -33,6 +35,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::IntArrayRef dilation, int64_t groups, double eps, double momentum, c10::string_view mode, bool training,
     bool relu, bool quantize_weight, int64_t quant_min, int64_t quant_max, c10::string_view rounding,
     double weight_eps);
+
+// The backward's output_mask (grad_input, grad_weight, grad_params), checked to hold 3 flags.
+std::array<bool, 3> conv_bn_output_mask(const c10::List<bool>& output_mask);
 
 // (grad_input, grad_weight, grad_params [3, C] float64: gamma, beta, conv bias).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bn_fake_quant_backward(

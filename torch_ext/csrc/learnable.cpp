@@ -72,8 +72,8 @@ LearnableForwardCall prepare_learnable_forward(const char* op, const at::Tensor&
       check_common(op, input, scale, zero_point, axis, quant_min, quant_max, grad_factor, &call.qparams, &dtype);
   call.input = dense_or_contiguous(input);
   call.output = at::empty_like(call.input);
-  call.scale = scale.contiguous();
-  call.zero_point = zero_point.contiguous();
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
   call.qparams.scale = call.scale.const_data_ptr<float>();
   call.qparams.zero_point = call.zero_point.const_data_ptr<float>();
   call.qparams.channel_stride = channel_stride_of(call.input, ax, call.qparams.channels);
@@ -101,11 +101,11 @@ LearnableBackwardCall prepare_learnable_backward(const char* op, const at::Tenso
               input.device(), "), got ", grad_output.device());
   call.input = dense_or_contiguous(input);
   // The kernels pair grad_output and input element by element in memory order.
-  call.grad_output = grad_output.strides() == call.input.strides()
+  call.grad_output = grad_output.strides() == call.input.strides() && is_aligned(grad_output)
                          ? grad_output
                          : at::empty_like(call.input).copy_(grad_output);
-  call.scale = scale.contiguous();
-  call.zero_point = zero_point.contiguous();
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
   const auto f32 = call.input.options().dtype(at::kFloat);
   call.grad_input = output_mask[0] ? at::empty_like(call.input) : at::empty({0}, call.input.options());
   call.grad_scale = output_mask[1] ? at::empty(scale.sizes(), f32) : at::empty({0}, f32);
@@ -123,10 +123,14 @@ LearnableBackwardCall prepare_learnable_backward(const char* op, const at::Tenso
   return call;
 }
 
+std::array<bool, 3> learnable_output_mask(const char* op, const c10::List<bool>& output_mask) {
+  return output_mask_flags(op, output_mask, "grad_input, grad_scale, grad_zero_point");
+}
+
 void check_learnable_qparam_values(const char* op, const at::Tensor& scale, const at::Tensor& zero_point,
                                    bool per_channel) {
-  const at::Tensor s = scale.contiguous();
-  const at::Tensor z = zero_point.contiguous();
+  const at::Tensor s = contiguous_aligned(scale);
+  const at::Tensor z = contiguous_aligned(zero_point);
   const float* sp = s.const_data_ptr<float>();
   const float* zp = z.const_data_ptr<float>();
   for (int64_t c = 0; c < s.numel(); ++c) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/List.h>
 
 #include <array>
 #include <optional>
@@ -41,6 +42,9 @@ LearnableBackwardCall prepare_learnable_backward(const char* op, const at::Tenso
                                                  const at::Tensor& zero_point, std::optional<int64_t> axis,
                                                  int64_t quant_min, int64_t quant_max, double grad_factor,
                                                  std::array<bool, 3> output_mask);
+
+// The backward's output_mask (grad_input, grad_scale, grad_zero_point), checked to hold 3 flags.
+std::array<bool, 3> learnable_output_mask(const char* op, const c10::List<bool>& output_mask);
 
 // Value checks of scale (finite, >= the smallest normal float32) and zero_point (finite),
 // naming the channel for per-channel qparams; only done where the values are on the host.

@@ -23,6 +23,8 @@ void check_state_tensor(const char* op, const char* arg, const at::Tensor& t, co
   TORCH_CHECK(t.device() == input.device(), op, ": ", arg, " must be on the same device as input (", input.device(),
               "), got ", t.device());
   TORCH_CHECK(t.is_contiguous(), op, ": ", arg, " must be contiguous (it is updated in place)");
+  TORCH_CHECK(is_aligned(t), op, ": ", arg, " must be aligned to its element size (", t.element_size(),
+              " bytes; it is updated in place)");
 }
 
 // The observers take the deterministic roundings only (stochastic rounding needs a seed tensor,
@@ -70,6 +72,7 @@ MovingAverageAbsMaxCall prepare_moving_average_abs_max(const at::Tensor& input, 
                                 {accum, "accum"}}) {
     check_state_tensor(op, name, t, input, at::kFloat, 1, "exactly one element");
   }
+  check_no_overlap(op, {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}}, {{&input, "input"}});
   TORCH_CHECK(std::isfinite(moving_rate) && moving_rate >= 0.0 && moving_rate < 1.0, op,
               ": moving_rate must lie in [0, 1), got ", moving_rate);
   check_bits(op, bits);
@@ -94,6 +97,7 @@ RangeAbsMaxCall prepare_range_abs_max(const at::Tensor& input, const at::Tensor&
               ": window must be a 1-D tensor of window_size >= 1 elements, got shape ", window.sizes());
   check_state_tensor(op, "window", window, input, at::kFloat, window.numel(), "window_size elements");
   check_state_tensor(op, "iter", iter, input, at::kLong, 1, "exactly one element");
+  check_no_overlap(op, {{&scale, "scale"}, {&window, "window"}, {&iter, "iter"}}, {{&input, "input"}});
   check_bits(op, bits);
   call.bits = static_cast<int32_t>(bits);
   const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
@@ -130,6 +134,10 @@ MovingAverageMinMaxCall prepare_moving_average_min_max(const at::Tensor& input, 
     check_state_tensor(op, name, t, input, at::kFloat, channels, rule);
   }
   check_state_tensor(op, "zero_point", zero_point, input, at::kInt, channels, rule);
+  check_no_overlap(op,
+                   {{&running_min, "running_min"}, {&running_max, "running_max"}, {&scale, "scale"},
+                    {&zero_point, "zero_point"}},
+                   {{&input, "input"}, {&observer_on, "observer_on"}, {&fake_quant_on, "fake_quant_on"}});
   TORCH_CHECK(std::isfinite(averaging_const) && averaging_const >= 0.0 && averaging_const <= 1.0, op,
               ": averaging_const must lie in [0, 1], got ", averaging_const);
   call.rounding = deterministic_rounding(op, quant_min, quant_max, rounding);

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._registrations import _check_same_device, _dense_or_contiguous
+from ._registrations import _check_output_mask, _check_same_device, _dense_or_contiguous
 
 _lib = "fakequant"
 
@@ -31,6 +31,7 @@ def _per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, grad
 
 
 def _backward_fake(op, grad_output, input, scale, zero_point, output_mask):
+    _check_output_mask(op, output_mask, "grad_input, grad_scale, grad_zero_point")
     _check_same_device(op, input, scale, zero_point)
     torch._check(grad_output.device == input.device,
                  lambda: f"fakequant.{op}: grad_output must be on the same device as input ({input.device}), "

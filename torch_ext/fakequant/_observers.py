@@ -24,22 +24,26 @@ def _check_devices(op: str, input: torch.Tensor, **tensors: torch.Tensor) -> Non
         )
 
 
-def _channel_shape(input: torch.Tensor, axis: int | None) -> list[int]:
+def _channel_shape(op: str, input: torch.Tensor, axis: int | None) -> list[int]:
+    # The axis checks of normalize_axis (torch_ext/csrc/common.cpp), same messages.
     if axis is None:
         return []
     dim = input.dim()
-    torch._check(dim >= 1 and -dim <= axis < dim, lambda: f"axis must lie in [{-dim}, {dim - 1}], got {axis}")
+    torch._check(dim >= 1, lambda: f"fakequant.{op}: input must have at least 1 dimension for per-channel "
+                 "quantization, got a 0-d tensor")
+    torch._check(-dim <= axis < dim, lambda: f"fakequant.{op}: axis must lie in [{-dim}, {dim - 1}] for a {dim}-d "
+                 f"input, got {axis}")
     return [input.shape[axis]]
 
 
 @torch.library.register_fake(f"{_lib}::abs_max")
 def _abs_max_fake(input, axis=None):
-    return input.new_empty(_channel_shape(input, axis), dtype=torch.float32)
+    return input.new_empty(_channel_shape("abs_max", input, axis), dtype=torch.float32)
 
 
 @torch.library.register_fake(f"{_lib}::min_max")
 def _min_max_fake(input, axis=None):
-    shape = _channel_shape(input, axis)
+    shape = _channel_shape("min_max", input, axis)
     return input.new_empty(shape, dtype=torch.float32), input.new_empty(shape, dtype=torch.float32)
 
 

@@ -69,8 +69,34 @@ def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quan
     return torch.empty_like(x), _mask_like(x)
 
 
+def _check_devices_as(op: str, ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Each tensor on ``ref``'s device, as the real kernels check: a mix of devices that
+    includes a meta tensor dispatches to the fake kernel, which must not return memory of the
+    other device as if it had computed it."""
+    for name, t in tensors.items():
+        torch._check(
+            t.device == ref.device,
+            lambda name=name, t=t: f"fakequant.{op}: {name} must be on the same device as {ref_name} "
+            f"({ref.device}), got {t.device}",
+        )
+
+
+def _check_output_mask(op: str, output_mask, outputs: str) -> None:
+    # The check of output_mask_flags (torch_ext/csrc/common.cpp), same message.
+    torch._check(len(output_mask) == 3, lambda: f"fakequant.{op}: output_mask must hold 3 flags, one per output "
+                 f"({outputs}), got {len(output_mask)}")
+
+
 @torch.library.register_fake(f"{_lib}::fake_quant_mask_backward")
 def _fake_quant_mask_backward_fake(grad_output, mask):
+    # The checks of prepare_masked_grad (torch_ext/csrc/common.cpp), same messages.
+    op = "fakequant.fake_quant_mask_backward"
+    torch._check(mask.dtype == torch.uint8, lambda: f"{op}: mask must be a uint8 tensor, got {mask.dtype}")
+    torch._check(mask.dim() == 1, lambda: f"{op}: mask must be a contiguous 1-D tensor, got shape {list(mask.shape)}")
+    n = grad_output.numel()
+    torch._check(mask.numel() == (n + 7) // 8, lambda: f"{op}: mask must have ceil(numel / 8) = {(n + 7) // 8} bytes "
+                 f"for grad_output of {n} elements, got {mask.numel()}")
+    _check_devices_as("fake_quant_mask_backward", "grad_output", grad_output, mask=mask)
     return torch.empty_like(grad_output)
 
 

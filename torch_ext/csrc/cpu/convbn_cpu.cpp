@@ -92,9 +92,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& pre_bn,
     const at::Tensor& weight_q, const at::Tensor& weight_mask, const at::Tensor& relu_mask,
     const at::Tensor& channel_state, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, c10::string_view mode, bool training, std::array<bool, 3> output_mask) {
+    int64_t groups, c10::string_view mode, bool training, const c10::List<bool>& output_mask) {
   return conv_bn_fake_quant_backward(kCpuBackend, grad_output, input, weight, pre_bn, weight_q, weight_mask, relu_mask,
-                                     channel_state, stride, padding, dilation, groups, mode, training, output_mask);
+                                     channel_state, stride, padding, dilation, groups, mode, training,
+                                     conv_bn_output_mask(output_mask));
 }
 
 }  // namespace

@@ -21,7 +21,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor
                                                                 const std::optional<at::Tensor>& seed) {
   PerTensorCall call =
       prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed);
-  check_per_tensor_qparam_values(scale, zero_point, quant_min, quant_max);
+  check_per_tensor_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
   parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
     fake_quant_per_tensor_cpu_range(call.args, call.qparams, begin, end);
   });

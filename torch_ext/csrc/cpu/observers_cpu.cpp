@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -86,10 +87,10 @@ std::tuple<at::Tensor, at::Tensor> moving_average_abs_max_cpu_op(const at::Tenso
   check_abs_max_state_values("fakequant.fake_quant_moving_average_abs_max",
                              {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}});
   if (call.args.numel == 0) return {call.output, call.mask};
-  if (training) {
-    moving_average_abs_max_update_cpu(call.state, tensor_abs_max(call.args));
-  }
-  quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
+  // A non-finite batch leaves the state and gets a NaN scale (a poisoned output).
+  const float use_scale =
+      training ? moving_average_abs_max_update_cpu(call.state, tensor_abs_max(call.args)) : *call.state.scale;
+  quant_dequant_abs_max(call, use_scale, call.bits, call.rounding);
   return {call.output, call.mask};
 }
 
@@ -100,10 +101,9 @@ std::tuple<at::Tensor, at::Tensor> range_abs_max_cpu_op(const at::Tensor& input,
   check_abs_max_state_values("fakequant.fake_quant_range_abs_max", {{&scale, "scale"}, {&window, "window"}});
   TORCH_CHECK(*call.state.iter >= 0, "fakequant.fake_quant_range_abs_max: iter must be >= 0, got ", *call.state.iter);
   if (call.args.numel == 0) return {call.output, call.mask};
-  if (training) {
-    range_abs_max_update_cpu(call.state, tensor_abs_max(call.args));
-  }
-  quant_dequant_abs_max(call, *call.state.scale, call.bits, call.rounding);
+  const float use_scale =
+      training ? range_abs_max_update_cpu(call.state, tensor_abs_max(call.args)) : *call.state.scale;
+  quant_dequant_abs_max(call, use_scale, call.bits, call.rounding);
   return {call.output, call.mask};
 }
 
@@ -122,10 +122,17 @@ std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
     ReduceArgs r{call.args.dtype, call.args.input, call.args.numel, s.channels, call.channel_stride};
     reduce_parallel(r, ReduceKind::kMinMax, current_min.data(), current_max.data());
   }
-  moving_average_min_max_update_cpu(s, current_min.data(), current_max.data(), observe);
+  std::vector<uint8_t> rejected(s.channels, 0);
+  moving_average_min_max_update_cpu(s, current_min.data(), current_max.data(), observe, rejected.data());
+  // The quant-dequant reads the stored qparams, with NaN scales for the channels whose step
+  // was rejected (a non-finite batch statistic: poisoned, the state unchanged).
+  std::vector<float> use_scale(s.scale, s.scale + s.channels);
+  for (int64_t c = 0; c < s.channels; ++c) {
+    if (rejected[c]) use_scale[c] = std::numeric_limits<float>::quiet_NaN();
+  }
   if (s.channels == 1 && !axis.has_value()) {
     PerTensorQParams qp;
-    qp.scale = s.scale;
+    qp.scale = use_scale.data();
     qp.zero_point = s.zero_point;
     qp.quant_min = s.quant_min;
     qp.quant_max = s.quant_max;
@@ -134,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
     quant_dequant_parallel(call.args, qp, fake_quant_per_tensor_cpu_range);
   } else if (call.args.numel > 0) {
     PerChannelQParams qp;
-    qp.scale = s.scale;
+    qp.scale = use_scale.data();
     qp.zero_point = s.zero_point;
     qp.channels = s.channels;
     qp.channel_stride = call.channel_stride;

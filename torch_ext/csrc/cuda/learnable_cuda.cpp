@@ -60,16 +60,18 @@ at::Tensor per_channel_op(const at::Tensor& input, const at::Tensor& scale, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> per_tensor_backward_op(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
-    int64_t quant_min, int64_t quant_max, double grad_factor, std::array<bool, 3> output_mask) {
+    int64_t quant_min, int64_t quant_max, double grad_factor, const c10::List<bool>& output_mask) {
   return learnable_backward("fakequant.fake_quant_learnable_per_tensor_backward", grad_output, input, scale,
-                            zero_point, std::nullopt, quant_min, quant_max, grad_factor, output_mask);
+                            zero_point, std::nullopt, quant_min, quant_max, grad_factor,
+                            learnable_output_mask("fakequant.fake_quant_learnable_per_tensor_backward", output_mask));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> per_channel_backward_op(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
-    int64_t axis, int64_t quant_min, int64_t quant_max, double grad_factor, std::array<bool, 3> output_mask) {
+    int64_t axis, int64_t quant_min, int64_t quant_max, double grad_factor, const c10::List<bool>& output_mask) {
   return learnable_backward("fakequant.fake_quant_learnable_per_channel_backward", grad_output, input, scale,
-                            zero_point, axis, quant_min, quant_max, grad_factor, output_mask);
+                            zero_point, axis, quant_min, quant_max, grad_factor,
+                            learnable_output_mask("fakequant.fake_quant_learnable_per_channel_backward", output_mask));
 }
 
 }  // namespace
