@@ -263,7 +263,10 @@ def test_prepare_qat_and_convert_with_mapping_arguments():
     y_q = quantized(x)
     y_ref = aq.convert(copy.deepcopy(reference))(x)
     torch.testing.assert_close(y_q, y_ref)  # BN folded exactly as torch.ao folds its own module
-    assert (y_q - y_qat).abs().max() < 0.1 * y_qat.abs().max()
+    # Integer kernels against the fake-quantized float model: a few steps of the output's scale
+    # (measured at most 2 over 40 seeds; a bound relative to the output's magnitude failed when
+    # the outputs happened to be small)
+    assert (y_q - y_qat).abs().max() <= 3 * quantized[7].scale
 
 
 def test_fold_mode_and_from_float_reject_bad_input():

@@ -68,6 +68,15 @@ def _conv_bn_fake_quant_fake(input, weight, bias, bn_weight, bn_bias, running_me
 @torch.library.register_fake(f"{_lib}::{_OP}_backward")
 def _conv_bn_fake_quant_backward_fake(grad_output, input, weight, pre_bn, weight_q, weight_mask, relu_mask,
                                       channel_state, stride, padding, dilation, groups, fold_mode, training, output_mask):
+    op = f"fakequant.{_OP}_backward"
+    torch._check(len(output_mask) == 3, lambda: f"{op}: output_mask must hold 3 flags, one per output (grad_input, "
+                 f"grad_weight, grad_params), got {len(output_mask)}")
+    # One tensor on the meta device among real ones dispatches here: check devices as the kernels do,
+    # rather than return uninitialised tensors on input's device.
+    for name, t in (("grad_output", grad_output), ("weight", weight), ("pre_bn", pre_bn), ("weight_q", weight_q),
+                    ("weight_mask", weight_mask), ("relu_mask", relu_mask), ("channel_state", channel_state)):
+        torch._check(t.device == input.device, lambda name=name, t=t: f"{op}: {name} must be on the same device as "
+                     f"input ({input.device}), got {t.device}")
     fmt = _activation_format(input)
     grad_input = (torch.empty_like(input, memory_format=fmt) if output_mask[0] else input.new_empty((0,)))
     grad_weight = (weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty((0,)))
@@ -76,10 +85,18 @@ def _conv_bn_fake_quant_backward_fake(grad_output, input, weight, pre_bn, weight
     return grad_input, grad_weight, grad_params
 
 
+#: Row of the op's [6, C] channel_state holding the fold scale s (include/fakequant/convbn.h kRowScale).
+FOLD_SCALE_ROW = 3
+
+
 class ConvBnFakeQuant(torch.autograd.Function):
     """Value of the fused forward; gradient of the unfused graph (docs/convbn.md). Saved for
     backward: input, weight, the pre-BN activation (training), the quantised fold (running and
-    eval), the 1-bit weight and ReLU masks and float64 [6, C] per-channel state."""
+    eval), the 1-bit weight and ReLU masks and float64 [6, C] per-channel state.
+
+    Returns ``(output, fold_scale)``: ``fold_scale`` (float64 ``[C]``, not differentiable) is
+    the ``s`` the weight was folded with, ``Q(W * s)``, from which a module recovers the
+    weight quantizer's scales."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation,
@@ -93,10 +110,12 @@ class ConvBnFakeQuant(torch.autograd.Function):
         ctx.save_for_backward(input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state)
         ctx.conv = (stride, padding, dilation, groups, mode, training)
         ctx.param_dtypes = (None if bias is None else bias.dtype, bn_weight.dtype, bn_bias.dtype)
-        return output
+        fold_scale = state[FOLD_SCALE_ROW].clone()
+        ctx.mark_non_differentiable(fold_scale)
+        return output, fold_scale
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, grad_fold_scale=None):
         need = ctx.needs_input_grad
         output_mask = [need[0], need[1], need[2] or need[3] or need[4]]
         none = (None,) * 16

@@ -68,9 +68,35 @@ def conv_bn_fake_quant(
     float64. Under autocast a float32 input is cast to the autocast dtype. Gradients flow to
     input, weight, bias, bn_weight and bn_bias.
     """
+    return conv_bn_fake_quant_with_fold_scale(
+        input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, eps=eps, momentum=momentum, mode=mode, training=training, relu=relu,
+        quantize_weight=quantize_weight, quant_min=quant_min, quant_max=quant_max, rounding=rounding,
+        weight_eps=weight_eps)[0]
+
+
+def conv_bn_fake_quant_with_fold_scale(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
+                                       stride=1, padding=0, dilation=1, groups=1, eps=1e-5, momentum=0.1,
+                                       mode="batch", training=True, relu=False, quantize_weight=True, quant_min=-128,
+                                       quant_max=127, rounding="half_even", weight_eps=FLOAT32_EPS):
+    """:func:`conv_bn_fake_quant` that also returns the fold scale: ``(output, s)``, ``s`` float64
+    ``[C_out]`` (not differentiable), the per-channel factor the weight was folded with
+    (``Q(W * s)``; batch statistics in batch-mode training, running statistics otherwise;
+    ``s = 1`` where running-mode training holds it constant). :func:`fold_weight` of
+    ``weight`` and ``s`` is the fold ``Q`` quantised."""
     if input.is_floating_point() and input.dtype == torch.float32 and torch.is_autocast_enabled(input.device.type):
         input = input.to(torch.get_autocast_dtype(input.device.type))
     return ConvBnFakeQuant.apply(
         input, weight, bias, bn_weight, bn_bias, running_mean, running_var, _pair(stride), _pair(padding),
         _pair(dilation), groups, eps, momentum, mode, training, relu, quantize_weight, quant_min, quant_max,
         rounding, weight_eps)
+
+
+def fold_weight(weight: torch.Tensor, fold_scale: torch.Tensor) -> torch.Tensor:
+    """The float32 fold the op quantises, ``W * s`` per output channel, with the op's arithmetic
+    (docs/convbn.md): one float32 product with ``s`` rounded to float32 for float32 / 16-bit
+    weights; the product in float64, rounded to float32, for float64 weights."""
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    if weight.dtype == torch.float64:
+        return (weight * fold_scale.to(torch.float64).reshape(shape)).to(torch.float32)
+    return weight.to(torch.float32) * fold_scale.to(torch.float32).reshape(shape)

@@ -20,6 +20,7 @@ from .nn import (
     MovingAveragePerChannelMinMaxFakeQuantize,
     RangeAbsMaxFakeQuantize,
 )
+from .nn.fake_quantize import _float_arg, _int_arg
 
 BACKENDS = ("pytorch", "paddle")
 
@@ -38,7 +39,13 @@ def get_qat_constructors(
     ahead_relu: bool = False,
 ) -> tuple[Callable[[], torch.nn.Module], Callable[[], torch.nn.Module]]:
     """``(activation_ctr, weight_ctr)``: ``functools.partial`` constructors of the modules
-    :func:`get_qat_qconfig` uses (arguments documented there)."""
+    :func:`get_qat_qconfig` uses (arguments documented there). Bad values raise here, naming
+    the argument, with the ranges the modules and ops accept."""
+    name = "get_qat_qconfig"
+    weight_bits = _int_arg(name, "weight_bits", weight_bits, 2, 16)
+    activation_bits = _int_arg(name, "activation_bits", activation_bits, 2, 16)
+    moving_rate = _float_arg(name, "moving_rate", moving_rate, 0.0, 1.0, hi_open=True)
+    window_size = _int_arg(name, "window_size", window_size, 1)
     if backend == "pytorch":
         if weight_bits != 8 or activation_bits != 8:
             raise ValueError("get_qat_qconfig: backend='pytorch' quantizes to 8 bits (quint8 activations, qint8 "

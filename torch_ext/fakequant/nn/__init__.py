@@ -6,7 +6,8 @@ same API when torch.ao is gone) and is registered as a virtual subclass of torch
 torchao's ``prepare_qat_pt2e`` / ``convert_pt2e`` treat them as their own fake quantizers.
 Each forward runs one fused fakequant op (docs/qat.md).
 
-``fakequant.nn.qat`` holds the QAT modules (Conv2d, Linear, ConvBn2d, ConvBnReLU2d).
+``fakequant.nn.qat`` holds the QAT modules: Conv1d/2d/3d, ConvTranspose1d/2d, Linear,
+Embedding, EmbeddingBag, ConvBn1d/2d/3d and ConvBnReLU1d/2d/3d.
 """
 
 from .fake_quantize import (

@@ -13,13 +13,26 @@ Common to every class here:
 * The keyword arguments torchao's ``prepare_qat_pt2e`` passes from a ``QuantizationSpec``
   (``dtype``, ``quant_min``, ``quant_max``, ``qscheme``, ``ch_axis``, ``is_dynamic``) are
   accepted where they agree with the module and rejected with a message where they do not.
+* Floating-point state (scales, running min/max, Paddle's accumulators, learnable qparams)
+  stays float32 whatever ``model.to(dtype)`` / ``.half()`` / ``.bfloat16()`` / ``.double()``
+  ask for (as the ops require, and as mixed-precision users keep BatchNorm statistics);
+  device moves apply as usual.
+* ``init_channels(channels)`` sizes per-channel state before the first forward (the QAT
+  modules call it with their channel count at construction), so that no forward resizes a
+  buffer and ``torch.compile(fullgraph=True)`` traces the first step.
+* Constructor arguments are validated once, with the ranges of the ops (``bits`` an integer
+  in [2, 16], ``moving_rate`` in [0, 1), ``averaging_constant`` in [0, 1], ``window_size``
+  an integer >= 1, ...): a bad value raises ``ValueError`` / ``TypeError`` naming it.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import math
+import numbers
 import sys
+import warnings
 from functools import partial
 
 import torch
@@ -105,6 +118,16 @@ def _check_dtype_range(name: str, dtype: torch.dtype, quant_min: int, quant_max:
                          f"got [{quant_min}, {quant_max}]")
 
 
+def _channels_along(name: str, x: torch.Tensor, axis: int) -> int:
+    """``x.shape[axis]``, or an error naming ``ch_axis`` and the accepted range (a host-side
+    shape check)."""
+    dim = x.dim()
+    if not -dim <= axis < dim:
+        raise IndexError(f"{name}: ch_axis={axis} is out of range for a {dim}-d input of shape {list(x.shape)}; "
+                         f"accepted: [{-dim}, {dim - 1}]")
+    return x.shape[axis]
+
+
 def _take_spec(name: str, spec: dict, **mine) -> torch.dtype:
     """Check the QuantizationSpec-style keyword arguments against the module's own values
     (``mine``) and return the dtype to report (the spec's when it gives one that holds the
@@ -135,6 +158,44 @@ def _check_rounding(name: str, rounding: str) -> None:
     if rounding not in ("half_even", "half_away"):
         raise ValueError(f"{name}: rounding must be 'half_even' or 'half_away' (the observers' deterministic "
                          f"roundings), got {rounding!r}")
+
+
+def _int_arg(name: str, arg: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int: an integer (Python or NumPy, not bool) within ``[lo, hi]``; anything
+    else (``8.7``, ``2.5``, ``True``, ``"8"``) raises instead of being truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: {arg} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"lie in [{lo}, {hi}]" if hi is not None else f"be >= {lo}"
+        raise ValueError(f"{name}: {arg} must {bounds}, got {value}")
+    return value
+
+
+def _float_arg(name: str, arg: str, value, lo: float, hi: float, hi_open: bool = False) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {arg} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    inside = lo <= value < hi if hi_open else lo <= value <= hi
+    if not (math.isfinite(value) and inside):
+        raise ValueError(f"{name}: {arg} must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {value}")
+    return value
+
+
+#: The smallest normal float32: the ops' lower bound for ``eps``.
+_FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
+
+
+def _eps_arg(name: str, value) -> float:
+    """The ops' rule for ``eps``: finite and at least the smallest normal float32 (as a float32)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: eps must be a real number, got {value!r} ({type(value).__name__})")
+    as_f32 = float(torch.tensor(float(value), dtype=torch.float32))
+    if not (math.isfinite(as_f32) and as_f32 >= _FLOAT32_TINY):
+        raise ValueError(f"{name}: eps must be finite and >= {_FLOAT32_TINY} (the smallest normal float32) as a "
+                         f"float32, got {value}")
+    return float(value)
 
 
 class FakeQuantizeBase(_Base):
@@ -173,6 +234,22 @@ class FakeQuantizeBase(_Base):
     def _flags_repr(self) -> str:
         return f"fake_quant_enabled={int(self._fake_quant_on)}, observer_enabled={int(self._observer_on)}"
 
+    def init_channels(self, channels: int) -> None:
+        """Size the per-channel state for ``channels`` channels now rather than on the first
+        forward (a no-op for per-tensor quantizers)."""
+
+    def _apply(self, fn, recurse=True):
+        # The state keeps its dtype (float32 for the ops, ints for counters and switches) through
+        # model.to(dtype) / .half() / .bfloat16() / .double(); only the device follows ``fn``.
+        # The original tensor is moved, never the converted one, so no value is rounded.
+        def keep_dtype(t):
+            moved = fn(t)
+            if isinstance(moved, torch.Tensor) and moved.dtype != t.dtype:
+                return t.data.to(moved.device)
+            return moved
+
+        return super()._apply(keep_dtype, recurse)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         for name in self._resizable:
@@ -196,18 +273,29 @@ class FakeQuantizeBase(_Base):
 # Paddle's activation observers
 
 
+#: Paddle's initial OutScale (and the scale an unobserved Paddle quantizer quantizes with).
+_PADDLE_INITIAL_SCALE = 0.001
+
+
 class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
     """Common part of the Paddle abs-max activation quantizers: symmetric, zero point 0,
     ``[-bin_cnt, bin_cnt]`` with ``bin_cnt = 2**(bits-1) - 1``; ``scale`` holds the abs-max
-    (Paddle's ``OutScale``), the quantization step is ``scale / bin_cnt``."""
+    (Paddle's ``OutScale``), the quantization step is ``scale / bin_cnt``.
+
+    Observation: in training with the observer on, every batch updates the state. A quantizer
+    that has never observed a batch (fresh from its constructor; a loaded state dict whose
+    state differs from the initial values counts as observed) also observes its first batch
+    in eval mode, so that evaluating a model right after ``quant_aware`` / ``prepare_qat``
+    quantizes with a scale from the data instead of Paddle's initial 0.001; later eval
+    batches use the stored scale and change nothing. With the observer disabled an
+    unobserved quantizer keeps the initial scale and warns once."""
 
     def __init__(self, bits: int, rounding: str, ahead_relu: bool, spec: dict) -> None:
         super().__init__()
         name = type(self).__name__
-        if not 2 <= int(bits) <= 16:
-            raise ValueError(f"{name}: bits must lie in [2, 16], got {bits}")
+        bits = _int_arg(name, "bits", bits, 2, 16)
         _check_rounding(name, rounding)
-        self.bits = int(bits)
+        self.bits = bits
         self.bin_cnt = 2 ** (self.bits - 1) - 1
         self.quant_min, self.quant_max = -self.bin_cnt, self.bin_cnt
         self.qscheme = torch.per_tensor_symmetric
@@ -219,20 +307,45 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
                                 quant_min=self.quant_min, quant_max=self.quant_max,
                                 qscheme=self.qscheme)
         # Paddle's initial OutScale.
-        self.register_buffer("scale", torch.tensor([0.001], dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor([_PADDLE_INITIAL_SCALE], dtype=torch.float32))
+        # Host flag: has the state seen a batch (no device read in forward).
+        self._observed = False
+        self._warned_unobserved = False
 
     def _call(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         raise NotImplementedError
 
+    def _state_is_initial(self) -> bool:
+        """Whether the state holds the constructor's values (read on the host, at load time)."""
+        raise NotImplementedError
+
+    def _start_calibration(self) -> None:
+        """Before an unobserved quantizer's first observation in eval mode."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ahead_relu:
             x = torch.relu(x)
-        observe = self.training and self._observer_on
+        # An unobserved quantizer observes its first batch in eval too (class docstring).
+        observe = self._observer_on and (self.training or not self._observed)
+        if not observe and not self._observed and self._fake_quant_on and not self._warned_unobserved:
+            self._warned_unobserved = True
+            warnings.warn(f"{type(self).__name__} has never observed a batch and its observer is disabled: it "
+                          f"quantizes with its initial scale {_PADDLE_INITIAL_SCALE}", stacklevel=2)
+        if observe and not self._observed:
+            if not self.training:
+                self._start_calibration()
+            self._observed = True
         if not self._fake_quant_on:
             if observe:
                 self._call(x.detach(), True)  # statistics only; the output is x
             return x
         return self._call(x, observe)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._observed = not self._state_is_initial()
 
     @torch.no_grad()
     def calculate_qparams(self):
@@ -251,22 +364,40 @@ class MovingAverageAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
     """Paddle's ``moving_average_abs_max`` activation quantizer
     (``fakequant.fake_quantize_moving_average_abs_max``, one fused op per step).
 
-    In training with the observer on: ``state = r*state + 1; accum = r*accum + max|x|;
+    When observing (training with the observer on, or the first batch of an unobserved
+    quantizer, see below): ``state = r*state + 1; accum = r*accum + max|x|;
     scale = accum / state`` and x is quantized with the new scale. Otherwise (eval, or
     observer off) the stored scale is used and nothing changes. Buffers ``scale``,
     ``state``, ``accum`` (float32 ``[1]``) start at Paddle's initial values 0.001, 1, 1.
-    ``ahead_relu=True`` observes and quantizes ``relu(x)`` (docs/qat.md).
+    ``moving_rate`` lies in [0, 1) (the op's range). ``ahead_relu=True`` observes and
+    quantizes ``relu(x)`` (docs/qat.md).
+
+    A quantizer that has never observed a batch observes its first batch even in eval mode
+    (so evaluating right after ``quant_aware`` uses a scale from the data, not 0.001), as a
+    calibration: its accumulators start empty (``state = 0, accum = 0`` before the update), so
+    the scale is that batch's ``max|x|`` rather than Paddle's first-step mixture
+    ``(r + max|x|) / (r + 1)``. Loading a state dict whose ``scale``, ``state``, ``accum``
+    differ from 0.001, 1, 1 marks it observed.
     """
 
     def __init__(self, bits: int = 8, moving_rate: float = 0.9, rounding: str = "half_away",
                  ahead_relu: bool = False, **spec) -> None:
         super().__init__(bits, rounding, ahead_relu, spec)
-        if not 0.0 <= moving_rate <= 1.0:
-            raise ValueError(f"MovingAverageAbsMaxFakeQuantize: moving_rate must lie in [0, 1], got {moving_rate}")
-        self.moving_rate = float(moving_rate)
+        self.moving_rate = _float_arg(type(self).__name__, "moving_rate", moving_rate, 0.0, 1.0, hi_open=True)
         self.register_buffer("state", torch.tensor([1.0], dtype=torch.float32))
         self.register_buffer("accum", torch.tensor([1.0], dtype=torch.float32))
         _to_factory_device(self, spec)
+
+    @torch.no_grad()
+    def _start_calibration(self) -> None:
+        # Paddle's initial accumulators (1, 1) would mix 1 into the first scale,
+        # (r + max|x|) / (r + 1); a calibration batch starts them empty: scale = max|x|.
+        self.state.zero_()
+        self.accum.zero_()
+
+    def _state_is_initial(self) -> bool:
+        initial = torch.tensor([_PADDLE_INITIAL_SCALE, 1.0, 1.0], dtype=torch.float32)
+        return bool(torch.equal(torch.cat([self.scale, self.state, self.accum]).cpu(), initial))
 
     def _call(self, x, training):
         return _observers.fake_quantize_moving_average_abs_max(x, self.scale, self.state, self.accum,
@@ -280,14 +411,15 @@ class RangeAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
     """Paddle's ``range_abs_max`` activation quantizer (``fakequant.fake_quantize_range_abs_max``):
     the scale is the largest ``max|x|`` of the last ``window_size`` training steps, kept on
     the device (``window`` float32 ``[window_size]``, ``iter`` int64 ``[1]``, ``scale``
-    float32 ``[1]`` starting at Paddle's 0.001). Eval / observer off: the stored scale."""
+    float32 ``[1]`` starting at Paddle's 0.001). Eval / observer off: the stored scale.
+    ``window_size`` is an integer >= 1. A quantizer that has never observed a batch
+    (``iter == 0``) observes its first batch even in eval mode, as
+    :class:`MovingAverageAbsMaxFakeQuantize` does."""
 
     def __init__(self, bits: int = 8, window_size: int = 10000, rounding: str = "half_away",
                  ahead_relu: bool = False, **spec) -> None:
         super().__init__(bits, rounding, ahead_relu, spec)
-        if int(window_size) < 1:
-            raise ValueError(f"RangeAbsMaxFakeQuantize: window_size must be >= 1, got {window_size}")
-        self.window_size = int(window_size)
+        self.window_size = _int_arg(type(self).__name__, "window_size", window_size, 1)
         self.register_buffer("window", torch.zeros(self.window_size, dtype=torch.float32))
         self.register_buffer("iter", torch.zeros(1, dtype=torch.int64))
         _to_factory_device(self, spec)
@@ -295,6 +427,9 @@ class RangeAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
     def _call(self, x, training):
         return _observers.fake_quantize_range_abs_max(x, self.scale, self.window, self.iter, self.bits, training,
                                                       self.rounding)
+
+    def _state_is_initial(self) -> bool:
+        return int(self.iter.reshape(-1)[0]) == 0
 
     def extra_repr(self) -> str:
         return f"{self._common_repr()}, window_size={self.window_size}, scale={self.scale}"
@@ -381,8 +516,10 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
         if qscheme not in _PER_CHANNEL + _PER_TENSOR:
             raise ValueError(f"{name}: qscheme must be one of {list(_PER_TENSOR + _PER_CHANNEL)}, got {qscheme}")
         _check_rounding(name, rounding)
-        if not 0.0 <= averaging_constant <= 1.0:
-            raise ValueError(f"{name}: averaging_constant must lie in [0, 1], got {averaging_constant}")
+        averaging_constant = _float_arg(name, "averaging_constant", averaging_constant, 0.0, 1.0)
+        quant_min, quant_max = _int_arg(name, "quant_min", quant_min), _int_arg(name, "quant_max", quant_max)
+        ch_axis = _int_arg(name, "ch_axis", ch_axis)
+        eps = _eps_arg(name, eps)
         _check_dtype_range(name, dtype, quant_min, quant_max)
         if not quant_min <= 0 <= quant_max:
             raise ValueError(f"{name}: the range must include 0, got [{quant_min}, {quant_max}]")
@@ -415,9 +552,16 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
     def max_val(self) -> torch.Tensor:
         return self.activation_post_process.max_val
 
+    def init_channels(self, channels: int) -> None:
+        """Size the per-channel statistics (``+inf`` / ``-inf``: nothing observed yet) and qparams
+        for ``channels`` channels; a no-op per tensor or when already sized."""
+        if self.is_per_channel:
+            self._channels_ready(_int_arg(type(self).__name__, "channels", channels, 1))
+
     def _channels_ready(self, channels: int) -> None:
         """Size the per-channel state on the first input (PyTorch's per-channel observer starts
-        with empty statistics too); a host-side shape check, no synchronisation."""
+        with empty statistics too) unless ``init_channels`` did; a host-side shape check, no
+        synchronisation."""
         st = self.activation_post_process
         if st.min_val.numel() == 0:
             with torch.no_grad():
@@ -434,7 +578,7 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
         axis = None
         if self.is_per_channel:
             axis = self.ch_axis
-            self._channels_ready(x.shape[axis])
+            self._channels_ready(_channels_along(type(self).__name__, x, axis))
         st = self.activation_post_process
         return _observers.fused_moving_avg_obs_fake_quant(
             x, self.observer_enabled, self.fake_quant_enabled, st.min_val, st.max_val, self.scale, self.zero_point,
@@ -445,8 +589,8 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
     def calculate_qparams(self):
         """The qparams the forward quantizes with, computed from the current running min/max
         by the same op (ATen's ChooseQuantizationParams; see docs/qat.md for how this differs
-        from torch.ao's observer formula); ``([1.0], [0])`` before a per-channel module has
-        seen data."""
+        from torch.ao's observer formula); ``(1.0, 0)`` for what has not seen data yet (torch.ao's
+        default), e.g. ``([1.0], [0])`` before a per-channel module is sized."""
         st = self.activation_post_process
         if self.is_per_channel and st.min_val.numel() == 0:
             return (torch.ones(1, device=self.scale.device), torch.zeros(1, dtype=torch.int32,
@@ -461,7 +605,10 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
             empty, off, on, st.min_val.clone(), st.max_val.clone(), scale, zero_point, self.averaging_constant,
             self.quant_min, self.quant_max, 0 if self.is_per_channel else None, self.is_symmetric_quant, False,
             self.rounding)
-        return scale, zero_point
+        # min > max only before the first observation (+inf / -inf): torch.ao's default qparams there.
+        unobserved = (st.min_val > st.max_val).reshape(scale.shape)
+        return (torch.where(unobserved, torch.ones_like(scale), scale),
+                torch.where(unobserved, torch.zeros_like(zero_point), zero_point))
 
     def extra_repr(self) -> str:
         return (f"{self._flags_repr()}, quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, "
@@ -533,6 +680,11 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         name = type(self).__name__
         if qscheme not in _PER_CHANNEL + _PER_TENSOR:
             raise ValueError(f"{name}: qscheme must be one of {list(_PER_TENSOR + _PER_CHANNEL)}, got {qscheme}")
+        quant_min, quant_max = _int_arg(name, "quant_min", quant_min), _int_arg(name, "quant_max", quant_max)
+        ch_axis = _int_arg(name, "ch_axis", ch_axis)
+        f32_max = float(torch.finfo(torch.float32).max)
+        scale = _float_arg(name, "scale", scale, _FLOAT32_TINY, f32_max)
+        zero_point = _float_arg(name, "zero_point", zero_point, -f32_max, f32_max)
         if not quant_min < quant_max:
             raise ValueError(f"{name}: quant_min must be strictly less than quant_max, got [{quant_min}, {quant_max}]")
         _check_dtype_range(name, dtype, quant_min, quant_max)
@@ -561,6 +713,13 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.initialized.zero_()
         self._initialized = False
 
+    def init_channels(self, channels: int) -> None:
+        """Size the per-channel ``scale`` / ``zero_point`` for ``channels`` channels (filled with
+        the constructor values) before the first forward, keeping the Parameter objects; a
+        no-op per tensor."""
+        if self.is_per_channel:
+            self._size_channels(_int_arg(type(self).__name__, "channels", channels, 1))
+
     @torch.no_grad()
     def _size_channels(self, channels: int) -> None:
         if self.scale.numel() != channels:
@@ -581,7 +740,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._sized:
-            self._size_channels(x.shape[self.ch_axis])
+            self._size_channels(_channels_along(type(self).__name__, x, self.ch_axis))
         if self.init_from_observer and self._observer_on and not self._initialized and x.numel() > 0:
             self._init_from_batch(x)
         else:
@@ -653,6 +812,10 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
                  rounding: str = "half_even", eps: float = FLOAT32_EPS, **spec) -> None:
         super().__init__()
         name = type(self).__name__
+        quant_min, quant_max = _int_arg(name, "quant_min", quant_min), _int_arg(name, "quant_max", quant_max)
+        if ch_axis is not None:
+            ch_axis = _int_arg(name, "ch_axis", ch_axis)
+        eps = _eps_arg(name, eps)
         if not (quant_max >= 1 and quant_min in (-quant_max, -quant_max - 1)):
             raise ValueError(f"{name}: the range must be symmetric, quant_min == -quant_max (narrow) or "
                              f"-quant_max - 1 (full), got [{quant_min}, {quant_max}]")
@@ -672,6 +835,16 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
         _to_factory_device(self, spec)
 
+    def init_channels(self, channels: int) -> None:
+        """Size ``scale`` (ones) and ``zero_point`` (zeros) for ``channels`` channels before the
+        first forward; a no-op per tensor or when already sized."""
+        if self.is_per_channel:
+            channels = _int_arg(type(self).__name__, "channels", channels, 1)
+            if self.scale.numel() != channels:
+                with torch.no_grad():
+                    self.scale.resize_(channels).fill_(1.0)
+                    self.zero_point.resize_(channels).zero_()
+
     def _store_scale(self, scale: torch.Tensor) -> None:
         with torch.no_grad():
             if self.scale.shape != scale.shape:
@@ -684,6 +857,8 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
         return torch.clamp(amax / (float(self.quant_max - self.quant_min) / 2), min=self.eps)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.is_per_channel:
+            _channels_along(type(self).__name__, w, self.ch_axis)
         if self._observer_on:
             if self.is_per_channel:
                 out, scale = fake_quantize_weight_abs_max(w, self.ch_axis, self.quant_min, self.quant_max,

@@ -1,23 +1,36 @@
 """QAT modules that drop into PyTorch's eager QAT flow.
 
-``Conv2d``, ``Linear``, ``ConvBn2d`` and ``ConvBnReLU2d`` take the constructor arguments of
-``torch.ao.nn.qat`` / ``torch.ao.nn.intrinsic.qat`` (plus optional keyword-only extras), keep
-the same parameter and buffer names (state dicts are interchangeable), and have
-``from_float``, ``to_float``, ``freeze_bn_stats`` and ``update_bn_stats``. They do not import
-``torch.ao``: they work where it has been removed, and an existing ``prepare_qat`` flow
+``Conv1d``, ``Conv2d``, ``Conv3d``, ``Linear``, ``Embedding``, ``EmbeddingBag`` (as
+``torch.ao.nn.qat``), ``ConvBn1d/2d/3d``, ``ConvBnReLU1d/2d/3d``, ``ConvReLU1d/2d/3d`` and
+``LinearReLU`` (as ``torch.ao.nn.intrinsic.qat``) take torch.ao's constructor arguments (plus
+optional keyword-only extras), keep the same parameter and buffer names (state dicts are
+interchangeable), and have ``from_float`` and ``to_float``; the ConvBn modules also
+``freeze_bn_stats`` and ``update_bn_stats``. ``ConvTranspose1d`` / ``ConvTranspose2d`` (no
+torch.ao QAT counterpart) take ``nn.ConvTranspose*``'s arguments plus ``qconfig``. They do not
+import ``torch.ao``: they work where it has been removed, and an existing ``prepare_qat`` flow
 switches to them with ``mapping=get_qat_module_mappings()``.
+
+Every module sizes the per-channel state of its weight fake-quantizer when it is built (the
+channel count is known from the layer), so no forward resizes a buffer and
+``torch.compile(fullgraph=True)`` traces the first step.
 
 ``ConvBn2d`` / ``ConvBnReLU2d`` run the fused ConvBN op (:func:`fakequant.conv_bn_fake_quant`)
 when their weight fake-quantizer is :class:`fakequant.nn.AbsMaxWeightFakeQuantize` per output
-channel (the default of :func:`fakequant.qconfig.get_qat_qconfig`); with any other weight
-fake-quantizer they run the same math composed from PyTorch ops. ``fold_mode`` picks how BN
-folds into the weight during training (docs/convbn.md): ``"running"`` (the default, the
-values of ``torch.ao.nn.intrinsic.qat.ConvBn2d``) or ``"batch"`` (forward fused with the
-batch statistics, backward unfused; the default of :func:`fakequant.quant_aware`).
+channel (the default of :func:`fakequant.qconfig.get_qat_qconfig`) with its observer enabled,
+and store the scales the op quantized the fold with in that quantizer (so that
+``disable_observer`` and ``convert`` use them); with any other weight fake-quantizer, with the
+observer disabled, and in 1-d / 3-d, they run the same math composed from PyTorch ops.
+``fold_mode`` picks how BN folds into the weight during training (docs/convbn.md):
+``"running"`` (the default, the values of ``torch.ao.nn.intrinsic.qat.ConvBn2d``) or ``"batch"``
+(forward fused with the batch statistics, backward unfused; the default of
+:func:`fakequant.quant_aware`). The folded BN keeps its parameters and statistics in float32
+whatever the module's dtype (``model.to(torch.bfloat16)`` trains), and refuses to train as a
+``SyncBatchNorm``: the module computes the batch statistics itself, on each process.
 
 Two optional submodules serve the PaddleSlim/linger-style facade and are ``None`` in a plain
 drop-in: ``input_fake_quant`` quantizes the module's input (Paddle quantizes the inputs of
-conv and mul), ``output_fake_quant`` its output (linger's AHEAD_RELU quantizer).
+conv and mul), ``output_fake_quant`` its output (linger's AHEAD_RELU quantizer). The embedding
+modules, whose input is indices, have ``output_fake_quant`` only.
 """
 
 from __future__ import annotations
@@ -29,18 +42,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair, _single, _triple
 from torch.nn.utils import fuse_conv_bn_weights
 
-from ..convbn import conv_bn_fake_quant
+from ..convbn import conv_bn_fake_quant_with_fold_scale, fold_weight
+from ..observers import abs_max
 from .fake_quantize import AbsMaxWeightFakeQuantize
 
 __all__ = [
+    "Conv1d",
     "Conv2d",
+    "Conv3d",
+    "ConvBn1d",
     "ConvBn2d",
+    "ConvBn3d",
+    "ConvBnReLU1d",
     "ConvBnReLU2d",
+    "ConvBnReLU3d",
+    "ConvReLU1d",
+    "ConvReLU2d",
+    "ConvReLU3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "Embedding",
+    "EmbeddingBag",
     "FOLD_MODES",
     "Linear",
+    "LinearReLU",
     "QConfig",
     "freeze_bn_stats",
     "get_qat_module_mappings",
@@ -71,11 +99,35 @@ def _default_qconfig():
     return get_qat_qconfig()
 
 
-def _make_weight_fake_quant(qconfig, factory_kwargs):
+def _is_per_channel(fake_quant) -> bool:
+    if hasattr(fake_quant, "is_per_channel"):
+        return bool(fake_quant.is_per_channel)
+    return getattr(fake_quant, "qscheme", None) in (torch.per_channel_affine, torch.per_channel_symmetric,
+                                                     torch.per_channel_affine_float_qparams)
+
+
+def _build_weight_fake_quant(qconfig, factory_kwargs, **kwargs):
     try:
-        return qconfig.weight(factory_kwargs=factory_kwargs)
+        return qconfig.weight(factory_kwargs=factory_kwargs, **kwargs)
     except TypeError:  # a fake-quantizer that takes no factory_kwargs
-        return qconfig.weight()
+        return qconfig.weight(**kwargs)
+
+
+def _make_weight_fake_quant(qconfig, factory_kwargs, weight, channel_axis=0):
+    """The weight fake-quantizer of ``qconfig``, per channel along ``channel_axis`` (the weight's
+    output-channel axis) when the qconfig's quantizer is per channel along the default axis 0,
+    with its per-channel state sized from ``weight`` now (no resize in the first forward)."""
+    fake_quant = _build_weight_fake_quant(qconfig, factory_kwargs)
+    if channel_axis != 0 and _is_per_channel(fake_quant) and getattr(fake_quant, "ch_axis", 0) == 0:
+        fake_quant = _build_weight_fake_quant(qconfig, factory_kwargs, ch_axis=channel_axis)
+    if _is_per_channel(fake_quant) and callable(getattr(fake_quant, "init_channels", None)):
+        axis = fake_quant.ch_axis
+        if not -weight.dim() <= axis < weight.dim():
+            raise IndexError(f"{type(fake_quant).__name__}: ch_axis={axis} is out of range for a {weight.dim()}-d "
+                             f"input of shape {list(weight.shape)} (the weight); accepted: "
+                             f"[{-weight.dim()}, {weight.dim() - 1}]")
+        fake_quant.init_channels(weight.shape[axis])
+    return fake_quant
 
 
 def _check_fold_mode(fold_mode):
@@ -88,10 +140,10 @@ def _apply(fake_quant, x):
     return x if fake_quant is None else fake_quant(x)
 
 
-def _attach_quantizers(module, qconfig, factory_kwargs):
+def _attach_quantizers(module, qconfig, factory_kwargs, channel_axis=0):
     """qconfig (our default when None), the weight fake-quantizer, and the facade's empty slots."""
     module.qconfig = qconfig if qconfig is not None else _default_qconfig()
-    module.weight_fake_quant = _make_weight_fake_quant(module.qconfig, factory_kwargs)
+    module.weight_fake_quant = _make_weight_fake_quant(module.qconfig, factory_kwargs, module.weight, channel_axis)
     module.input_fake_quant = None
     module.output_fake_quant = None
 
@@ -109,13 +161,14 @@ def _copy_weight_and_bias(dst, src, detach):
     return dst
 
 
-class Conv2d(nn.Conv2d):
-    """Drop-in for ``torch.ao.nn.qat.Conv2d``: ``conv(x, weight_fake_quant(W), b)``.
+# ---------------------------------------------------------------------------------------
+# Convolutions and Linear
 
-    ``qconfig=None`` takes :func:`fakequant.qconfig.get_qat_qconfig`'s default.
-    """
 
-    _FLOAT_MODULE = nn.Conv2d
+class _QATConv:
+    """``conv(x, weight_fake_quant(W), b)`` for Conv1d/2d/3d (mixed in before ``nn.ConvNd``)."""
+
+    _FLOAT_MODULE: type[nn.Module]
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", qconfig=None, device=None, dtype=None):
@@ -132,18 +185,163 @@ class Conv2d(nn.Conv2d):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, nn.Conv2d):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Conv2d, got {type(mod).__name__}")
-        qconfig = getattr(mod, "qconfig", None)
+        if not isinstance(mod, cls._FLOAT_MODULE):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+                            f"got {type(mod).__name__}")
+        return cls._from_conv(mod, getattr(mod, "qconfig", None))
+
+    @classmethod
+    def _from_conv(cls, conv, qconfig):
+        qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                  padding_mode=conv.padding_mode, qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
+        return _copy_weight_and_bias(qat, conv, detach=False)
+
+    def to_float(self):
+        conv = self._FLOAT_MODULE(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                                  self.dilation, self.groups, self.bias is not None, self.padding_mode)
+        return _copy_weight_and_bias(conv, self, detach=True).train(self.training)
+
+
+class Conv1d(_QATConv, nn.Conv1d):
+    """Drop-in for ``torch.ao.nn.qat.Conv1d``: ``conv1d(x, weight_fake_quant(W), b)``.
+
+    ``qconfig=None`` takes :func:`fakequant.qconfig.get_qat_qconfig`'s default.
+    """
+
+    _FLOAT_MODULE = nn.Conv1d
+
+
+class Conv2d(_QATConv, nn.Conv2d):
+    """Drop-in for ``torch.ao.nn.qat.Conv2d``: ``conv2d(x, weight_fake_quant(W), b)``.
+
+    ``qconfig=None`` takes :func:`fakequant.qconfig.get_qat_qconfig`'s default.
+    """
+
+    _FLOAT_MODULE = nn.Conv2d
+
+
+class Conv3d(_QATConv, nn.Conv3d):
+    """Drop-in for ``torch.ao.nn.qat.Conv3d``: ``conv3d(x, weight_fake_quant(W), b)``.
+
+    ``qconfig=None`` takes :func:`fakequant.qconfig.get_qat_qconfig`'s default.
+    """
+
+    _FLOAT_MODULE = nn.Conv3d
+
+
+class _QATConvReLU:
+    """``relu(conv(x, weight_fake_quant(W), b))``: the QAT form of torch.ao's fused
+    ``nni.ConvReLU{1,2,3}d`` (mixed in before a QAT ConvNd)."""
+
+    _FUSED_MODULE_NAME: str
+
+    def forward(self, input):
+        input = _apply(self.input_fake_quant, input)
+        out = F.relu(self._conv_forward(input, self.weight_fake_quant(self.weight), self.bias))
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        """From ``torch.ao.nn.intrinsic.ConvReLU{1,2,3}d`` (or any ``(ConvNd, ReLU)`` sequence)
+        carrying a ``qconfig``; shares the conv's parameters, as torch.ao does."""
+        try:
+            conv, relu = mod[0], mod[1]
+        except (TypeError, IndexError, KeyError):
+            conv = relu = None
+        if not isinstance(conv, cls._FLOAT_MODULE) or not isinstance(relu, nn.ReLU):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a ({cls._FLOAT_MODULE.__name__}, "
+                            f"ReLU) sequence such as torch.ao.nn.intrinsic.{cls._FUSED_MODULE_NAME}, "
+                            f"got {type(mod).__name__}")
+        return cls._from_conv(conv, getattr(mod, "qconfig", None))
+
+    def to_float(self):
+        conv = super().to_float()
+        nni, _ = _torch_ao()
+        fused = getattr(nni, self._FUSED_MODULE_NAME, None) if nni is not None else None
+        seq = fused(conv, nn.ReLU()) if fused is not None else nn.Sequential(conv, nn.ReLU())
+        return seq.train(self.training)
+
+
+class ConvReLU1d(_QATConvReLU, Conv1d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU1d``: :class:`Conv1d` then ReLU."""
+
+    _FUSED_MODULE_NAME = "ConvReLU1d"
+
+
+class ConvReLU2d(_QATConvReLU, Conv2d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU2d``: :class:`Conv2d` then ReLU."""
+
+    _FUSED_MODULE_NAME = "ConvReLU2d"
+
+
+class ConvReLU3d(_QATConvReLU, Conv3d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU3d``: :class:`Conv3d` then ReLU."""
+
+    _FUSED_MODULE_NAME = "ConvReLU3d"
+
+
+class _QATConvTranspose:
+    """``conv_transpose(x, weight_fake_quant(W), b)`` (mixed in before ``nn.ConvTransposeNd``).
+
+    The weight is ``[in_channels, out_channels / groups, *kernel]``: a per-channel weight
+    quantizer built along the default axis 0 is built along axis 1 instead (the output
+    channels, as for every other layer)."""
+
+    _FLOAT_MODULE: type[nn.Module]
+    _DIM: int
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", qconfig=None, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         output_padding=output_padding, groups=groups, bias=bias, dilation=dilation,
+                         padding_mode=padding_mode, **factory_kwargs)
+        _attach_quantizers(self, qconfig, factory_kwargs, channel_axis=1)
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
+                                              self._DIM, self.dilation)
+        input = _apply(self.input_fake_quant, input)
+        conv = F.conv_transpose1d if self._DIM == 1 else F.conv_transpose2d
+        out = conv(input, self.weight_fake_quant(self.weight), self.bias, self.stride, self.padding, output_padding,
+                   self.groups, self.dilation)
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        if not isinstance(mod, cls._FLOAT_MODULE):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+                            f"got {type(mod).__name__}")
         qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                  dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
-                  padding_mode=mod.padding_mode, qconfig=qconfig)
+                  output_padding=mod.output_padding, groups=mod.groups, bias=mod.bias is not None,
+                  dilation=mod.dilation, padding_mode=mod.padding_mode, qconfig=getattr(mod, "qconfig", None),
+                  device=mod.weight.device, dtype=mod.weight.dtype)
         return _copy_weight_and_bias(qat, mod, detach=False)
 
     def to_float(self):
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias is not None, self.padding_mode)
+        conv = self._FLOAT_MODULE(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.bias is not None, self.dilation,
+                                  self.padding_mode)
         return _copy_weight_and_bias(conv, self, detach=True).train(self.training)
+
+
+class ConvTranspose1d(_QATConvTranspose, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` with weight fake quantization (per channel along the weight's
+    output-channel axis 1); ``nn.ConvTranspose1d``'s arguments plus ``qconfig``."""
+
+    _FLOAT_MODULE = nn.ConvTranspose1d
+    _DIM = 1
+
+
+class ConvTranspose2d(_QATConvTranspose, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with weight fake quantization (per channel along the weight's
+    output-channel axis 1); ``nn.ConvTranspose2d``'s arguments plus ``qconfig``."""
+
+    _FLOAT_MODULE = nn.ConvTranspose2d
+    _DIM = 2
 
 
 class Linear(nn.Linear):
@@ -165,13 +363,137 @@ class Linear(nn.Linear):
     def from_float(cls, mod, use_precomputed_fake_quant=False):
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Linear, got {type(mod).__name__}")
-        qat = cls(mod.in_features, mod.out_features, bias=mod.bias is not None,
-                  qconfig=getattr(mod, "qconfig", None))
-        return _copy_weight_and_bias(qat, mod, detach=False)
+        return cls._from_linear(mod, getattr(mod, "qconfig", None))
+
+    @classmethod
+    def _from_linear(cls, linear, qconfig):
+        qat = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, qconfig=qconfig,
+                  device=linear.weight.device, dtype=linear.weight.dtype)
+        return _copy_weight_and_bias(qat, linear, detach=False)
 
     def to_float(self):
         linear = nn.Linear(self.in_features, self.out_features, self.bias is not None)
         return _copy_weight_and_bias(linear, self, detach=True).train(self.training)
+
+
+class LinearReLU(Linear):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.LinearReLU``: :class:`Linear` then ReLU."""
+
+    def forward(self, input):
+        input = _apply(self.input_fake_quant, input)
+        out = F.relu(F.linear(input, self.weight_fake_quant(self.weight), self.bias))
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        """From ``torch.ao.nn.intrinsic.LinearReLU`` (or any ``(Linear, ReLU)`` sequence) carrying
+        a ``qconfig``; shares the linear's parameters."""
+        try:
+            linear, relu = mod[0], mod[1]
+        except (TypeError, IndexError, KeyError):
+            linear = relu = None
+        if not isinstance(linear, nn.Linear) or not isinstance(relu, nn.ReLU):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a (Linear, ReLU) sequence such as "
+                            f"torch.ao.nn.intrinsic.LinearReLU, got {type(mod).__name__}")
+        return cls._from_linear(linear, getattr(mod, "qconfig", None))
+
+    def to_float(self):
+        linear = super().to_float()
+        nni, _ = _torch_ao()
+        seq = nni.LinearReLU(linear, nn.ReLU()) if nni is not None else nn.Sequential(linear, nn.ReLU())
+        return seq.train(self.training)
+
+
+# ---------------------------------------------------------------------------------------
+# Embeddings
+
+
+class Embedding(nn.Embedding):
+    """``torch.ao.nn.qat.Embedding`` (same constructor, state dict, ``from_float`` /
+    ``to_float``): ``embedding(indices, weight_fake_quant(W))``, the weight quantized per row
+    when the quantizer is per channel (axis 0).
+
+    torch.ao's module accepts only ``per_channel_affine_float_qparams`` weight quantizers
+    (what its quantized ``nn.quantized.Embedding`` is converted from); this one takes any
+    weight fake-quantizer, ``qconfig=None`` giving :func:`fakequant.qconfig.get_qat_qconfig`'s
+    default (per-row symmetric qint8). Converting to ``torch.ao.nn.quantized.Embedding`` still
+    needs torch.ao's float-qparams quantizer (e.g. ``torch.ao.quantization.default_embedding_qat_qconfig``).
+    ``output_fake_quant`` (``None`` by default) quantizes the output.
+    """
+
+    _FLOAT_MODULE = nn.Embedding
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
+                 scale_grad_by_freq=False, sparse=False, _weight=None, device=None, dtype=None, qconfig=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq,
+                         sparse, _weight, **factory_kwargs)
+        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
+        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs, self.weight)
+        self.output_fake_quant = None
+
+    def forward(self, input):
+        out = F.embedding(input, self.weight_fake_quant(self.weight), self.padding_idx, self.max_norm,
+                          self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        if not isinstance(mod, nn.Embedding):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Embedding, "
+                            f"got {type(mod).__name__}")
+        return cls(mod.num_embeddings, mod.embedding_dim, mod.padding_idx, mod.max_norm, mod.norm_type,
+                   mod.scale_grad_by_freq, mod.sparse, mod.weight, qconfig=getattr(mod, "qconfig", None))
+
+    def to_float(self):
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm,
+                                 self.norm_type, self.scale_grad_by_freq, self.sparse, None)
+        embedding.weight = nn.Parameter(self.weight.detach())
+        return embedding.train(self.training)
+
+
+class EmbeddingBag(nn.EmbeddingBag):
+    """``torch.ao.nn.qat.EmbeddingBag`` (same constructor, state dict, ``from_float`` /
+    ``to_float``): ``embedding_bag(indices, weight_fake_quant(W), ...)``; any weight
+    fake-quantizer, as :class:`Embedding`."""
+
+    _FLOAT_MODULE = nn.EmbeddingBag
+
+    def __init__(self, num_embeddings, embedding_dim, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                 mode="mean", sparse=False, _weight=None, include_last_offset=False, padding_idx=None, qconfig=None,
+                 device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__(num_embeddings, embedding_dim, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+                         _weight, include_last_offset, padding_idx, **factory_kwargs)
+        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
+        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs, self.weight)
+        self.output_fake_quant = None
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        out = F.embedding_bag(input, self.weight_fake_quant(self.weight), offsets, self.max_norm, self.norm_type,
+                              self.scale_grad_by_freq, self.mode, self.sparse, per_sample_weights,
+                              self.include_last_offset, self.padding_idx)
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        if not isinstance(mod, nn.EmbeddingBag):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.EmbeddingBag, "
+                            f"got {type(mod).__name__}")
+        return cls(mod.num_embeddings, mod.embedding_dim, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq,
+                   mod.mode, mod.sparse, mod.weight, mod.include_last_offset, mod.padding_idx,
+                   qconfig=getattr(mod, "qconfig", None))
+
+    def to_float(self):
+        bag = nn.EmbeddingBag(self.num_embeddings, self.embedding_dim, self.max_norm, self.norm_type,
+                              self.scale_grad_by_freq, self.mode, self.sparse, None, self.include_last_offset,
+                              self.padding_idx)
+        bag.weight = nn.Parameter(self.weight.detach())
+        return bag.train(self.training)
+
+
+# ---------------------------------------------------------------------------------------
+# Conv + BatchNorm
 
 
 def _flag(fake_quant, name):
@@ -198,6 +520,34 @@ def _fused_weight_spec(weight_fake_quant):
         "rounding": weight_fake_quant.rounding,
         "weight_eps": weight_fake_quant.eps,
     }
+
+
+@torch.no_grad()
+def _weight_scale_of_fold(weight, fold_scale, quant_min, quant_max, eps):
+    """The scales ``fake_quantize_weight_abs_max`` gives the fold ``W * s`` the fused op
+    quantised (``max(absmax / ((quant_max - quant_min) / 2), eps)`` in float32, quant_math.h
+    ``symmetric_scale``)."""
+    amax = abs_max(fold_weight(weight.detach(), fold_scale), 0)
+    scale = amax / (float(quant_max - quant_min) * 0.5)
+    return torch.where(scale < eps, torch.full_like(scale, eps), scale)
+
+
+@torch.library.custom_op("fakequant_nn::state_snapshot", mutates_args=())
+def _state_snapshot(state: torch.Tensor) -> torch.Tensor:
+    """A copy of module state (BN running statistics) that a differentiable expression reads
+    before the state is updated in place. Opaque to torch.compile's partitioner, so the backward
+    gets the saved copy instead of recomputing from the buffer after its update (which gave
+    wrong gradients; pytorch/pytorch#197039)."""
+    return state.clone()
+
+
+@_state_snapshot.register_fake
+def _state_snapshot_fake(state):
+    return torch.empty_like(state)
+
+
+def _read_before_update(state: torch.Tensor) -> torch.Tensor:
+    return _state_snapshot(state) if torch.compiler.is_compiling() else state
 
 
 class _STEMask(torch.autograd.Function):
@@ -229,10 +579,13 @@ def _ste_mask(weight_fake_quant, folded):
     return ((q >= weight_fake_quant.quant_min) & (q <= weight_fake_quant.quant_max)).to(folded.dtype)
 
 
-class _FoldedBatchNorm2d(nn.BatchNorm2d):
-    """The BN inside :class:`ConvBn2d`. It never carries a qconfig, so torch.ao's ``prepare`` and
-    ``convert``, which walk into children of modules that are not theirs, leave it alone (it is
-    folded into the conv)."""
+class _FoldedBatchNorm:
+    """The BN inside a ConvBn module (mixed in before ``nn.BatchNormNd``). It never carries a
+    qconfig, so torch.ao's ``prepare`` and ``convert``, which walk into children of modules that
+    are not theirs, leave it alone (it is folded into the conv). Its float32 parameters and
+    statistics stay float32 through ``model.to(torch.float16 / torch.bfloat16)`` (the fused op
+    updates float32 statistics in place; mixed-precision users keep BatchNorm in float32 too);
+    other conversions (``.double()`` for gradient checks, device moves) apply as usual."""
 
     @property
     def qconfig(self):
@@ -242,32 +595,57 @@ class _FoldedBatchNorm2d(nn.BatchNorm2d):
     def qconfig(self, value):
         pass
 
+    def _apply(self, fn, recurse=True):
+        def keep_float32(t):
+            moved = fn(t)
+            if isinstance(moved, torch.Tensor) and t.dtype == torch.float32 and moved.dtype in _HALF_DTYPES:
+                return t.data.to(moved.device)
+            return moved
 
-class ConvBn2d(nn.Conv2d):
-    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn2d`` (Conv2d + BatchNorm2d, weight fake-quantized
-    after folding BN into it), with ``fold_mode`` (``"running"`` or ``"batch"``).
+        return super()._apply(keep_float32, recurse)
 
-    Eval mode and ``freeze_bn_stats()`` fold with the running statistics in both modes.
-    ``gamma = 0`` gives no NaN (``torch.ao``'s module does, pytorch#77434).
-    """
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class _FoldedBatchNorm1d(_FoldedBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class _FoldedBatchNorm2d(_FoldedBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class _FoldedBatchNorm3d(_FoldedBatchNorm, nn.BatchNorm3d):
+    pass
+
+
+class _ConvBnNd:
+    """Conv + BatchNorm (+ ReLU) with BN folded into the fake-quantized weight (mixed in before
+    ``nn.ConvNd``): the common part of ConvBn1d/2d/3d and ConvBnReLU1d/2d/3d."""
 
     _version = 2
-    _FLOAT_CONV_MODULE = nn.Conv2d
-    _FLOAT_BN_MODULE = nn.BatchNorm2d
+    _DIM: int
+    _FLOAT_CONV_MODULE: type[nn.Module]
+    _FLOAT_BN_MODULE: type[nn.Module]
+    _FOLDED_BN: type[nn.Module]
     _FLOAT_RELU_MODULE = None
     _RELU = False
+    #: Whether the fused op (2-d only) runs with AbsMaxWeightFakeQuantize(ch_axis=0).
+    _FUSED_OP = False
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=None, padding_mode="zeros", eps=1e-05, momentum=0.1, freeze_bn=False, qconfig=None,
                  *, fold_mode="running"):
-        super().__init__(in_channels, out_channels, _pair(kernel_size), stride=_pair(stride),
-                         padding=padding if isinstance(padding, str) else _pair(padding),
-                         dilation=_pair(dilation), groups=groups, bias=False, padding_mode=padding_mode)
+        tup = {1: _single, 2: _pair, 3: _triple}[self._DIM]
+        super().__init__(in_channels, out_channels, tup(kernel_size), stride=tup(stride),
+                         padding=padding if isinstance(padding, str) else tup(padding),
+                         dilation=tup(dilation), groups=groups, bias=False, padding_mode=padding_mode)
         self.qconfig = qconfig if qconfig is not None else _default_qconfig()
         self.fold_mode = _check_fold_mode(fold_mode)
         self.freeze_bn = freeze_bn if self.training else True
-        self.bn = _FoldedBatchNorm2d(out_channels, eps, momentum, True, True)
-        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, {})
+        self.bn = self._FOLDED_BN(out_channels, eps, momentum, True, True)
+        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, {}, self.weight)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))
         else:
@@ -312,10 +690,11 @@ class ConvBn2d(nn.Conv2d):
         return self
 
     # ---- forward ----
-    def _padding_pair(self):
-        if isinstance(self.padding, str):
-            return None
-        return self.padding
+    def _channel_shape(self):
+        return (1, -1) + (1,) * self._DIM
+
+    def _weight_shape(self):
+        return (-1,) + (1,) * (self._DIM + 1)
 
     def _exponential_average_factor(self):
         bn = self.bn
@@ -326,57 +705,80 @@ class ConvBn2d(nn.Conv2d):
             return 1.0 / float(bn.num_batches_tracked)
         return bn.momentum
 
+    def _check_not_synchronised(self):
+        if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
+            name = type(self).__name__
+            raise RuntimeError(
+                f"{name}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}): its bn is a "
+                f"torch.nn.SyncBatchNorm (convert_sync_batchnorm), but {name} folds BN into the convolution and "
+                f"computes the batch statistics itself on each process, so the processes would keep different "
+                f"statistics; synchronised statistics are not supported. Either keep this BN out of the fusion "
+                f"(quant_aware with fuse_bn=False, or no conv+bn fusion before prepare_qat) and convert that "
+                f"BatchNorm to SyncBatchNorm, or freeze the BN statistics "
+                f"(model.apply(fakequant.nn.qat.freeze_bn_stats)), or train with per-process statistics by keeping "
+                f"a BatchNorm here instead of the SyncBatchNorm")
+
     def forward(self, input):
+        self._check_not_synchronised()
         input = _apply(self.input_fake_quant, input)
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = (0, 0)
+            padding = (0,) * self._DIM
         else:
-            padding = self._padding_pair()
-        spec = _fused_weight_spec(self.weight_fake_quant) if padding is not None else None
+            padding = self.padding  # a tuple, or 'same' / 'valid'
+        spec = None
+        if self._FUSED_OP and not isinstance(padding, str):
+            spec = _fused_weight_spec(self.weight_fake_quant)
         factor = self._exponential_average_factor()
         if spec is not None:
-            out = conv_bn_fake_quant(
+            out, fold_scale = conv_bn_fake_quant_with_fold_scale(
                 input, self.weight, self.bias, self.bn.weight, self.bn.bias, self.bn.running_mean,
                 self.bn.running_var, stride=self.stride, padding=padding, dilation=self.dilation,
                 groups=self.groups, eps=self.bn.eps, momentum=factor, mode=self.fold_mode,
                 training=self.bn.training, relu=self._RELU, **spec)
+            # The observer saw the fold: keep its scales, as AbsMaxWeightFakeQuantize's forward does.
+            self.weight_fake_quant._store_scale(_weight_scale_of_fold(
+                self.weight, fold_scale, spec["quant_min"], spec["quant_max"], spec["weight_eps"]))
         else:
-            out = self._forward_composite(input, self.padding if padding is None else padding, factor)
+            out = self._forward_composite(input, padding, factor)
             if self._RELU:
                 out = F.relu(out)
         return _apply(self.output_fake_quant, out)
 
     def _conv(self, input, weight, padding):
-        return F.conv2d(input, weight, None, self.stride, padding, self.dilation, self.groups)
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self._DIM]
+        return conv(input, weight, None, self.stride, padding, self.dilation, self.groups)
 
     def _forward_composite(self, x, padding, factor):
         """The op's math composed from PyTorch ops, for any weight fake-quantizer."""
         bn, w, b = self.bn, self.weight, self.bias
-        shape = (1, -1, 1, 1)
+        shape = self._channel_shape()
         gamma, beta = bn.weight, bn.bias
         if not bn.training:  # eval or frozen BN: fold with the running statistics
             folded, folded_bias = self._running_fold(w, b)
-            return self._conv(x, self.weight_fake_quant(folded), padding) + folded_bias.reshape(shape)
+            out = self._conv(x, self.weight_fake_quant(folded), padding)
+            return out + folded_bias.reshape(shape).to(out.dtype)
         if self.fold_mode == "running":
-            sigma = torch.sqrt(bn.running_var + bn.eps)
+            # read before F.batch_norm updates running_var in place
+            sigma = torch.sqrt(_read_before_update(bn.running_var) + bn.eps)
             s = gamma / sigma
             s = torch.where(s == 0, torch.ones_like(s), s)  # gamma = 0: no NaN, y = beta there
-            conv = self._conv(x, self.weight_fake_quant(w * s.reshape(-1, 1, 1, 1)), padding)
-            conv = conv / s.reshape(shape)
+            conv = self._conv(x, self.weight_fake_quant((w * s.reshape(self._weight_shape())).to(w.dtype)), padding)
+            conv = conv / s.reshape(shape).to(conv.dtype)
             if b is not None:
                 conv = conv + b.reshape(shape)
             return F.batch_norm(conv, bn.running_mean, bn.running_var, gamma, beta, True, factor, bn.eps)
         # batch: forward fused with the batch statistics, backward unfused (docs/convbn.md)
         acc = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least
+        reduce_dims = (0,) + tuple(range(2, 2 + self._DIM))
         with torch.no_grad():
             z0 = self._conv(x, w, padding).to(acc)
-            var, mean = torch.var_mean(z0, dim=(0, 2, 3), unbiased=False)
+            var, mean = torch.var_mean(z0, dim=reduce_dims, unbiased=False)
             n = z0.numel() // z0.size(1)
             bn.running_mean.mul_(1 - factor).add_(factor * (mean + (b.to(acc) if b is not None else 0)))
             bn.running_var.mul_(1 - factor).add_(factor * var * (n / max(n - 1, 1)))
             sigma = torch.sqrt(var + bn.eps)
-            k = (gamma.to(acc) / sigma).reshape(-1, 1, 1, 1)
+            k = (gamma.to(acc) / sigma).reshape(self._weight_shape())
         folded = (w.detach().to(acc) * k).to(w.dtype)
         with torch.no_grad():
             wq = self.weight_fake_quant(folded)
@@ -391,16 +793,17 @@ class ConvBn2d(nn.Conv2d):
     # ---- conversion ----
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False, *, fold_mode="running"):
-        """From ``torch.ao.nn.intrinsic.ConvBn2d`` (or any ``(Conv2d, BatchNorm2d[, ReLU])``
+        """From ``torch.ao.nn.intrinsic.ConvBn{1,2,3}d`` (or any ``(ConvNd, BatchNormNd[, ReLU])``
         sequence) carrying a ``qconfig``; shares its parameters, as torch.ao does."""
         try:
             conv, bn = mod[0], mod[1]
-        except (TypeError, IndexError):
+        except (TypeError, IndexError, KeyError):
             conv = bn = None
-        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a (Conv2d, BatchNorm2d"
-                            f"{', ReLU' if cls._RELU else ''}) sequence such as torch.ao.nn.intrinsic."
-                            f"{'ConvBnReLU2d' if cls._RELU else 'ConvBn2d'}, got {type(mod).__name__}")
+        if not isinstance(conv, cls._FLOAT_CONV_MODULE) or not isinstance(bn, cls._FLOAT_BN_MODULE):
+            fused = f"ConvBn{'ReLU' if cls._RELU else ''}{cls._DIM}d"
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a ({cls._FLOAT_CONV_MODULE.__name__}, "
+                            f"{cls._FLOAT_BN_MODULE.__name__}{', ReLU' if cls._RELU else ''}) sequence such as "
+                            f"torch.ao.nn.intrinsic.{fused}, got {type(mod).__name__}")
         qconfig = getattr(mod, "qconfig", None)
         qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                   conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, bn.eps, bn.momentum,
@@ -422,7 +825,7 @@ class ConvBn2d(nn.Conv2d):
         s = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
         bias = b.double() if b is not None else torch.zeros_like(s)
         folded_bias = bn.bias.double() + s * (bias - bn.running_mean.double())
-        return w * s.to(w.dtype if w.dtype != torch.float64 else torch.float64).reshape(-1, 1, 1, 1), \
+        return w * s.to(w.dtype if w.dtype != torch.float64 else torch.float64).reshape(self._weight_shape()), \
             folded_bias.to(bn.bias.dtype)
 
     def eval_folded_weight_and_bias(self):
@@ -438,19 +841,20 @@ class ConvBn2d(nn.Conv2d):
                                     self.bn.weight.detach(), self.bn.bias.detach())
 
     def to_float(self):
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, True, self.padding_mode)
+        conv = self._FLOAT_CONV_MODULE(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                       self.padding, self.dilation, self.groups, True, self.padding_mode)
         conv.weight, conv.bias = self.folded_weight_and_bias()
         conv.train(self.training)
         if self._RELU:
             nni, _ = _torch_ao()
-            seq = nni.ConvReLU2d(conv, nn.ReLU()) if nni is not None else nn.Sequential(conv, nn.ReLU())
+            conv_relu = getattr(nni, f"ConvReLU{self._DIM}d", None) if nni is not None else None
+            seq = conv_relu(conv, nn.ReLU()) if conv_relu is not None else nn.Sequential(conv, nn.ReLU())
             seq.train(self.training)
             return seq
         return conv
 
     def _folded_conv(self):
-        """A plain Conv2d with the folded weight that still carries this module's fake-quantizers
+        """A plain ConvNd with the folded weight that still carries this module's fake-quantizers
         (what torch.ao's quantized modules convert from)."""
         conv = self.to_float()
         conv = conv[0] if isinstance(conv, nn.Sequential) else conv
@@ -464,6 +868,38 @@ class ConvBn2d(nn.Conv2d):
         return super().extra_repr() + f", fold_mode={self.fold_mode!r}"
 
 
+class ConvBn1d(_ConvBnNd, nn.Conv1d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn1d`` (Conv1d + BatchNorm1d, weight fake-quantized
+    after folding BN into it), with ``fold_mode``; the math composed from PyTorch ops."""
+
+    _DIM = 1
+    _FLOAT_CONV_MODULE = nn.Conv1d
+    _FLOAT_BN_MODULE = nn.BatchNorm1d
+    _FOLDED_BN = _FoldedBatchNorm1d
+
+
+class ConvBnReLU1d(ConvBn1d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU1d``: :class:`ConvBn1d` then ReLU."""
+
+    _FLOAT_RELU_MODULE = nn.ReLU
+    _RELU = True
+
+
+class ConvBn2d(_ConvBnNd, nn.Conv2d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn2d`` (Conv2d + BatchNorm2d, weight fake-quantized
+    after folding BN into it), with ``fold_mode`` (``"running"`` or ``"batch"``).
+
+    Eval mode and ``freeze_bn_stats()`` fold with the running statistics in both modes.
+    ``gamma = 0`` gives no NaN (``torch.ao``'s module does, pytorch#77434).
+    """
+
+    _DIM = 2
+    _FLOAT_CONV_MODULE = nn.Conv2d
+    _FLOAT_BN_MODULE = nn.BatchNorm2d
+    _FOLDED_BN = _FoldedBatchNorm2d
+    _FUSED_OP = True
+
+
 class ConvBnReLU2d(ConvBn2d):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU2d``: :class:`ConvBn2d` then ReLU (fused into
     the op's epilogue on the fast path)."""
@@ -472,34 +908,111 @@ class ConvBnReLU2d(ConvBn2d):
     _RELU = True
 
 
+class ConvBn3d(_ConvBnNd, nn.Conv3d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn3d`` (Conv3d + BatchNorm3d, weight fake-quantized
+    after folding BN into it), with ``fold_mode``; the math composed from PyTorch ops."""
+
+    _DIM = 3
+    _FLOAT_CONV_MODULE = nn.Conv3d
+    _FLOAT_BN_MODULE = nn.BatchNorm3d
+    _FOLDED_BN = _FoldedBatchNorm3d
+
+
+class ConvBnReLU3d(ConvBn3d):
+    """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU3d``: :class:`ConvBn3d` then ReLU."""
+
+    _FLOAT_RELU_MODULE = nn.ReLU
+    _RELU = True
+
+
 def freeze_bn_stats(mod):
-    """``model.apply(freeze_bn_stats)`` for our ConvBn modules and torch.ao's (whose own function
-    matches exact types only)."""
-    if isinstance(mod, ConvBn2d):
+    """``model.apply(freeze_bn_stats)`` for our ConvBn modules and torch.ao's (the same as
+    ``torch.ao.nn.intrinsic.qat.freeze_bn_stats`` once this module is imported: see
+    :func:`_extend_torch_ao_bn_switches`)."""
+    if isinstance(mod, _ConvBnNd):
         mod.freeze_bn_stats()
     else:
         _, nniqat = _torch_ao()
         if nniqat is not None:
-            nniqat.freeze_bn_stats(mod)
+            _original(nniqat.freeze_bn_stats)(mod)
 
 
 def update_bn_stats(mod):
     """``model.apply(update_bn_stats)`` for our ConvBn modules and torch.ao's."""
-    if isinstance(mod, ConvBn2d):
+    if isinstance(mod, _ConvBnNd):
         mod.update_bn_stats()
     else:
         _, nniqat = _torch_ao()
         if nniqat is not None:
-            nniqat.update_bn_stats(mod)
+            _original(nniqat.update_bn_stats)(mod)
+
+
+def _original(fn):
+    """torch.ao's own function behind one that :func:`_extend_torch_ao_bn_switches` replaced."""
+    return getattr(fn, "__fakequant_original__", fn)
+
+
+def _extend_torch_ao_bn_switches():
+    """Make torch.ao's ``freeze_bn_stats`` / ``update_bn_stats`` reach our ConvBn modules too.
+
+    The PyTorch QAT recipe freezes BN with ``model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)``;
+    torch.ao's function matches its own six classes by exact type (``type(mod) in {...}``), so
+    on our modules it would do nothing, silently. Each module that exports torch.ao's function
+    (``torch.ao.nn.intrinsic.qat``, its ``modules`` and ``conv_fused``, the ``torch.nn.intrinsic``
+    aliases) gets a wrapper that handles ours and calls torch.ao's function for everything else,
+    so torch.ao's modules behave exactly as before. A reference taken before ``import fakequant``
+    (``from torch.ao.nn.intrinsic.qat import freeze_bn_stats`` earlier) keeps the original."""
+    import sys
+
+    _, nniqat = _torch_ao()
+    if nniqat is None:
+        return
+    for name, ours in (("freeze_bn_stats", freeze_bn_stats), ("update_bn_stats", update_bn_stats)):
+        theirs = _original(getattr(nniqat, name, None))
+        if theirs is None:
+            continue
+
+        def extended(mod, _ours=ours, _theirs=theirs):
+            return _ours(mod) if isinstance(mod, _ConvBnNd) else _theirs(mod)
+
+        extended.__name__ = extended.__qualname__ = name
+        extended.__module__ = theirs.__module__
+        extended.__doc__ = (f"torch.ao's ``{name}``, extended by fakequant to its ConvBn modules "
+                            "(fakequant.nn.qat).")
+        extended.__fakequant_original__ = theirs
+        for module in list(sys.modules.values()):
+            if module is not None and getattr(module, name, None) is theirs and \
+                    module.__name__.startswith(("torch.ao.nn.intrinsic", "torch.nn.intrinsic")):
+                setattr(module, name, extended)
 
 
 def get_qat_module_mappings():
     """``prepare_qat(model, mapping=get_qat_module_mappings())`` swaps float (and torch.ao
-    fused) modules for ours."""
-    mapping = {nn.Conv2d: Conv2d, nn.Linear: Linear}
+    fused) modules for ours: Conv1d/2d/3d, ConvTranspose1d/2d, Linear, Embedding, EmbeddingBag,
+    and torch.ao's fused ConvBn{1,2,3}d / ConvBnReLU{1,2,3}d. (torch.ao keeps its embedding
+    entries in ``get_embedding_qat_module_mappings``; here they are in the one mapping, so a
+    model's embeddings train quantized with the qconfig they carry.) torch.ao's fused ConvReLU /
+    LinearReLU become our ConvReLU{1,2,3}d / LinearReLU. torch.ao's ``nni.LinearBn1d`` (Linear +
+    BatchNorm1d) has no counterpart here yet: with this mapping it is not swapped."""
+    mapping = {
+        nn.Conv1d: Conv1d,
+        nn.Conv2d: Conv2d,
+        nn.Conv3d: Conv3d,
+        nn.ConvTranspose1d: ConvTranspose1d,
+        nn.ConvTranspose2d: ConvTranspose2d,
+        nn.Linear: Linear,
+        nn.modules.linear.NonDynamicallyQuantizableLinear: Linear,
+        nn.Embedding: Embedding,
+        nn.EmbeddingBag: EmbeddingBag,
+    }
     nni, _ = _torch_ao()
     if nni is not None:
-        mapping.update({nni.ConvBn2d: ConvBn2d, nni.ConvBnReLU2d: ConvBnReLU2d})
+        mapping.update({
+            nni.ConvBn1d: ConvBn1d, nni.ConvBn2d: ConvBn2d, nni.ConvBn3d: ConvBn3d,
+            nni.ConvBnReLU1d: ConvBnReLU1d, nni.ConvBnReLU2d: ConvBnReLU2d, nni.ConvBnReLU3d: ConvBnReLU3d,
+            nni.ConvReLU1d: ConvReLU1d, nni.ConvReLU2d: ConvReLU2d, nni.ConvReLU3d: ConvReLU3d,
+            nni.LinearReLU: LinearReLU,
+        })
     return mapping
 
 
@@ -513,18 +1026,60 @@ class _FromFolded:
         return self.target.from_float(mod._folded_conv(), use_precomputed_fake_quant=use_precomputed_fake_quant)
 
 
+class _ViaFloat:
+    """Mapping entry for torch.ao ``convert`` of a module whose torch.ao quantized counterpart
+    converts only from the float layer (``nn.ConvTranspose*``, or by exact type ``nn.Embedding``):
+    it gets the float layer, with this module's trained weight quantizer as its qconfig's
+    weight (torch.ao's modules run their weight quantizer once more on the weight, as for
+    convolutions)."""
+
+    def __init__(self, target, per_tensor_only=False):
+        self.target = target
+        self.per_tensor_only = per_tensor_only
+
+    def from_float(self, mod, use_precomputed_fake_quant=False):
+        if self.per_tensor_only and _is_per_channel(mod.weight_fake_quant):
+            raise ValueError(f"{type(mod).__name__}: torch.ao's quantized {self.target.__name__} takes per-tensor "
+                             f"weights only; this module's weight quantizer is per channel (use a per-tensor weight "
+                             f"qconfig for transposed convolutions, or fakequant.convert)")
+        float_layer = mod.to_float()
+        trained = mod.weight_fake_quant
+        float_layer.qconfig = type(mod.qconfig)(activation=mod.qconfig.activation, weight=lambda: trained)
+        if hasattr(mod, "activation_post_process"):
+            float_layer.activation_post_process = mod.activation_post_process
+        return self.target.from_float(float_layer)
+
+
 def get_quantized_module_mappings():
     """``torch.ao.quantization.convert(model, mapping=get_quantized_module_mappings())``: our QAT
-    modules to torch.ao's quantized modules (BN folded with the running statistics)."""
+    modules to torch.ao's quantized modules (BN folded with the running statistics). Embeddings
+    convert when their weight quantizer is torch.ao's float-qparams one (as in torch.ao)."""
     import torch.ao.nn.intrinsic.quantized as nniq
     import torch.ao.nn.quantized as nnq
     from torch.ao.quantization.quantization_mappings import get_default_static_quant_module_mappings
 
     mapping = dict(get_default_static_quant_module_mappings())
     mapping.update({
+        Conv1d: nnq.Conv1d,
         Conv2d: nnq.Conv2d,
+        Conv3d: nnq.Conv3d,
+        ConvTranspose1d: _ViaFloat(nnq.ConvTranspose1d, per_tensor_only=True),
+        ConvTranspose2d: _ViaFloat(nnq.ConvTranspose2d, per_tensor_only=True),
         Linear: nnq.Linear,
+        ConvReLU1d: nniq.ConvReLU1d,
+        ConvReLU2d: nniq.ConvReLU2d,
+        ConvReLU3d: nniq.ConvReLU3d,
+        LinearReLU: nniq.LinearReLU,
+        Embedding: _ViaFloat(nnq.Embedding),
+        EmbeddingBag: nnq.EmbeddingBag,
+        ConvBn1d: _FromFolded(nnq.Conv1d),
         ConvBn2d: _FromFolded(nnq.Conv2d),
+        ConvBn3d: _FromFolded(nnq.Conv3d),
+        ConvBnReLU1d: _FromFolded(nniq.ConvReLU1d),
         ConvBnReLU2d: _FromFolded(nniq.ConvReLU2d),
+        ConvBnReLU3d: _FromFolded(nniq.ConvReLU3d),
     })
     return mapping
+
+
+_extend_torch_ao_bn_switches()
