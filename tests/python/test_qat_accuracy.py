@@ -21,6 +21,16 @@ except ImportError:
     HAS_AO = False
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batches of 64 12x12 images: thread start-up costs more than it saves (and far more on a
+    shared machine), so this test trains on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_bars(n, gen, size=12, noise=0.35):
     labels = torch.randint(0, 4, (n,), generator=gen)
     images = noise * torch.randn(n, 1, size, size, generator=gen)

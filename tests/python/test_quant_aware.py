@@ -111,7 +111,10 @@ def test_config_keys_map_to_fake_quantizers():
     ("quantize_op_types", ["conv2d", "matmul"], "elementwise_add"),
     ("dtype", "uint8", "int8"),
     ("window_size", 0, "an int >= 1"),
-    ("moving_rate", 1.5, "a float in \\(0, 1\\)"),
+    ("moving_rate", 1.5, "a float in \\[0, 1\\)"),
+    ("moving_rate", 1.0, "a float in \\[0, 1\\)"),  # the op's range: 1 would freeze the scale
+    ("moving_rate", float("nan"), "a float in \\[0, 1\\)"),
+    ("moving_rate", True, "a float in \\[0, 1\\)"),
     ("quant_weight_only", "yes", "True or False"),
     ("not_quant_pattern", [3], "a str or a list of str"),
     ("fold_mode", "fused", "batch"),
@@ -133,8 +136,12 @@ def test_unknown_config_key_lists_the_accepted_keys():
 
 
 def test_untraceable_model_warns_and_still_quantizes_conv_and_mul():
-    with pytest.warns(UserWarning, match="does not trace with torch.fx.*not quantized"):
+    with pytest.warns(UserWarning) as record:
         q = fakequant.quant_aware(Untraceable())
+    messages = [str(w.message) for w in record]
+    assert any("does not trace with torch.fx" in m and "not quantized" in m for m in messages), messages
+    # conv1/bn1 and dw/bn2 are attributes of a forward no graph covers: the BNs are named, not fused
+    assert any("stay unfused: ['bn1', 'bn2']" in m for m in messages), messages
     # no fx and no nn.Sequential: no conv->bn pair is found, the convs are quantized alone
     assert type(q.conv1) is qat.Conv2d and type(q.dw) is qat.Conv2d and isinstance(q.bn1, nn.BatchNorm2d)
     assert isinstance(q.fc, qat.Linear) and not isinstance(q, torch.fx.GraphModule)
@@ -182,8 +189,10 @@ def test_convert_matches_the_qat_model_in_eval_and_saves_int8():
         assert not modules_of(frozen, (qat.Conv2d, qat.Linear, qat.ConvBn2d))
         assert not modules_of(frozen, nn.BatchNorm2d)  # folded
         torch.testing.assert_close(frozen(x), y_qat, rtol=1e-5, atol=1e-5)
-        assert set(int8) == {"conv1", "dw", "fc", "out"}
-        for name, entry in int8.items():
+        assert {n for n, e in int8.items() if "weight" in e} == {"conv1", "dw", "fc", "out"}
+        assert {n for n, e in int8.items() if "weight" not in e} == {"quant_dequant_0_0", "quant_dequant_0_1",
+                                                                     "quant_dequant_1_0"}  # add and pool inputs
+        for name, entry in ((n, e) for n, e in int8.items() if "weight" in e):
             assert entry["weight"].dtype == torch.int8
             weight = frozen.get_submodule(name)
             weight = weight.weight if hasattr(weight, "weight") else [m for m in weight if hasattr(m, "weight")][0].weight
@@ -198,3 +207,21 @@ def test_convert_matches_the_qat_model_in_eval_and_saves_int8():
             torch.testing.assert_close(a, b)
     with pytest.raises(TypeError, match="save_int8 must be True or False"):
         fakequant.convert(q, save_int8="yes")
+
+
+def test_moving_rate_takes_the_ops_range():
+    """moving_rate lies in [0, 1) in the facade as in the op: 0 keeps only the current batch's
+    abs-max (state = 1, accum = max|x|); 1, which the op rejects, is rejected up front."""
+    gen = torch.Generator().manual_seed(5)
+    q = fakequant.quant_aware(nn.Sequential(nn.Linear(6, 4)), {"activation_quantize_type": "moving_average_abs_max",
+                                                             "moving_rate": 0.0})
+    q.train()
+    for scale in (1.0, 3.0, 0.5):
+        x = scale * torch.randn(5, 6, generator=gen)
+        q(x)
+        torch.testing.assert_close(q[0].input_fake_quant.scale, x.abs().amax().reshape(1), rtol=0, atol=0)
+    x = torch.randn(5, 6, generator=gen)
+    with pytest.raises(RuntimeError, match=r"moving_rate must lie in \[0, 1\)"):
+        fakequant.fake_quantize_moving_average_abs_max(x, torch.ones(1), torch.ones(1), torch.ones(1), 1.0)
+    with pytest.raises(ValueError, match=r"moving_rate=1.0 is not accepted; accepted: a float in \[0, 1\)"):
+        fakequant.quant_aware(nn.Sequential(nn.Linear(6, 4)), {"moving_rate": 1.0})
