@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test fakequant. Idempotent: anything
 # already present is left alone, so a second run takes seconds.
-#   apt: cmake, ninja, GoogleTest, Google Benchmark, a C++ compiler
+#   apt: cmake, ninja, GoogleTest, Google Benchmark, a C++ compiler, Clang with libFuzzer
+#        (clang, libclang-rt-dev: the fuzz target of ci/sanitize.sh)
 #   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core, torchao
 #        (torch.ao.quantization's successor; the QAT modules are tested against both),
 #        matplotlib (bench/render_report.py draws the GB/s plots of the benchmark report),
@@ -11,7 +12,7 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${FAKEQUANT_TORCH_VERSION:-2.13.0}
 
-apt_packages=(cmake ninja-build libgtest-dev libbenchmark-dev g++ make)
+apt_packages=(cmake ninja-build libgtest-dev libbenchmark-dev g++ make clang libclang-rt-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: setup if needed, build (CMake, with tests and benchmarks), install to a
 # prefix, ctest (GoogleTest, the find_package consumer, the benchmark smoke run, the CUDA
-# resource gate, then the CUDA kernels executed on the CPU in three orders), then
+# resource gate, then the CUDA kernels executed on the CPU in three orders), the sanitizer
+# build of the CPU kernels' GoogleTests and the fuzz smoke run (ci/sanitize.sh), then
 # `pip install --no-build-isolation .` and pytest. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,12 @@ if [ "${emulated:-0}" -eq 0 ]; then
 fi
 ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" -L cuda_emulation
 echo "emulated CUDA tests: $emulated run and passed"
+
+# The CPU kernels and their GoogleTests under AddressSanitizer + UBSan, and the fuzz target over
+# quant_math.h: its corpus, then a 60-second libFuzzer run (docs/sanitizers.md). ci/setup.sh
+# installs Clang's libFuzzer, so here a missing one is an error, not a skipped step.
+echo "== sanitizers (ASan + UBSan) and the fuzz smoke run"
+FAKEQUANT_FUZZ_REQUIRED=1 FAKEQUANT_JOBS="$JOBS" bash ci/sanitize.sh
 
 echo "== pip install --no-build-isolation ."
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .

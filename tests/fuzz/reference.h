@@ -1,0 +1,323 @@
+// A plain double-precision reference of the numerics contract (docs/numerics.md), written
+// independently of include/fakequant/quant_math.h: rounding from std::floor in double,
+// 16-bit floats from frexp / ldexp, products and sums that are exact in double (rounded once
+// to float where the contract rounds once), integer quantization levels as ATen keeps them,
+// and ATen's ChooseQuantizationParams transcribed from ATen's source.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace fuzzref {
+
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+inline float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+constexpr double kTwo23 = 8388608.0;
+constexpr float kSmallestNormal = 1.17549435e-38f;  // 2^-126
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+
+enum class Mode { kHalfEven, kHalfAway, kStochastic };
+
+// ---------------------------------------------------------------------------------------
+// Rounding to an integer.
+
+// v finite with |v| < 2^52: the nearest integer, ties to even or away from zero.
+inline double round_ties(double v, bool ties_to_even) {
+  const double f = std::floor(v);
+  const double frac = v - f;  // exact: f <= v < f + 1
+  if (frac < 0.5) return f;
+  if (frac > 0.5) return f + 1.0;
+  if (ties_to_even) return std::fmod(f, 2.0) == 0.0 ? f : f + 1.0;
+  return v > 0.0 ? f + 1.0 : f;
+}
+
+// rint / std::round on a float: a zero result keeps v's sign; inf and NaN pass through.
+inline float round_nearest(float v, bool ties_to_even) {
+  if (!std::isfinite(v) || std::fabs(static_cast<double>(v)) >= kTwo23) return v;  // integers already
+  const double r = round_ties(v, ties_to_even);
+  return r == 0.0 ? std::copysign(0.0f, v) : static_cast<float>(r);
+}
+
+// floor(v + u) in real arithmetic, u = (random >> 8) * 2^-24; floats with |v| >= 2^23 are
+// integers and stay. A zero result is -0 for v < 0 and +0 otherwise, as numerics.md's case
+// split gives it ("v >= 0: ... floor(a)"; "v < 0: ... -floor(a)").
+inline float round_stochastic(float v, uint32_t random) {
+  if (!std::isfinite(v) || std::fabs(static_cast<double>(v)) >= kTwo23) return v;
+  const double u = static_cast<double>(random >> 8) * 0x1p-24;
+  const double whole = std::floor(static_cast<double>(v));
+  // floor(v + u) = whole + 1 iff u >= (whole + 1) - v. The difference is exact in double
+  // wherever it decides (|v| >= 1; v in (-1, 0), where it is -v; 2^-30 <= v < 1); for
+  // 0 <= v < 2^-30 it rounds to a value above 1 - 2^-24, the largest u, as its exact value is.
+  const double r = u >= (whole + 1.0) - static_cast<double>(v) ? whole + 1.0 : whole;
+  if (r == 0.0) return v < 0.0f ? -0.0f : 0.0f;
+  return static_cast<float>(r);
+}
+
+inline float round_with(float v, Mode mode, uint32_t random) {
+  if (mode == Mode::kStochastic) return round_stochastic(v, random);
+  return round_nearest(v, mode == Mode::kHalfEven);
+}
+
+// ---------------------------------------------------------------------------------------
+// 16-bit floats.
+
+inline float half_to_float(uint16_t h) {
+  const bool negative = (h & 0x8000u) != 0;
+  const int exponent = (h >> 10) & 0x1F;
+  const int mantissa = h & 0x3FF;
+  double magnitude;
+  if (exponent == 0x1F) {
+    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
+  } else if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<double>(mantissa), -24);
+  } else {
+    magnitude = std::ldexp(static_cast<double>(1024 + mantissa), exponent - 25);
+  }
+  const float f = static_cast<float>(magnitude);
+  return negative ? -f : f;
+}
+
+inline float bfloat16_to_float(uint16_t b) {
+  const bool negative = (b & 0x8000u) != 0;
+  const int exponent = (b >> 7) & 0xFF;
+  const int mantissa = b & 0x7F;
+  double magnitude;
+  if (exponent == 0xFF) {
+    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
+  } else if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<double>(mantissa), -133);
+  } else {
+    magnitude = std::ldexp(static_cast<double>(128 + mantissa), exponent - 134);
+  }
+  const float f = static_cast<float>(magnitude);
+  return negative ? -f : f;
+}
+
+// Every NaN stores the canonical 0x7FFF (docs/numerics.md, "16-bit floats").
+constexpr uint16_t kCanonicalNaN16 = 0x7FFF;
+
+// |v| rounded to nearest-even on the grid of a binary format with `mantissa_bits` stored
+// mantissa bits and smallest normal exponent `min_exponent` (values below 2^min_exponent
+// use the subnormal spacing 2^(min_exponent - mantissa_bits)).
+inline double round_to_format(double a, int mantissa_bits, int min_exponent) {
+  int e2;
+  std::frexp(a, &e2);  // a in [2^(e2-1), 2^e2)
+  const int exponent = std::max(e2 - 1, min_exponent);
+  const int spacing_exp = exponent - mantissa_bits;
+  const double units = std::ldexp(a, -spacing_exp);  // exact (a power-of-two scaling)
+  return std::ldexp(round_ties(units, true), spacing_exp);
+}
+
+inline uint16_t float_to_half(float v) {
+  if (std::isnan(v)) return kCanonicalNaN16;
+  const uint16_t sign = std::signbit(v) ? 0x8000u : 0u;
+  const double a = std::fabs(static_cast<double>(v));
+  if (a == 0.0) return sign;
+  const double r = std::isinf(a) ? a : round_to_format(a, 10, -14);
+  if (r >= 65536.0) return static_cast<uint16_t>(sign | 0x7C00u);  // past 65504: inf
+  if (r < 0x1p-14) return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::ldexp(r, 24)));
+  int e2;
+  std::frexp(r, &e2);
+  const int exponent = e2 - 1;
+  const int mantissa = static_cast<int>(std::ldexp(r, 10 - exponent)) - 1024;
+  return static_cast<uint16_t>(sign | ((exponent + 15) << 10) | mantissa);
+}
+
+inline uint16_t float_to_bfloat16(float v) {
+  if (std::isnan(v)) return kCanonicalNaN16;
+  const uint16_t sign = std::signbit(v) ? 0x8000u : 0u;
+  const double a = std::fabs(static_cast<double>(v));
+  if (a == 0.0) return sign;
+  const double r = std::isinf(a) ? a : round_to_format(a, 7, -126);
+  if (r >= 0x1p128) return static_cast<uint16_t>(sign | 0x7F80u);
+  // r is a bfloat16 value, so a float, whose upper 16 bits hold all of it.
+  return static_cast<uint16_t>(sign | (bits_of(static_cast<float>(r)) >> 16));
+}
+
+// ---------------------------------------------------------------------------------------
+// Quant-dequant (docs/numerics.md, "Affine quant-dequant", "Per-channel").
+
+// fp32(a * b + c) with one rounding, from exact double arithmetic: a * b is exact in double,
+// the sum is an exact double-double (TwoSum), and its rounding to float is corrected where
+// the double sum fell exactly on a midpoint between two floats.
+inline float fma_to_float(float a, float b, float c) {
+  const double p = static_cast<double>(a) * static_cast<double>(b);
+  const double s = p + static_cast<double>(c);
+  if (!std::isfinite(s)) return static_cast<float>(s);
+  const double bb = s - p;
+  const double err = (p - (s - bb)) + (static_cast<double>(c) - bb);  // s + err == p + c exactly
+  const float f = static_cast<float>(s);
+  if (err == 0.0 || static_cast<double>(f) == s || std::isinf(f)) return f;
+  // f is one of the two floats around s; is s their midpoint?
+  const float g = std::nextafter(
+      f, static_cast<double>(f) < s ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity());
+  if (std::isinf(g)) return f;
+  const double mid = (static_cast<double>(f) + static_cast<double>(g)) * 0.5;  // exact
+  if (s != mid) return f;
+  const float lo = std::min(f, g), hi = std::max(f, g);
+  return err > 0.0 ? hi : lo;
+}
+
+struct QuantDequant {
+  float value;
+  bool in_range;
+};
+
+// Beyond this many quantization units every valid range (|bounds| <= 2^16, |zp| <= 2^16) is
+// left behind: the element saturates and its level needs no exact integer.
+constexpr float kSaturated = 1048576.0f;  // 2^20
+
+// Integer zero point: q = round(x * inv) + zp with inv = fp32(1 / scale), the product rounded
+// once to fp32; y = (clamp(q) - zp) * scale rounded once to fp32. The level is an integer
+// (ATen converts it to int64), so a zero output is +0.
+inline QuantDequant quant_dequant_int_zp(float x, float scale, int32_t zero_point, int32_t quant_min, int32_t quant_max,
+                                         Mode mode, uint32_t random) {
+  if (std::isnan(x)) return {x, false};  // NaN passes through with its bits, mask 0
+  const float inv = static_cast<float>(1.0 / static_cast<double>(scale));
+  const float product = static_cast<float>(static_cast<double>(x) * static_cast<double>(inv));
+  const float r = round_with(product, mode, random);
+  int64_t clamped;
+  bool in_range;
+  if (!(std::fabs(r) < kSaturated)) {
+    in_range = false;
+    clamped = r > 0.0f ? quant_max : quant_min;
+  } else {
+    const int64_t q = static_cast<int64_t>(r) + zero_point;
+    in_range = q >= quant_min && q <= quant_max;
+    clamped = std::min<int64_t>(std::max<int64_t>(q, quant_min), quant_max);
+  }
+  const double y = static_cast<double>(clamped - zero_point) * static_cast<double>(scale);  // exact
+  return {static_cast<float>(y), in_range};
+}
+
+// Float zero point (ATen's per-channel path): q = round(fp32(fma(x, inv, zp))), an integer;
+// y = (double(clamp(q)) - double(zp)) * double(scale), each step in double, then fp32.
+inline QuantDequant quant_dequant_float_zp(float x, float scale, float zero_point, int32_t quant_min, int32_t quant_max,
+                                           Mode mode, uint32_t random) {
+  if (std::isnan(x)) return {x, false};
+  const float inv = static_cast<float>(1.0 / static_cast<double>(scale));
+  const float shifted = fma_to_float(x, inv, zero_point);
+  const float r = round_with(shifted, mode, random);
+  int64_t clamped;
+  bool in_range;
+  if (!(std::fabs(r) < kSaturated)) {
+    in_range = false;
+    clamped = r > 0.0f ? quant_max : quant_min;
+  } else {
+    const int64_t q = static_cast<int64_t>(r);
+    in_range = q >= quant_min && q <= quant_max;
+    clamped = std::min<int64_t>(std::max<int64_t>(q, quant_min), quant_max);
+  }
+  const double y = (static_cast<double>(clamped) - static_cast<double>(zero_point)) * static_cast<double>(scale);
+  return {static_cast<float>(y), in_range};
+}
+
+// ---------------------------------------------------------------------------------------
+// Philox4x32-10 (Random123), for the random word of an element under stochastic rounding.
+
+struct Words {
+  uint32_t w[4];
+};
+
+inline Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+    const uint32_t n1 = static_cast<uint32_t>(p1);
+    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+    const uint32_t n3 = static_cast<uint32_t>(p0);
+    c0 = n0, c1 = n1, c2 = n2, c3 = n3;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// Element i's word for the seed (key, offset): word i % 4 of Philox at counter
+// (lo32(i / 4), hi32(i / 4), lo32(offset), hi32(offset)), key (lo32(key), hi32(key)).
+inline uint32_t element_random(uint64_t i, uint64_t key, uint64_t offset) {
+  const uint64_t quad = i / 4;
+  const Words w =
+      philox4x32_10(static_cast<uint32_t>(quad), static_cast<uint32_t>(quad >> 32), static_cast<uint32_t>(offset),
+                    static_cast<uint32_t>(offset >> 32), static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+  return w.w[i % 4];
+}
+
+// ---------------------------------------------------------------------------------------
+// ATen's quant_utils::ChooseQuantizationParams (ATen/native/quantized/cpu/QuantUtils.h),
+// transcribed with ATen's types, preserve_sparsity = symmetric, force_scale_power_of_two off.
+// ATen checks min <= max and qmin < qmax; its nearbyint of a NaN zero point into int32 is
+// undefined, where the contract (docs/numerics.md) takes quant_min.
+
+struct QParams {
+  float scale;
+  int32_t zero_point;
+};
+
+inline QParams choose_qparams(float min, float max, int32_t qmin, int32_t qmax, bool preserve_sparsity,
+                              bool reduce_range) {
+  constexpr float kSmallScaleThreshold = 6.1e-5f;
+  if (reduce_range) {
+    qmin = qmin / 2;
+    qmax = qmax / 2;
+  }
+  if (min < 0 && max > 0 && preserve_sparsity) {
+    const int symmetric_qmin = -((qmax - qmin) / 2 + 1);
+    const int symmetric_qmax = (qmax - qmin) / 2;
+    const double max_scale = std::max(std::fabs(min / static_cast<float>(symmetric_qmin)),
+                                      std::fabs(max / static_cast<float>(symmetric_qmax)));
+    min = static_cast<float>(max_scale * symmetric_qmin);
+    max = static_cast<float>(max_scale * symmetric_qmax);
+  }
+  min = std::min(min, 0.f);
+  max = std::max(max, 0.f);
+  double scale = (static_cast<double>(max) - min) / (qmax - qmin);
+  if (static_cast<float>(scale) == 0.0f || std::isinf(1.0f / static_cast<float>(scale))) scale = 0.1;
+  if (scale < kSmallScaleThreshold) {
+    const float org_scale = static_cast<float>(scale);
+    scale = kSmallScaleThreshold;
+    if (min == 0.0f) {
+      max = kSmallScaleThreshold * static_cast<float>(qmax - qmin);
+    } else if (max == 0.0f) {
+      min = -kSmallScaleThreshold * static_cast<float>(qmax - qmin);
+    } else {
+      const float amplifier = kSmallScaleThreshold / org_scale;
+      min *= amplifier;
+      max *= amplifier;
+    }
+  }
+  const double zero_point_from_min = qmin - min / scale;
+  const double zero_point_from_max = qmax - max / scale;
+  const double zero_point_from_min_error = std::abs(qmin) - std::abs(min / scale);
+  const double zero_point_from_max_error = std::abs(qmax) - std::abs(max / scale);
+  double initial_zero_point =
+      zero_point_from_min_error < zero_point_from_max_error ? zero_point_from_min : zero_point_from_max;
+  if (min < 0 && max > 0 && preserve_sparsity) initial_zero_point = static_cast<double>(qmin + qmax) / 2;
+  int32_t nudged;
+  if (std::isnan(initial_zero_point)) {
+    nudged = qmin;
+  } else if (initial_zero_point < qmin) {
+    nudged = qmin;
+  } else if (initial_zero_point > qmax) {
+    nudged = qmax;
+  } else {
+    nudged = static_cast<int32_t>(std::nearbyint(initial_zero_point));
+  }
+  return {static_cast<float>(scale), nudged};
+}
+
+}  // namespace fuzzref
