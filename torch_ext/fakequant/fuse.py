@@ -26,7 +26,7 @@ def fuse_conv_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     The conv gets ``W * gamma / sigma`` and the bias ``beta + (b - mean) * gamma / sigma``
     with the running statistics (``torch.nn.utils.fusion.fuse_conv_bn_eval``; a conv without
-    bias gets one: the seeds' ``elementwise_add`` after a bias-free conv), and the BN becomes
+    bias gets one: Paddle's ``elementwise_add`` after a bias-free conv), and the BN becomes
     ``nn.Identity``, so eval outputs are unchanged and the fused weights can start QAT.
     Only pairs a graph proves are fused: the ``torch.fx`` graph of the model, or, when the
     model does not trace, of its submodules that trace and are only ever called whole, and
