@@ -143,7 +143,7 @@ using ConvBnOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::
 using ConvBnBackwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
-    c10::string_view, bool, std::array<bool, 3>);
+    c10::string_view, bool, const c10::List<bool>&);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ours_forward(
     const Layer& l, const torch::Tensor& x, RunningStats& rs, c10::string_view mode) {
@@ -167,7 +167,8 @@ std::pair<torch::Tensor, Grads> ours_step(const Layer& l, const torch::Tensor& x
   auto [y, pre_bn, weight_q, weight_mask, relu_mask, channel_state] = ours_forward(l, x, rs, mode);
   const at::Tensor& conv_weight = mode == "batch" ? l.weight : weight_q;
   auto [gx, gw, gp] = backward.call(grad_out, x, l.weight, pre_bn, conv_weight, weight_mask, relu_mask, channel_state,
-                                    l.stride, l.padding, l.dilation, 1, mode, /*training=*/true, {true, true, true});
+                                    l.stride, l.padding, l.dilation, 1, mode, /*training=*/true,
+                                    c10::List<bool>({true, true, true}));
   return {y, Grads{gx, gw, gp[0].to(l.gamma.scalar_type()), gp[1].to(l.beta.scalar_type())}};
 }
 

@@ -52,15 +52,15 @@ double step_bytes(int64_t n, torch::ScalarType dtype) { return static_cast<doubl
 using ForwardPerTensor = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double);
 using BackwardPerTensor = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
-    std::array<bool, 3>);
+    const c10::List<bool>&);
 using ForwardPerChannel = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                                      int64_t, double);
 using BackwardPerChannel = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double,
-    std::array<bool, 3>);
+    const c10::List<bool>&);
 
 constexpr double kGradFactor = 0.01;
-constexpr std::array<bool, 3> kAllGrads = {true, true, true};
+const c10::List<bool> kAllGrads({true, true, true});  // bool[3] in the schema
 
 void BM_LearnablePerTensor_fakequant(benchmark::State& state) {
   const int64_t n = state.range(0);
