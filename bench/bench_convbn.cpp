@@ -157,7 +157,7 @@ struct Grads {
   torch::Tensor input, weight, gamma, beta;
 };
 
-// Forward + backward as fakequant's autograd.Function (torch_ext/fakequant/_convbn.py) runs
+// Forward + backward as fakequant's autograd.Function (torch_ext/fakequant/ops/convbn.py) runs
 // them: the backward gets the saved tensors (the unquantised weight as the convolution weight
 // in batch-mode training, the quantised fold otherwise) and every output_mask entry set; the
 // float64 parameter gradients are cast to the parameters' dtype.

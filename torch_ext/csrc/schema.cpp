@@ -1,6 +1,7 @@
 // The one place where fakequant's operator schemas are defined. Backends register their
-// kernels in cpu/, cuda/; fake (meta) kernels and autograd are registered from Python
-// (torch_ext/fakequant/_registrations.py).
+// kernels in cpu/, cuda/; fake (meta) kernels and most autograd formulas are registered from
+// Python, each family's in torch_ext/fakequant/ops/<family>.py (the two quant-dequant ops'
+// autograd is C++: autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(fakequant, m) {

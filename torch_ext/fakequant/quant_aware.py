@@ -22,7 +22,13 @@ from torch import fx, nn
 
 from . import _graph
 from .fuse import unproven_warning
-from .nn import qat
+from .nn import (
+    AbsMaxWeightFakeQuantize,
+    FakeQuantizeBase,
+    MovingAverageAbsMaxFakeQuantize,
+    RangeAbsMaxFakeQuantize,
+    qat,
+)
 
 __all__ = [
     "ACTIVATION_QUANTIZE_TYPES",
@@ -148,14 +154,12 @@ class AheadReLU(nn.Module):
 
 
 def _abs_max_fq(bits, ch_axis, rounding):
-    from .nn import AbsMaxWeightFakeQuantize
 
     bin_cnt = 2 ** (bits - 1) - 1
     return AbsMaxWeightFakeQuantize(quant_min=-bin_cnt, quant_max=bin_cnt, ch_axis=ch_axis, rounding=rounding)
 
 
 def _weight_fake_quant(cfg, ch_axis=0):
-    from .nn import MovingAverageAbsMaxFakeQuantize, RangeAbsMaxFakeQuantize
 
     kind, bits, rounding = cfg["weight_quantize_type"], cfg["weight_bits"], cfg["rounding"]
     if kind == "abs_max":
@@ -168,7 +172,6 @@ def _weight_fake_quant(cfg, ch_axis=0):
 
 
 def _activation_fake_quant(cfg, ahead_relu=False):
-    from .nn import MovingAverageAbsMaxFakeQuantize, RangeAbsMaxFakeQuantize
 
     kind, bits, rounding = cfg["activation_quantize_type"], cfg["activation_bits"], cfg["rounding"]
     if kind == "abs_max":  # stateless: the ReLU goes in front of it
@@ -247,7 +250,6 @@ def _float_layers_left(model, skip, types):
     """``(name, type name)`` of every module still owning a weight of 2 or more dims that the
     rewrite did not swap and the config did not leave out on purpose (not_quant_pattern,
     quantize_op_types): they stay float. Norm layers (1-D weights) are not listed."""
-    from .nn import FakeQuantizeBase
 
     done = _qat_layer_types() + (FakeQuantizeBase, AheadReLU)
     left, covered = [], []
@@ -362,7 +364,6 @@ def quant_aware(model: nn.Module, config: dict | None = None, inplace: bool = Fa
 
 
 def _leaf_types():
-    from .nn import FakeQuantizeBase
 
     return _qat_layer_types() + (AheadReLU, FakeQuantizeBase)
 
@@ -420,7 +421,6 @@ def _fake_quant_modules(model):
 def _is_dynamic(fq):
     """An abs-max quantizer that observes: every call quantizes with the scale of its own input
     (Paddle's ``fake_quantize_abs_max``), in QAT eval as after ``convert``."""
-    from .nn import AbsMaxWeightFakeQuantize
 
     return isinstance(fq, AbsMaxWeightFakeQuantize) and fq._observer_on
 
@@ -548,7 +548,6 @@ def _freeze(module):
 def _standalone_activation_entries(model, layer_names):
     """Entries for the activation quantizers outside the frozen layers (the inputs of additions
     and pooling): ``{"input": ..., "producer": fx node name, "consumers": [fx node names]}``."""
-    from .nn import FakeQuantizeBase
 
     entries, covered = {}, list(layer_names)
     if "" in covered:  # the model itself was a QAT layer

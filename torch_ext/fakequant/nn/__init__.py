@@ -6,21 +6,20 @@ same API when torch.ao is gone) and is registered as a virtual subclass of torch
 torchao's ``prepare_qat_pt2e`` / ``convert_pt2e`` treat them as their own fake quantizers.
 Each forward runs one fused fakequant op (docs/qat.md).
 
-``fakequant.nn.qat`` holds the QAT modules: Conv1d/2d/3d, ConvTranspose1d/2d, Linear,
-Embedding, EmbeddingBag, ConvBn1d/2d/3d and ConvBnReLU1d/2d/3d.
+One module per topic: ``base`` (the base class and the argument checks the quantizers
+share), ``paddle``, ``min_max``, ``learnable``, ``weight`` (the quantizers), ``torchao`` (the
+registration with torchao), ``qconfig`` (configurations of these quantizers, public as
+``fakequant.qconfig``) and ``qat`` (the QAT modules: Conv1d/2d/3d, ConvTranspose1d/2d, Linear,
+Embedding, EmbeddingBag, ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d, ConvReLU1d/2d/3d, LinearReLU).
 """
 
-from .fake_quantize import (
-    AbsMaxWeightFakeQuantize,
-    FakeQuantizeBase,
-    LearnableFakeQuantize,
-    MovingAverageAbsMaxFakeQuantize,
-    MovingAverageMinMaxFakeQuantize,
-    MovingAveragePerChannelMinMaxFakeQuantize,
-    RangeAbsMaxFakeQuantize,
-    register_with_torchao,
-)
-from . import qat  # noqa: E402  (after the fake quantizers it builds on)
+from . import qat, qconfig
+from .base import FakeQuantizeBase
+from .learnable import LearnableFakeQuantize
+from .min_max import MovingAverageMinMaxFakeQuantize, MovingAveragePerChannelMinMaxFakeQuantize
+from .paddle import MovingAverageAbsMaxFakeQuantize, RangeAbsMaxFakeQuantize
+from .torchao import register_with_torchao
+from .weight import AbsMaxWeightFakeQuantize
 
 __all__ = [
     "AbsMaxWeightFakeQuantize",
@@ -30,5 +29,7 @@ __all__ = [
     "MovingAverageMinMaxFakeQuantize",
     "MovingAveragePerChannelMinMaxFakeQuantize",
     "RangeAbsMaxFakeQuantize",
+    "qat",
+    "qconfig",
     "register_with_torchao",
 ]

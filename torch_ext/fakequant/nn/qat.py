@@ -45,9 +45,9 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair, _single, _triple
 from torch.nn.utils import fuse_conv_bn_weights
 
-from ..convbn import conv_bn_fake_quant_with_fold_scale, fold_weight
-from ..observers import abs_max
-from .fake_quantize import AbsMaxWeightFakeQuantize
+from ..ops import abs_max, conv_bn_fake_quant_with_fold_scale, fold_weight
+from .qconfig import get_qat_qconfig
+from .weight import AbsMaxWeightFakeQuantize
 
 __all__ = [
     "Conv1d",
@@ -94,8 +94,6 @@ def _torch_ao():
 
 
 def _default_qconfig():
-    from ..qconfig import get_qat_qconfig
-
     return get_qat_qconfig()
 
 

@@ -1,11 +1,17 @@
-"""Weight fake quantization with per-channel abs-max scales (symmetric, zero point 0)."""
+"""Weight fake quantization with per-channel abs-max scales (symmetric, zero point 0): the
+typed Python API, the fake kernel (laid out as torch_ext/csrc/weight_quant.cpp allocates: the
+output like the dense or made-contiguous weight, a mask of ceil(numel / 8) bytes, a float32
+scale of size(axis)) and the autograd formula."""
 
 from __future__ import annotations
 
 import torch
 
-#: torch.finfo(torch.float32).eps, the floor PyTorch's observers put under every scale.
-FLOAT32_EPS = 1.1920928955078125e-07
+from ._common import FLOAT32_EPS, LIB, channel_shape, masked_backward, masked_setup_context, quant_dequant_outputs
+
+__all__ = ["FLOAT32_EPS", "fake_quantize_weight_abs_max", "fake_quantize_weight_abs_max_with_mask"]
+
+_OP = "fake_quant_weight_abs_max"
 
 
 def fake_quantize_weight_abs_max_with_mask(
@@ -51,3 +57,20 @@ def fake_quantize_weight_abs_max(
     """
     output, _, scale = fake_quantize_weight_abs_max_with_mask(weight, axis, quant_min, quant_max, rounding, eps)
     return output, scale
+
+
+@torch.library.register_fake(f"{LIB}::{_OP}")
+def _fake_quant_weight_abs_max_fake(weight, axis, quant_min, quant_max, rounding="half_even", eps=FLOAT32_EPS):
+    channels = channel_shape(_OP, weight, axis, what="weight")
+    output, mask = quant_dequant_outputs(weight)
+    return output, mask, weight.new_empty(channels, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    # The scale comes from an observer-like reduction (PyTorch runs its observers under
+    # no_grad): no gradient flows through it.
+    ctx.mark_non_differentiable(output[2])
+    masked_setup_context(ctx, inputs, output)
+
+
+torch.library.register_autograd(f"{LIB}::{_OP}", masked_backward, setup_context=_setup_context)

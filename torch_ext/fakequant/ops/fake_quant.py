@@ -1,28 +1,32 @@
-"""Typed Python API over torch.ops.fakequant.*."""
+"""Affine quant-dequant, per tensor and per channel: the typed Python API, the fake kernels
+and the clipped-STE backward op's fake kernel. (The autograd of the two quant-dequant ops is
+a C++ kernel, torch_ext/csrc/autograd.cpp: a Python formula would cost a Python call on every
+call of these per-activation ops.)"""
 
 from __future__ import annotations
 
 import torch
 
-#: Rounding modes accepted by the quant-dequant ops.
-ROUNDINGS = ("half_even", "half_away", "stochastic")
+from ._common import (
+    LIB,
+    ROUNDINGS,
+    SEED_HIGH,
+    check_devices,
+    check_rounding_and_seed,
+    draw_seed,
+    mask_bytes,
+    quant_dequant_outputs,
+)
 
-#: Each seed word (Philox key, counter offset) is drawn uniformly from [0, SEED_HIGH): 62
-#: random bits each, a range whose width every randint implementation (eager, and
-#: torch.compile's CPU and Triton lowerings, which compute high - low in int64) represents.
-SEED_HIGH = 2**62
-
-
-def _draw_seed(input: torch.Tensor, rounding: str, generator: torch.Generator | None) -> torch.Tensor | None:
-    """The seed tensor of stochastic rounding, drawn on ``input``'s device from ``generator``
-    (the default generator when None): no host synchronisation, captured by CUDA graphs and
-    traced by torch.compile like any random op. None for the deterministic modes, which
-    reject a generator rather than ignore it."""
-    if rounding != "stochastic":
-        if generator is not None:
-            raise ValueError(f"generator is only used by rounding='stochastic', got rounding={rounding!r}")
-        return None
-    return torch.randint(0, SEED_HIGH, (2,), dtype=torch.int64, device=input.device, generator=generator)
+__all__ = [
+    "ROUNDINGS",
+    "SEED_HIGH",
+    "fake_quantize_per_channel",
+    "fake_quantize_per_channel_with_mask",
+    "fake_quantize_per_tensor",
+    "fake_quantize_per_tensor_with_mask",
+    "masked_grad",
+]
 
 
 def fake_quantize_per_tensor_with_mask(
@@ -48,7 +52,7 @@ def fake_quantize_per_tensor_with_mask(
     ``torch.manual_seed`` makes runs reproducible). ``generator`` is an error with the
     other modes.
     """
-    seed = _draw_seed(input, rounding, generator)
+    seed = draw_seed(input, rounding, generator)
     return torch.ops.fakequant.fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed)
 
 
@@ -87,7 +91,7 @@ def fake_quantize_per_channel_with_mask(
     float32 ``[C]`` (added before rounding, ATen's float-zero-point rule), with
     ``C = input.size(axis)``, on ``input``'s device.
     """
-    seed = _draw_seed(input, rounding, generator)
+    seed = draw_seed(input, rounding, generator)
     return torch.ops.fakequant.fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding,
                                                       seed)
 
@@ -115,3 +119,35 @@ def masked_grad(grad_output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Clipped straight-through backward: ``grad_output`` where the packed ``mask`` bit is
     set, else 0. ``grad_output`` must be laid out like the forward output."""
     return torch.ops.fakequant.fake_quant_mask_backward(grad_output, mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_per_tensor")
+def _fake_quant_per_tensor_fake(input, scale, zero_point, quant_min, quant_max, rounding="half_even", seed=None):
+    check_devices("fake_quant_per_tensor", "input", input, scale=scale, zero_point=zero_point)
+    check_rounding_and_seed("fake_quant_per_tensor", input, rounding, seed)
+    return quant_dequant_outputs(input)
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_per_channel")
+def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quant_max, rounding="half_even",
+                                 seed=None):
+    check_devices("fake_quant_per_channel", "input", input, scale=scale, zero_point=zero_point)
+    check_rounding_and_seed("fake_quant_per_channel", input, rounding, seed)
+    return quant_dequant_outputs(input)
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_mask_backward")
+def _fake_quant_mask_backward_fake(grad_output, mask):
+    # The checks of prepare_masked_grad (torch_ext/csrc/common.cpp), same messages.
+    op = "fakequant.fake_quant_mask_backward"
+    torch._check(mask.dtype == torch.uint8, lambda: f"{op}: mask must be a uint8 tensor, got {mask.dtype}")
+    torch._check(mask.dim() == 1, lambda: f"{op}: mask must be a contiguous 1-D tensor, got shape {list(mask.shape)}")
+    n = grad_output.numel()
+    torch._check(mask.numel() == mask_bytes(n), lambda: f"{op}: mask must have ceil(numel / 8) = {mask_bytes(n)} "
+                 f"bytes for grad_output of {n} elements, got {mask.numel()}")
+    check_devices("fake_quant_mask_backward", "grad_output", grad_output, mask=mask)
+    return torch.empty_like(grad_output)

@@ -1,23 +1,18 @@
-"""Typed Python API of the reductions and fused observers (torch.ops.fakequant.*)."""
+"""The fused observers (Paddle's moving_average_abs_max and range_abs_max, PyTorch's
+moving-average min/max): the typed Python API, the fake kernels and the autograd.
+
+The ops update their state tensors in place (``Tensor(a!)`` in the schema, so the fake kernels
+touch nothing) and return ``(output, mask)`` laid out like the quant-dequant ops; their autograd
+is :class:`~fakequant.ops._common.InPlaceQuantDequant` (the clipped STE).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ._observers import ObserverQuantDequant
+from ._common import LIB, InPlaceQuantDequant, check_devices, quant_dequant_outputs
 
-
-def abs_max(input: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """``max |input|`` in float32: over the whole tensor (0-d result) or per channel along
-    ``axis`` (``[input.size(axis)]``). NaN propagates (as ``torch.amax``); an empty
-    reduction gives 0. Computed on ``input``'s device without host synchronisation."""
-    return torch.ops.fakequant.abs_max(input, axis)
-
-
-def min_max(input: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(min, max)`` of ``input`` in float32, whole tensor or per channel along ``axis``, as
-    ``torch.aminmax`` (NaN propagates); an empty reduction gives ``(+inf, -inf)``."""
-    return torch.ops.fakequant.min_max(input, axis)
+__all__ = ["fake_quantize_moving_average_abs_max", "fake_quantize_range_abs_max", "fused_moving_avg_obs_fake_quant"]
 
 
 def fake_quantize_moving_average_abs_max(
@@ -40,7 +35,7 @@ def fake_quantize_moving_average_abs_max(
     ``rounding`` defaults to ``half_away`` (Paddle's ``round_type=1``). Differentiable in
     ``input`` (clipped straight-through estimator).
     """
-    return ObserverQuantDequant.apply(
+    return InPlaceQuantDequant.apply(
         torch.ops.fakequant.fake_quant_moving_average_abs_max, input, scale, state, accum, moving_rate, bits,
         training, rounding,
     )[0]
@@ -62,7 +57,7 @@ def fake_quantize_range_abs_max(
     the window's maximum; all three live on ``input``'s device and are updated in place in
     training, with no host synchronisation even when the maximum leaves the window.
     """
-    return ObserverQuantDequant.apply(
+    return InPlaceQuantDequant.apply(
         torch.ops.fakequant.fake_quant_range_abs_max, input, scale, window, iter, bits, training, rounding
     )[0]
 
@@ -89,7 +84,34 @@ def fused_moving_avg_obs_fake_quant(
     saved mask and no host synchronisation. ``observer_on`` / ``fake_quant_on`` are int64
     ``[1]`` tensors read on the device; ``running_min``, ``running_max``, ``scale`` (float32)
     and ``zero_point`` (int32) are updated in place."""
-    return ObserverQuantDequant.apply(
-        torch.ops.fakequant.fused_moving_avg_obs_fake_quant, input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
-        quant_min, quant_max, axis, symmetric, reduce_range, rounding,
+    return InPlaceQuantDequant.apply(
+        torch.ops.fakequant.fused_moving_avg_obs_fake_quant, input, observer_on, fake_quant_on, running_min,
+        running_max, scale, zero_point, averaging_const, quant_min, quant_max, axis, symmetric, reduce_range, rounding,
     )[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_moving_average_abs_max")
+def _moving_average_abs_max_fake(input, scale, state, accum, moving_rate=0.9, bits=8, training=True,
+                                 rounding="half_away"):
+    check_devices("fake_quant_moving_average_abs_max", "input", input, scale=scale, state=state, accum=accum)
+    return quant_dequant_outputs(input)
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_range_abs_max")
+def _range_abs_max_fake(input, scale, window, iter, bits=8, training=True, rounding="half_away"):
+    check_devices("fake_quant_range_abs_max", "input", input, scale=scale, window=window, iter=iter)
+    return quant_dequant_outputs(input)
+
+
+@torch.library.register_fake(f"{LIB}::fused_moving_avg_obs_fake_quant")
+def _fused_moving_avg_obs_fake_quant_fake(input, observer_on, fake_quant_on, running_min, running_max, scale,
+                                          zero_point, averaging_const, quant_min, quant_max, axis=None,
+                                          symmetric=False, reduce_range=False, rounding="half_even"):
+    check_devices("fused_moving_avg_obs_fake_quant", "input", input, observer_on=observer_on,
+                  fake_quant_on=fake_quant_on, running_min=running_min, running_max=running_max, scale=scale,
+                  zero_point=zero_point)
+    return quant_dequant_outputs(input)
