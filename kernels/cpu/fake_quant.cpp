@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "fakequant/dispatch.h"
 #include "fakequant/fake_quant.h"
 
 namespace fakequant {
@@ -145,42 +146,25 @@ void fake_quant_rounding_dispatch(const FakeQuantArgs& a, Rounding rounding, con
                                   SegmentAt segment_at) {
   const T* in = static_cast<const T*>(a.input);
   T* out = static_cast<T*>(a.output);
-  switch (rounding) {
-    case Rounding::kHalfAway:
-      fake_quant_groups<T, Rounding::kHalfAway, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                                 group_begin, group_end, Seed{}, segment_at);
-      break;
-    case Rounding::kStochastic: {
+  dispatch_rounding(rounding, [&](auto r) {
+    constexpr Rounding kMode = decltype(r)::value;
+    Seed seed{};
+    if constexpr (kMode == Rounding::kStochastic) {
       if (seed_ptr == nullptr) throw std::invalid_argument("fakequant: stochastic rounding needs a seed");
-      const Seed seed{static_cast<uint64_t>(seed_ptr[0]), static_cast<uint64_t>(seed_ptr[1])};
-      fake_quant_groups<T, Rounding::kStochastic, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                                   group_begin, group_end, seed, segment_at);
-      break;
+      seed = Seed{static_cast<uint64_t>(seed_ptr[0]), static_cast<uint64_t>(seed_ptr[1])};
     }
-    case Rounding::kHalfEven:
-      fake_quant_groups<T, Rounding::kHalfEven, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max,
-                                                                 group_begin, group_end, Seed{}, segment_at);
-      break;
-  }
+    fake_quant_groups<T, kMode, kFloatZeroPoint>(in, out, a.mask, a.numel, quant_min, quant_max, group_begin,
+                                                 group_end, seed, segment_at);
+  });
 }
 
 template <bool kFloatZeroPoint, typename SegmentAt>
 void fake_quant_dtype_dispatch(const FakeQuantArgs& a, Rounding rounding, const int64_t* seed, int32_t quant_min,
                                int32_t quant_max, int64_t group_begin, int64_t group_end, SegmentAt segment_at) {
-  switch (a.dtype) {
-    case DType::kFloat32:
-      fake_quant_rounding_dispatch<float, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
-                                                           group_end, segment_at);
-      break;
-    case DType::kFloat16:
-      fake_quant_rounding_dispatch<Half, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
-                                                          group_end, segment_at);
-      break;
-    case DType::kBFloat16:
-      fake_quant_rounding_dispatch<BFloat16, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max, group_begin,
-                                                              group_end, segment_at);
-      break;
-  }
+  dispatch_dtype(a.dtype, [&](auto t) {
+    fake_quant_rounding_dispatch<typename decltype(t)::type, kFloatZeroPoint>(a, rounding, seed, quant_min, quant_max,
+                                                                              group_begin, group_end, segment_at);
+  });
 }
 
 // Zero is all-zero bits in every supported dtype, so the masked gradient is a bitwise

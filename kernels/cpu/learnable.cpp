@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "fakequant/dispatch.h"
 #include "fakequant/learnable.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -169,17 +170,9 @@ FQ_CPU_FMA_CLONES
 void backward_chunk_dispatch(const LearnableBackwardArgs& a, const LearnableQParams& qp,
                              const LearnableBackwardPlan& plan, int64_t begin, int64_t end, double* sum_scale,
                              double* sum_zero_point) {
-  switch (a.dtype) {
-    case DType::kFloat32:
-      backward_flags<float>(a, qp, plan, begin, end, sum_scale, sum_zero_point);
-      break;
-    case DType::kFloat16:
-      backward_flags<Half>(a, qp, plan, begin, end, sum_scale, sum_zero_point);
-      break;
-    case DType::kBFloat16:
-      backward_flags<BFloat16>(a, qp, plan, begin, end, sum_scale, sum_zero_point);
-      break;
-  }
+  dispatch_dtype(a.dtype, [&](auto t) {
+    backward_flags<typename decltype(t)::type>(a, qp, plan, begin, end, sum_scale, sum_zero_point);
+  });
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "fakequant/dispatch.h"
 #include "fakequant/observers.h"
 
 namespace fakequant {
@@ -126,17 +127,9 @@ void reduce_range_typed(const ReduceArgs& args, int64_t begin, int64_t end, floa
 
 template <ReduceKind kKind>
 void reduce_dtype_dispatch(const ReduceArgs& args, int64_t begin, int64_t end, float* out_a, float* out_b) {
-  switch (args.dtype) {
-    case DType::kFloat32:
-      reduce_range_typed<float, kKind>(args, begin, end, out_a, out_b);
-      break;
-    case DType::kFloat16:
-      reduce_range_typed<Half, kKind>(args, begin, end, out_a, out_b);
-      break;
-    case DType::kBFloat16:
-      reduce_range_typed<BFloat16, kKind>(args, begin, end, out_a, out_b);
-      break;
-  }
+  dispatch_dtype(args.dtype, [&](auto t) {
+    reduce_range_typed<typename decltype(t)::type, kKind>(args, begin, end, out_a, out_b);
+  });
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "fakequant/dispatch.h"
 #include "fakequant/weight_quant.h"
 
 namespace fakequant {
@@ -195,17 +196,10 @@ void channel_abs_max_bits_cpu(const WeightAbsMaxArgs& a, int64_t begin, int64_t 
   if (begin >= end) return;
   const int64_t channels = std::max<int64_t>(a.channels, 1);
   const int64_t stride = a.channels > 1 ? a.channel_stride : a.numel;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      channel_abs_max_typed(static_cast<const float*>(a.weight), channels, stride, begin, end, acc);
-      break;
-    case DType::kFloat16:
-      channel_abs_max_typed(static_cast<const Half*>(a.weight), channels, stride, begin, end, acc);
-      break;
-    case DType::kBFloat16:
-      channel_abs_max_typed(static_cast<const BFloat16*>(a.weight), channels, stride, begin, end, acc);
-      break;
-  }
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    channel_abs_max_typed(static_cast<const T*>(a.weight), channels, stride, begin, end, acc);
+  });
 }
 
 void weight_scales_from_abs_max_bits(const WeightAbsMaxArgs& a, const uint32_t* acc) {

@@ -31,6 +31,7 @@
 #include <cstdint>
 
 #include "fakequant/cuda/learnable.h"
+#include "fakequant/dispatch.h"
 #include "group_io.cuh"
 #include "launch_utils.cuh"
 
@@ -516,15 +517,8 @@ cudaError_t launch_fake_quant_learnable(const LearnableForwardArgs& a, const Lea
                                         cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
   if (a.numel < 0 || qp.channels <= 0 || qp.channel_stride <= 0) return cudaErrorInvalidValue;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      return launch_forward_typed<float>(a, qp, stream);
-    case DType::kFloat16:
-      return launch_forward_typed<Half>(a, qp, stream);
-    case DType::kBFloat16:
-      return launch_forward_typed<BFloat16>(a, qp, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, cudaErrorInvalidValue,
+                        [&](auto t) { return launch_forward_typed<typename decltype(t)::type>(a, qp, stream); });
 }
 
 LearnableBackwardShape learnable_backward_shape(const LearnableBackwardArgs& a, const LearnableQParams& qp) {
@@ -555,17 +549,8 @@ cudaError_t launch_fake_quant_learnable_backward(const LearnableBackwardArgs& a,
   if (plan.blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
   double* ps = static_cast<double*>(workspace);
   double* pz = plan.partials > 0 ? ps + plan.partials : nullptr;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      launch_backward_typed<float>(a, qp, plan, ps, pz, stream);
-      break;
-    case DType::kFloat16:
-      launch_backward_typed<Half>(a, qp, plan, ps, pz, stream);
-      break;
-    case DType::kBFloat16:
-      launch_backward_typed<BFloat16>(a, qp, plan, ps, pz, stream);
-      break;
-  }
+  dispatch_dtype(a.dtype,
+                 [&](auto t) { launch_backward_typed<typename decltype(t)::type>(a, qp, plan, ps, pz, stream); });
   return cudaGetLastError();
 }
 

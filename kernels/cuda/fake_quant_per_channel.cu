@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "fakequant/cuda/launch.h"
+#include "fakequant/dispatch.h"
 #include "group_io.cuh"
 #include "launch_utils.cuh"
 
@@ -112,20 +113,10 @@ void launch_typed(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStrea
 template <typename T>
 void launch_dispatch(const FakeQuantArgs& a, const PerChannelQParams& qp, cudaStream_t stream) {
   const bool float_zp = qp.zero_point_type == ZeroPointType::kFloat32;
-  switch (qp.rounding) {
-    case Rounding::kHalfAway:
-      float_zp ? launch_typed<T, Rounding::kHalfAway, true>(a, qp, stream)
-               : launch_typed<T, Rounding::kHalfAway, false>(a, qp, stream);
-      break;
-    case Rounding::kStochastic:
-      float_zp ? launch_typed<T, Rounding::kStochastic, true>(a, qp, stream)
-               : launch_typed<T, Rounding::kStochastic, false>(a, qp, stream);
-      break;
-    case Rounding::kHalfEven:
-      float_zp ? launch_typed<T, Rounding::kHalfEven, true>(a, qp, stream)
-               : launch_typed<T, Rounding::kHalfEven, false>(a, qp, stream);
-      break;
-  }
+  dispatch_rounding(qp.rounding, [&](auto r) {
+    constexpr Rounding kMode = decltype(r)::value;
+    float_zp ? launch_typed<T, kMode, true>(a, qp, stream) : launch_typed<T, kMode, false>(a, qp, stream);
+  });
 }
 
 }  // namespace
@@ -141,18 +132,10 @@ cudaError_t launch_fake_quant_per_channel(const FakeQuantArgs& a, const PerChann
       qp.zero_point_type == ZeroPointType::kInt32 || qp.zero_point_type == ZeroPointType::kFloat32;
   if (!known_rounding || !known_zero_point) return cudaErrorInvalidValue;
   if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      launch_dispatch<float>(a, qp, stream);
-      return cudaGetLastError();
-    case DType::kFloat16:
-      launch_dispatch<Half>(a, qp, stream);
-      return cudaGetLastError();
-    case DType::kBFloat16:
-      launch_dispatch<BFloat16>(a, qp, stream);
-      return cudaGetLastError();
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, cudaErrorInvalidValue, [&](auto t) {
+    launch_dispatch<typename decltype(t)::type>(a, qp, stream);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "fakequant/cuda/launch.h"
+#include "fakequant/dispatch.h"
 #include "group_io.cuh"
 #include "launch_utils.cuh"
 
@@ -106,20 +107,10 @@ cudaError_t launch_fq(const FakeQuantArgs& a, const PerTensorQParams& qp, cudaSt
     kernel<<<shape.blocks, shape.threads, 0, stream>>>(in, out, a.mask, a.numel, qp.scale,
                                                        qp.zero_point, qp.quant_min, qp.quant_max, qp.seed, qp.enabled);
   };
-  switch (qp.rounding) {
-    case Rounding::kHalfAway:
-      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, true>)
-          : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfAway, false>);
-      break;
-    case Rounding::kStochastic:
-      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kStochastic, true>)
-          : go(fake_quant_per_tensor_kernel<T, Rounding::kStochastic, false>);
-      break;
-    case Rounding::kHalfEven:
-      vec ? go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, true>)
-          : go(fake_quant_per_tensor_kernel<T, Rounding::kHalfEven, false>);
-      break;
-  }
+  dispatch_rounding(qp.rounding, [&](auto r) {
+    constexpr Rounding kMode = decltype(r)::value;
+    vec ? go(fake_quant_per_tensor_kernel<T, kMode, true>) : go(fake_quant_per_tensor_kernel<T, kMode, false>);
+  });
   return cudaGetLastError();
 }
 
@@ -146,29 +137,15 @@ cudaError_t launch_fake_quant_per_tensor(const FakeQuantArgs& a, const PerTensor
                               qp.rounding == Rounding::kStochastic;
   if (a.numel < 0 || !known_rounding) return cudaErrorInvalidValue;
   if (qp.rounding == Rounding::kStochastic && qp.seed == nullptr) return cudaErrorInvalidValue;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      return launch_fq<float>(a, qp, stream);
-    case DType::kFloat16:
-      return launch_fq<Half>(a, qp, stream);
-    case DType::kBFloat16:
-      return launch_fq<BFloat16>(a, qp, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, cudaErrorInvalidValue,
+                        [&](auto t) { return launch_fq<typename decltype(t)::type>(a, qp, stream); });
 }
 
 cudaError_t launch_masked_grad(const MaskedGradArgs& a, cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
   if (a.numel < 0) return cudaErrorInvalidValue;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      return launch_mg<float>(a, stream);
-    case DType::kFloat16:
-      return launch_mg<Half>(a, stream);
-    case DType::kBFloat16:
-      return launch_mg<BFloat16>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, cudaErrorInvalidValue,
+                        [&](auto t) { return launch_mg<typename decltype(t)::type>(a, stream); });
 }
 
 }  // namespace cuda

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "fakequant/cuda/observers.h"
+#include "fakequant/dispatch.h"
 #include "fakequant/observers.h"
 #include "group_io.cuh"
 #include "launch_utils.cuh"
@@ -347,17 +348,10 @@ cudaError_t launch_reduce_with(const ReduceArgs& args, void* partials_mem, Epilo
   const ReducePlan plan = reduce_plan(args);
   ReducePair* partials = static_cast<ReducePair*>(partials_mem);
   if (plan.path.stage1 != ReduceStage1::kNone) {
-    switch (args.dtype) {
-      case DType::kFloat32:
-        launch_reduce_stage1<float, kKind>(plan, static_cast<const float*>(args.input), partials, stream);
-        break;
-      case DType::kFloat16:
-        launch_reduce_stage1<Half, kKind>(plan, static_cast<const Half*>(args.input), partials, stream);
-        break;
-      case DType::kBFloat16:
-        launch_reduce_stage1<BFloat16, kKind>(plan, static_cast<const BFloat16*>(args.input), partials, stream);
-        break;
-    }
+    dispatch_dtype(args.dtype, [&](auto t) {
+      using T = typename decltype(t)::type;
+      launch_reduce_stage1<T, kKind>(plan, static_cast<const T*>(args.input), partials, stream);
+    });
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }

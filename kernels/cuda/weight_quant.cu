@@ -19,6 +19,7 @@
 
 #include "fakequant/cuda/launch.h"
 #include "fakequant/cuda/weight_quant.h"
+#include "fakequant/dispatch.h"
 #include "group_io.cuh"
 #include "launch_utils.cuh"
 
@@ -353,15 +354,8 @@ cudaError_t launch_fake_quant_weight_abs_max(const WeightAbsMaxArgs& a, const in
   if (a.rounding != Rounding::kHalfEven && a.rounding != Rounding::kHalfAway) return cudaErrorInvalidValue;
   if (a.channels <= 0) return cudaSuccess;
   if (a.numel < 0 || (a.numel > 0 && a.channels > 1 && a.channel_stride <= 0)) return cudaErrorInvalidValue;
-  switch (a.dtype) {
-    case DType::kFloat32:
-      return launch_typed<float>(a, zero_points, stream);
-    case DType::kFloat16:
-      return launch_typed<Half>(a, zero_points, stream);
-    case DType::kBFloat16:
-      return launch_typed<BFloat16>(a, zero_points, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, cudaErrorInvalidValue,
+                        [&](auto t) { return launch_typed<typename decltype(t)::type>(a, zero_points, stream); });
 }
 
 }  // namespace cuda
