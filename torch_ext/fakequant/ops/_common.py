@@ -134,22 +134,6 @@ def clipped_ste(grad_output: torch.Tensor, mask: torch.Tensor, output_stride: tu
     return torch.ops.fakequant.fake_quant_mask_backward(restride_like(grad_output, output_stride), mask)
 
 
-def masked_setup_context(ctx, inputs, output):
-    """``register_autograd`` context of an op returning ``(output, mask, ...)``: the mask and the
-    output's strides are saved."""
-    ctx.save_for_backward(output[1])
-    ctx.output_stride = output[0].stride()
-    ctx.num_inputs = len(inputs)
-
-
-def masked_backward(ctx, grad_output, *unused_grads):
-    """Clipped STE: the gradient flows to the first input where the saved mask is set; the
-    other inputs (qparams, seeds, settings) get none (these ops do not learn them)."""
-    (mask,) = ctx.saved_tensors
-    grad_input = clipped_ste(grad_output, mask, ctx.output_stride) if ctx.needs_input_grad[0] else None
-    return (grad_input,) + (None,) * (ctx.num_inputs - 1)
-
-
 class InPlaceQuantDequant(torch.autograd.Function):
     """Autograd of the ops that update state in place (the fused observers), which
     ``torch.library.register_autograd`` cannot take (it needs functional ops): the op runs in

@@ -1,5 +1,5 @@
-"""The learnable-qparam (LSQ / LSQ+) ops: the typed Python API, the fake kernels and the
-autograd.
+"""The learnable-qparam (LSQ / LSQ+) ops: the typed Python API and the fake kernels. The
+autograd is a C++ kernel (torch_ext/csrc/autograd.cpp) calling the backward ops.
 
 The fake kernels mirror the C++ allocation rules of torch_ext/csrc/learnable.cpp: the output
 and grad_input keep a dense input's strides (anything else is made contiguous);
@@ -7,7 +7,8 @@ grad_scale / grad_zero_point are float32 and shaped like scale / zero_point; out
 by output_mask are empty ([0]) tensors.
 
 Autograd saves the input, scale and zero_point themselves (references, no copies): the scale
-gradient needs x (docs/numerics.md, "Learnable scale and zero point").
+gradient needs x (docs/numerics.md, "Learnable scale and zero point"); the backward op computes
+only the gradients that are needed (output_mask).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def fake_quantize_learnable_per_channel(
 
 
 # ---------------------------------------------------------------------------------------
-# Fake kernels and autograd
+# Fake kernels
 
 
 @torch.library.register_fake(f"{LIB}::fake_quant_learnable_per_tensor")
@@ -105,33 +106,3 @@ def _per_channel_backward_fake(grad_output, input, scale, zero_point, axis, quan
                                output_mask=(True, True, True)):
     return _backward_fake("fake_quant_learnable_per_channel_backward", grad_output, input, scale, zero_point,
                           output_mask)
-
-
-def _setup_context(ctx, inputs, output):
-    input, scale, zero_point = inputs[:3]
-    ctx.save_for_backward(input, scale, zero_point)
-    ctx.scalars = inputs[3:]  # (axis,) quant_min, quant_max, grad_factor
-    ctx.num_inputs = len(inputs)
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad_output):
-        input, scale, zero_point = ctx.saved_tensors
-        needed = [bool(n) for n in ctx.needs_input_grad[:3]]
-        grads = [None, None, None]
-        if any(needed):
-            grads = list(backward_op(grad_output, input, scale, zero_point, *ctx.scalars, needed))
-            grads = [g if n else None for g, n in zip(grads, needed)]
-        return tuple(grads) + (None,) * (ctx.num_inputs - 3)
-
-    return backward
-
-
-torch.library.register_autograd(
-    f"{LIB}::fake_quant_learnable_per_tensor",
-    _make_backward(torch.ops.fakequant.fake_quant_learnable_per_tensor_backward),
-    setup_context=_setup_context)
-torch.library.register_autograd(
-    f"{LIB}::fake_quant_learnable_per_channel",
-    _make_backward(torch.ops.fakequant.fake_quant_learnable_per_channel_backward),
-    setup_context=_setup_context)

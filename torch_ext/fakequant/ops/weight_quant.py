@@ -1,13 +1,14 @@
 """Weight fake quantization with per-channel abs-max scales (symmetric, zero point 0): the
-typed Python API, the fake kernel (laid out as torch_ext/csrc/weight_quant.cpp allocates: the
+typed Python API and the fake kernel (laid out as torch_ext/csrc/weight_quant.cpp allocates: the
 output like the dense or made-contiguous weight, a mask of ceil(numel / 8) bytes, a float32
-scale of size(axis)) and the autograd formula."""
+scale of size(axis)). The autograd (the clipped STE for the weight; none for the scale) is a
+C++ kernel, torch_ext/csrc/autograd.cpp."""
 
 from __future__ import annotations
 
 import torch
 
-from ._common import FLOAT32_EPS, LIB, channel_shape, masked_backward, masked_setup_context, quant_dequant_outputs
+from ._common import FLOAT32_EPS, LIB, channel_shape, quant_dequant_outputs
 
 __all__ = ["FLOAT32_EPS", "fake_quantize_weight_abs_max", "fake_quantize_weight_abs_max_with_mask"]
 
@@ -64,13 +65,3 @@ def _fake_quant_weight_abs_max_fake(weight, axis, quant_min, quant_max, rounding
     channels = channel_shape(_OP, weight, axis, what="weight")
     output, mask = quant_dequant_outputs(weight)
     return output, mask, weight.new_empty(channels, dtype=torch.float32)
-
-
-def _setup_context(ctx, inputs, output):
-    # The scale comes from an observer-like reduction (PyTorch runs its observers under
-    # no_grad): no gradient flows through it.
-    ctx.mark_non_differentiable(output[2])
-    masked_setup_context(ctx, inputs, output)
-
-
-torch.library.register_autograd(f"{LIB}::{_OP}", masked_backward, setup_context=_setup_context)
