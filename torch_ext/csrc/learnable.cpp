@@ -153,5 +153,24 @@ void check_learnable_qparam_values(const char* op, const at::Tensor& scale, cons
   }
 }
 
+at::Tensor learnable_forward(const LearnableBackend& backend, const char* op, const at::Tensor& input,
+                             const at::Tensor& scale, const at::Tensor& zero_point, std::optional<int64_t> axis,
+                             int64_t quant_min, int64_t quant_max, double grad_factor) {
+  LearnableForwardCall call =
+      prepare_learnable_forward(op, input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
+  backend.forward(op, call, axis.has_value());
+  return call.output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> learnable_backward(
+    const LearnableBackend& backend, const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& scale, const at::Tensor& zero_point, std::optional<int64_t> axis, int64_t quant_min,
+    int64_t quant_max, double grad_factor, const c10::List<bool>& output_mask) {
+  LearnableBackwardCall call = prepare_learnable_backward(op, grad_output, input, scale, zero_point, axis, quant_min,
+                                                          quant_max, grad_factor, learnable_output_mask(op, output_mask));
+  backend.backward(op, call, axis.has_value());
+  return {call.grad_input, call.grad_scale, call.grad_zero_point};
+}
+
 }  // namespace ext
 }  // namespace fakequant
