@@ -71,46 +71,5 @@ int64_t normalize_axis(const char* op, const at::Tensor& input, int64_t axis);
 // tensor when there is none.
 at::Tensor check_seed(const char* op, const at::Tensor& input, Rounding mode, const std::optional<at::Tensor>& seed);
 
-struct PerTensorCall : FakeQuantBuffers {
-  at::Tensor scale, zero_point;  // aligned (kept alive for the kernel)
-  at::Tensor seed;  // contiguous int64 [2] (stochastic rounding) or undefined
-  PerTensorQParams qparams;
-};
-
-// Checks everything that can be checked without reading tensor values (dtypes, shapes,
-// devices, the quant range, the rounding name, the seed) and allocates the outputs.
-PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
-                                            const at::Tensor& zero_point, int64_t quant_min,
-                                            int64_t quant_max, c10::string_view rounding,
-                                            const std::optional<at::Tensor>& seed = std::nullopt);
-
-// Value checks of scale / zero_point; only done where the values are on the host.
-void check_per_tensor_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
-                                    int64_t quant_min, int64_t quant_max);
-
-struct PerChannelCall : FakeQuantBuffers {
-  at::Tensor scale, zero_point;  // contiguous (kept alive for the kernel)
-  at::Tensor seed;               // contiguous int64 [2] (stochastic rounding) or undefined
-  PerChannelQParams qparams;
-};
-
-// As above for per-channel qparams: scale float32 [C], zero_point int32 or float32 [C]
-// with C = input.size(axis); axis in [-dim, dim).
-PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at::Tensor& scale,
-                                              const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
-                                              int64_t quant_max, c10::string_view rounding,
-                                              const std::optional<at::Tensor>& seed = std::nullopt);
-
-void check_per_channel_qparam_values(const at::Tensor& scale, const at::Tensor& zero_point,
-                                     int64_t quant_min, int64_t quant_max);
-
-struct MaskedGradCall {
-  at::Tensor grad_output;  // aligned (kept alive for the kernel)
-  at::Tensor grad_input;
-  MaskedGradArgs args;
-};
-
-MaskedGradCall prepare_masked_grad(const at::Tensor& grad_output, const at::Tensor& mask);
-
 }  // namespace ext
 }  // namespace fakequant

@@ -1,62 +1,39 @@
-// CPU kernels of the fakequant ops: validate, split the mask groups across ATen's
-// intra-op threads, call the CPU reference.
+// CPU backend of the quant-dequant family (the op bodies: fake_quant.h): check the qparam
+// values, split the mask groups across ATen's intra-op threads, call the CPU reference.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <optional>
-#include <tuple>
-
-#include "../common.h"
+#include "../fake_quant.h"
 #include "parallel.h"
 
 namespace fakequant {
 namespace ext {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> fake_quant_per_tensor_cpu_op(const at::Tensor& input,
-                                                                const at::Tensor& scale,
-                                                                const at::Tensor& zero_point,
-                                                                int64_t quant_min, int64_t quant_max,
-                                                                c10::string_view rounding,
-                                                                const std::optional<at::Tensor>& seed) {
-  PerTensorCall call =
-      prepare_fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed);
+void per_tensor(PerTensorCall& call, int64_t quant_min, int64_t quant_max) {
   check_per_tensor_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
   parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
     fake_quant_per_tensor_cpu_range(call.args, call.qparams, begin, end);
   });
-  return {call.output, call.mask};
 }
 
-std::tuple<at::Tensor, at::Tensor> fake_quant_per_channel_cpu_op(const at::Tensor& input,
-                                                                 const at::Tensor& scale,
-                                                                 const at::Tensor& zero_point, int64_t axis,
-                                                                 int64_t quant_min, int64_t quant_max,
-                                                                 c10::string_view rounding,
-                                                                 const std::optional<at::Tensor>& seed) {
-  PerChannelCall call =
-      prepare_fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
+void per_channel(PerChannelCall& call, int64_t quant_min, int64_t quant_max) {
   check_per_channel_qparam_values(call.scale, call.zero_point, quant_min, quant_max);
   parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
     fake_quant_per_channel_cpu_range(call.args, call.qparams, begin, end);
   });
-  return {call.output, call.mask};
 }
 
-at::Tensor fake_quant_mask_backward_cpu_op(const at::Tensor& grad_output, const at::Tensor& mask) {
-  MaskedGradCall call = prepare_masked_grad(grad_output, mask);
+void mask_backward(MaskedGradCall& call) {
   parallel_over_mask_groups(call.args.numel,
-                   [&](int64_t begin, int64_t end) { masked_grad_cpu_range(call.args, begin, end); });
-  return call.grad_input;
+                            [&](int64_t begin, int64_t end) { masked_grad_cpu_range(call.args, begin, end); });
 }
+
+constexpr FakeQuantBackend kCpu{&per_tensor, &per_channel, &mask_backward};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
-  m.impl("fake_quant_per_tensor", &fake_quant_per_tensor_cpu_op);
-  m.impl("fake_quant_per_channel", &fake_quant_per_channel_cpu_op);
-  m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cpu_op);
-}
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) { FakeQuantOps<kCpu>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant

@@ -142,7 +142,7 @@ def _fake_quant_per_channel_fake(input, scale, zero_point, axis, quant_min, quan
 
 @torch.library.register_fake(f"{LIB}::fake_quant_mask_backward")
 def _fake_quant_mask_backward_fake(grad_output, mask):
-    # The checks of prepare_masked_grad (torch_ext/csrc/common.cpp), same messages.
+    # The checks of prepare_masked_grad (torch_ext/csrc/fake_quant.cpp), same messages.
     op = "fakequant.fake_quant_mask_backward"
     torch._check(mask.dtype == torch.uint8, lambda: f"{op}: mask must be a uint8 tensor, got {mask.dtype}")
     torch._check(mask.dim() == 1, lambda: f"{op}: mask must be a contiguous 1-D tensor, got shape {list(mask.shape)}")
