@@ -1,4 +1,4 @@
-// CPU kernel of fake_quant_weight_abs_max: contiguous channels are reduced and quantised
+// CPU backend of fake_quant_weight_abs_max (the op body: weight_quant.h): contiguous channels are reduced and quantised
 // block by block while in cache, in parallel over blocks of channels; other layouts take two
 // parallel passes (per-channel abs-max with per-chunk partial maxima, then the per-channel
 // quant-dequant).
@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
 #include <vector>
 
 #include "../weight_quant.h"
@@ -16,13 +15,8 @@ namespace fakequant {
 namespace ext {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(const at::Tensor& weight,
-                                                                               int64_t axis, int64_t quant_min,
-                                                                               int64_t quant_max,
-                                                                               c10::string_view rounding, double eps) {
-  WeightAbsMaxCall call = prepare_fake_quant_weight_abs_max(weight, axis, quant_min, quant_max, rounding, eps);
+void weight_abs_max(WeightAbsMaxCall& call) {
   const WeightAbsMaxArgs& a = call.args;
-  if (a.channels == 0) return {call.output, call.mask, call.scale};
 
   if (weight_channels_contiguous(a)) {
     const int64_t len = weight_channel_length(a);
@@ -31,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(
     const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(per_block * len, 1));
     at::parallel_for(0, blocks, grain,
                      [&](int64_t begin, int64_t end) { fake_quant_weight_abs_max_cpu_blocks(a, begin, end); });
-    return {call.output, call.mask, call.scale};
+    return;
   }
 
   // Pass 1: each chunk of memory reduces into its own row of partial maxima.
@@ -52,15 +46,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cpu_op(
   const FakeQuantArgs args = weight_quant_fake_quant_args(a);
   const PerChannelQParams qp = weight_quant_qparams(a, zeros.data());
   parallel_over_mask_groups(a.numel,
-                   [&](int64_t begin, int64_t end) { fake_quant_per_channel_cpu_range(args, qp, begin, end); });
-  return {call.output, call.mask, call.scale};
+                            [&](int64_t begin, int64_t end) { fake_quant_per_channel_cpu_range(args, qp, begin, end); });
 }
+
+constexpr WeightQuantBackend kCpu{&weight_abs_max};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
-  m.impl("fake_quant_weight_abs_max", &fake_quant_weight_abs_max_cpu_op);
-}
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) { WeightQuantOps<kCpu>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant

@@ -1,11 +1,10 @@
-// CUDA kernel of fake_quant_weight_abs_max: validate, guard the device, launch on the
-// current stream, check the launch. The scales never leave the device (no host sync).
+// CUDA backend of fake_quant_weight_abs_max (the op body: weight_quant.h): guard the device,
+// launch on the current stream, check the launch. The scales never leave the device (no host
+// sync).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <tuple>
 
 #include "../weight_quant.h"
 #include "fakequant/cuda/weight_quant.h"
@@ -14,12 +13,8 @@ namespace fakequant {
 namespace ext {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cuda_op(const at::Tensor& weight,
-                                                                                int64_t axis, int64_t quant_min,
-                                                                                int64_t quant_max,
-                                                                                c10::string_view rounding, double eps) {
-  WeightAbsMaxCall call = prepare_fake_quant_weight_abs_max(weight, axis, quant_min, quant_max, rounding, eps);
-  const c10::cuda::CUDAGuard guard(weight.device());
+void weight_abs_max(WeightAbsMaxCall& call) {
+  const c10::cuda::CUDAGuard guard(call.weight.device());
   // The two-pass path reads per-channel zero points: int32 zeros on the device, allocated
   // (and zeroed on the stream) only when that path is taken.
   at::Tensor zero_points;
@@ -29,14 +24,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_weight_abs_max_cuda_op
   C10_CUDA_CHECK(cuda::launch_fake_quant_weight_abs_max(
       call.args, zero_points.defined() ? zero_points.const_data_ptr<int32_t>() : nullptr,
       c10::cuda::getCurrentCUDAStream().stream()));
-  return {call.output, call.mask, call.scale};
 }
+
+constexpr WeightQuantBackend kCuda{&weight_abs_max};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CUDA, m) {
-  m.impl("fake_quant_weight_abs_max", &fake_quant_weight_abs_max_cuda_op);
-}
+TORCH_LIBRARY_IMPL(fakequant, CUDA, m) { WeightQuantOps<kCuda>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant
