@@ -75,35 +75,11 @@ void weight_grad(const WeightGradArgs& a) {
                    [&](int64_t begin, int64_t end) { weight_grad_cpu_range(a, begin, end); });
 }
 
-const ConvBnBackend kCpuBackend{moments, grad_sums, epilogue, backward, fold, weight_grad, convbn_channels_cpu};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& bn_weight, const at::Tensor& bn_bias, at::Tensor& running_mean, at::Tensor& running_var,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, double eps,
-    double momentum, c10::string_view mode, bool training, bool relu, bool quantize_weight, int64_t quant_min,
-    int64_t quant_max, c10::string_view rounding, double weight_eps) {
-  return conv_bn_fake_quant_forward(kCpuBackend, input, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                    stride, padding, dilation, groups, eps, momentum, mode, training, relu,
-                                    quantize_weight, quant_min, quant_max, rounding, weight_eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& pre_bn,
-    const at::Tensor& weight_q, const at::Tensor& weight_mask, const at::Tensor& relu_mask,
-    const at::Tensor& channel_state, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, c10::string_view mode, bool training, const c10::List<bool>& output_mask) {
-  return conv_bn_fake_quant_backward(kCpuBackend, grad_output, input, weight, pre_bn, weight_q, weight_mask, relu_mask,
-                                     channel_state, stride, padding, dilation, groups, mode, training,
-                                     conv_bn_output_mask(output_mask));
-}
+constexpr ConvBnBackend kCpuBackend{moments, grad_sums, epilogue, backward, fold, weight_grad, convbn_channels_cpu};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
-  m.impl("conv_bn_fake_quant", &forward_cpu);
-  m.impl("conv_bn_fake_quant_backward", &backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) { ConvBnOps<kCpuBackend>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant

@@ -39,38 +39,11 @@ void fold(const FoldWeightArgs& a) { C10_CUDA_CHECK(cuda::launch_fold_weight(a, 
 void weight_grad(const WeightGradArgs& a) { C10_CUDA_CHECK(cuda::launch_weight_grad(a, stream())); }
 void channels(const ConvBnChannelArgs& a) { C10_CUDA_CHECK(cuda::launch_convbn_channels(a, stream())); }
 
-const ConvBnBackend kCudaBackend{moments, grad_sums, epilogue, backward, fold, weight_grad, channels};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
-    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& bn_weight, const at::Tensor& bn_bias, at::Tensor& running_mean, at::Tensor& running_var,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, double eps,
-    double momentum, c10::string_view mode, bool training, bool relu, bool quantize_weight, int64_t quant_min,
-    int64_t quant_max, c10::string_view rounding, double weight_eps) {
-  const c10::cuda::CUDAGuard guard(input.device());
-  return conv_bn_fake_quant_forward(kCudaBackend, input, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                    stride, padding, dilation, groups, eps, momentum, mode, training, relu,
-                                    quantize_weight, quant_min, quant_max, rounding, weight_eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& pre_bn,
-    const at::Tensor& weight_q, const at::Tensor& weight_mask, const at::Tensor& relu_mask,
-    const at::Tensor& channel_state, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, c10::string_view mode, bool training, const c10::List<bool>& output_mask) {
-  const std::array<bool, 3> flags = conv_bn_output_mask(output_mask);
-  const c10::cuda::CUDAGuard guard(input.device());
-  return conv_bn_fake_quant_backward(kCudaBackend, grad_output, input, weight, pre_bn, weight_q, weight_mask,
-                                     relu_mask, channel_state, stride, padding, dilation, groups, mode, training,
-                                     flags);
-}
+constexpr ConvBnBackend kCudaBackend{moments, grad_sums, epilogue, backward, fold, weight_grad, channels};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CUDA, m) {
-  m.impl("conv_bn_fake_quant", &forward_cuda);
-  m.impl("conv_bn_fake_quant_backward", &backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fakequant, CUDA, m) { ConvBnOps<kCudaBackend>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant
