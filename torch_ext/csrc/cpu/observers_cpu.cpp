@@ -1,10 +1,10 @@
-// CPU kernels of the reduction and fused-observer ops: reduce in parallel into per-thread
-// partials, update the observer state on the host, quant-dequant in parallel.
+// CPU backend of the reduction and fused-observer ops (the op bodies: observers.h): reduce in
+// parallel into per-thread partials, update the observer state on the host, quant-dequant in
+// parallel.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <limits>
-#include <tuple>
 #include <vector>
 
 #include "../observers.h"
@@ -65,56 +65,27 @@ void quant_dequant_abs_max(const FakeQuantBuffers& b, float scale, int32_t bits,
   quant_dequant_parallel(b.args, qp, fake_quant_per_tensor_cpu_range);
 }
 
-at::Tensor abs_max_cpu_op(const at::Tensor& input, c10::optional<int64_t> axis) {
-  ReduceCall call = prepare_reduce("fakequant.abs_max", input, axis, ReduceKind::kAbsMax);
-  reduce_parallel(call.args, ReduceKind::kAbsMax, call.out_a.mutable_data_ptr<float>(), nullptr);
-  return call.out_a;
+void reduce(ReduceCall& call, ReduceKind kind) {
+  reduce_parallel(call.args, kind, call.out_a.mutable_data_ptr<float>(),
+                  kind == ReduceKind::kMinMax ? call.out_b.mutable_data_ptr<float>() : nullptr);
 }
 
-std::tuple<at::Tensor, at::Tensor> min_max_cpu_op(const at::Tensor& input, c10::optional<int64_t> axis) {
-  ReduceCall call = prepare_reduce("fakequant.min_max", input, axis, ReduceKind::kMinMax);
-  reduce_parallel(call.args, ReduceKind::kMinMax, call.out_a.mutable_data_ptr<float>(),
-                  call.out_b.mutable_data_ptr<float>());
-  return {call.out_a, call.out_b};
-}
-
-std::tuple<at::Tensor, at::Tensor> moving_average_abs_max_cpu_op(const at::Tensor& input, at::Tensor& scale,
-                                                                  at::Tensor& state, at::Tensor& accum,
-                                                                  double moving_rate, int64_t bits, bool training,
-                                                                  c10::string_view rounding) {
-  MovingAverageAbsMaxCall call =
-      prepare_moving_average_abs_max(input, scale, state, accum, moving_rate, bits, rounding);
-  check_abs_max_state_values("fakequant.fake_quant_moving_average_abs_max",
-                             {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}});
-  if (call.args.numel == 0) return {call.output, call.mask};
+void moving_average_abs_max(MovingAverageAbsMaxCall& call, bool training) {
+  if (call.args.numel == 0) return;
   // A non-finite batch leaves the state and gets a NaN scale (a poisoned output).
   const float use_scale =
       training ? moving_average_abs_max_update_cpu(call.state, tensor_abs_max(call.args)) : *call.state.scale;
   quant_dequant_abs_max(call, use_scale, call.bits, call.rounding);
-  return {call.output, call.mask};
 }
 
-std::tuple<at::Tensor, at::Tensor> range_abs_max_cpu_op(const at::Tensor& input, at::Tensor& scale,
-                                                        at::Tensor& window, at::Tensor& iter, int64_t bits,
-                                                        bool training, c10::string_view rounding) {
-  RangeAbsMaxCall call = prepare_range_abs_max(input, scale, window, iter, bits, rounding);
-  check_abs_max_state_values("fakequant.fake_quant_range_abs_max", {{&scale, "scale"}, {&window, "window"}});
-  TORCH_CHECK(*call.state.iter >= 0, "fakequant.fake_quant_range_abs_max: iter must be >= 0, got ", *call.state.iter);
-  if (call.args.numel == 0) return {call.output, call.mask};
+void range_abs_max(RangeAbsMaxCall& call, bool training) {
+  if (call.args.numel == 0) return;
   const float use_scale =
       training ? range_abs_max_update_cpu(call.state, tensor_abs_max(call.args)) : *call.state.scale;
   quant_dequant_abs_max(call, use_scale, call.bits, call.rounding);
-  return {call.output, call.mask};
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
-    const at::Tensor& input, const at::Tensor& observer_on, const at::Tensor& fake_quant_on, at::Tensor& running_min,
-    at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point, double averaging_const, int64_t quant_min,
-    int64_t quant_max, c10::optional<int64_t> axis, bool symmetric, bool reduce_range, c10::string_view rounding) {
-  MovingAverageMinMaxCall call =
-      prepare_moving_average_min_max(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                                     averaging_const, quant_min, quant_max, axis, symmetric, reduce_range, rounding);
-  check_min_max_state_values(call);
+void moving_average_min_max(MovingAverageMinMaxCall& call, bool per_tensor) {
   const MovingAverageMinMaxState& s = call.state;
   const bool observe = call.args.numel > 0 && *s.observer_on != 0;
   std::vector<float> current_min(observe ? s.channels : 0), current_max(observe ? s.channels : 0);
@@ -130,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
   for (int64_t c = 0; c < s.channels; ++c) {
     if (rejected[c]) use_scale[c] = std::numeric_limits<float>::quiet_NaN();
   }
-  if (s.channels == 1 && !axis.has_value()) {
+  if (s.channels == 1 && per_tensor) {
     PerTensorQParams qp;
     qp.scale = use_scale.data();
     qp.zero_point = s.zero_point;
@@ -151,18 +122,14 @@ std::tuple<at::Tensor, at::Tensor> fused_moving_avg_obs_fake_quant_cpu_op(
     qp.enabled = s.fake_quant_on;
     quant_dequant_parallel(call.args, qp, fake_quant_per_channel_cpu_range);
   }
-  return {call.output, call.mask};
 }
+
+constexpr ObserverBackend kCpu{/*host_values=*/true, &reduce, &moving_average_abs_max, &range_abs_max,
+                               &moving_average_min_max};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fakequant, CPU, m) {
-  m.impl("abs_max", &abs_max_cpu_op);
-  m.impl("min_max", &min_max_cpu_op);
-  m.impl("fake_quant_moving_average_abs_max", &moving_average_abs_max_cpu_op);
-  m.impl("fake_quant_range_abs_max", &range_abs_max_cpu_op);
-  m.impl("fused_moving_avg_obs_fake_quant", &fused_moving_avg_obs_fake_quant_cpu_op);
-}
+TORCH_LIBRARY_IMPL(fakequant, CPU, m) { ObserverOps<kCpu>::register_all(m); }
 
 }  // namespace ext
 }  // namespace fakequant
