@@ -1,7 +1,7 @@
 // The device-neutral body of the quant-dequant family (fake_quant_per_tensor,
 // fake_quant_per_channel, fake_quant_mask_backward): argument checks, output allocation and the
-// op functions, over a backend table (FakeQuantBackend) that cpu/fake_quant_cpu.cpp and
-// cuda/fake_quant_cuda.cpp fill and register with FakeQuantOps<backend>::register_all.
+// op functions, over a backend table (FakeQuantBackend) that cpu/fake_quant.cpp and
+// cuda/fake_quant.cpp fill and register with FakeQuantOps<backend>::register_all.
 #pragma once
 
 #include <ATen/ATen.h>

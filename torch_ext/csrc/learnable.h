@@ -1,6 +1,6 @@
 // The device-neutral body of the learnable-qparam (LSQ / LSQ+) ops: argument checks, output
 // allocation and the four op functions, over a backend table (LearnableBackend) that
-// cpu/learnable_cpu.cpp and cuda/learnable_cuda.cpp fill and register with
+// cpu/learnable.cpp and cuda/learnable.cpp fill and register with
 // register_learnable_ops. Every backend rejects the same inputs with the same messages and
 // allocates the same layouts.
 #pragma once

@@ -1,6 +1,6 @@
 // The device-neutral body of the reduction (abs_max, min_max) and fused-observer ops:
 // argument checks, allocation and the op functions, over a backend table (ObserverBackend)
-// that cpu/observers_cpu.cpp and cuda/observers_cuda.cpp fill and register with
+// that cpu/observers.cpp and cuda/observers.cpp fill and register with
 // ObserverOps<backend>::register_all (same rules, same messages on every backend).
 #pragma once
 

@@ -1,6 +1,6 @@
 // The device-neutral body of fake_quant_weight_abs_max: argument checks, output allocation and
-// the op function, over a backend table (WeightQuantBackend) that cpu/weight_quant_cpu.cpp and
-// cuda/weight_quant_cuda.cpp fill and register with WeightQuantOps<backend>::register_all (same
+// the op function, over a backend table (WeightQuantBackend) that cpu/weight_quant.cpp and
+// cuda/weight_quant.cpp fill and register with WeightQuantOps<backend>::register_all (same
 // messages, same layouts on every backend).
 #pragma once
 
