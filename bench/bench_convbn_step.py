@@ -2,9 +2,9 @@
 PyTorch ways of doing the same job.
 
 Pairs (same shapes, same data, same run):
-  running  fakequant (mode="running")  vs torch.ao.nn.intrinsic.qat.ConvBnReLU2d with the
+  running  fakequant (fold_mode="running")  vs torch.ao.nn.intrinsic.qat.ConvBnReLU2d with the
            per-channel symmetric qint8 weight FakeQuantize (PerChannelMinMaxObserver);
-  batch    fakequant (mode="batch")    vs the same math composed from PyTorch ops, linger style:
+  batch    fakequant (fold_mode="batch")    vs the same math composed from PyTorch ops, linger style:
            conv + F.batch_norm (unfused, for the gradient), batch statistics, folded weight fake
            quantization (abs-max scales + fake_quantize_per_channel_affine), a second conv, the
            detach trick, ReLU.
@@ -72,7 +72,7 @@ class Layer:
 def ours(layer: Layer, mode: str):
     def step(x):
         return fakequant.conv_bn_fake_quant(x, layer.w, None, layer.gamma, layer.beta, layer.rm, layer.rv,
-                                            padding=layer.k // 2, eps=EPS, momentum=MOMENTUM, mode=mode, relu=True)
+                                            padding=layer.k // 2, eps=EPS, momentum=MOMENTUM, fold_mode=mode, relu=True)
     return step, layer.params
 
 

@@ -90,7 +90,7 @@ def test_float64_values_stats_and_gradients(conv, mode, training, relu):
         args = leaves(x, w, bias, gamma, beta)
         ref_args = leaves(x, w, bias, gamma, beta)
         rm_op, rv_op = rm.clone(), rv.clone()
-        y = fakequant.conv_bn_fake_quant(*args, rm_op, rv_op, mode=mode, training=training, relu=relu, **kw)
+        y = fakequant.conv_bn_fake_quant(*args, rm_op, rv_op, fold_mode=mode, training=training, relu=relu, **kw)
         yr, rm_ref, rv_ref = conv_bn_reference(*ref_args, rm, rv, mode=mode, training=training, relu=relu, **kw)
         assert y.dtype == torch.float64 and y.shape == yr.shape
         torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
@@ -115,7 +115,7 @@ def test_float64_channels_last_and_unquantized(mode, training):
     for quantize_weight in (True, False):
         args = leaves(x, w, b, gamma, beta)
         ref_args = leaves(x, w, b, gamma, beta)
-        y = fakequant.conv_bn_fake_quant(*args, rm.clone(), rv.clone(), mode=mode, training=training, relu=True,
+        y = fakequant.conv_bn_fake_quant(*args, rm.clone(), rv.clone(), fold_mode=mode, training=training, relu=True,
                                          quantize_weight=quantize_weight, quant_min=-127, quant_max=127,
                                          rounding="half_away", **kw)
         yr, _, _ = conv_bn_reference(*ref_args, rm, rv, mode=mode, training=training, relu=True,
@@ -136,7 +136,7 @@ def test_gradcheck_eval_and_running():
     x, w, b, gamma, beta, rm, rv, kw = make_case((2, 3, 3, 1, 1, 1, 1, 4), batch=2)
     for mode, training in MODES:
         def f(*t):
-            return fakequant.conv_bn_fake_quant(*t, rm.clone(), rv.clone(), mode=mode, training=training, relu=False,
+            return fakequant.conv_bn_fake_quant(*t, rm.clone(), rv.clone(), fold_mode=mode, training=training, relu=False,
                                                 quantize_weight=False, **kw)
         if mode == "batch" and training:
             continue  # the fused value is not the function the gradient differentiates (by design)
@@ -187,9 +187,9 @@ def test_float32_gradients_close_to_float64(device, mode, training):
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[2], device=device)
     a64 = leaves(x, w, b, gamma, beta)
     a32 = leaves(*(t.float() for t in (x, w, b, gamma, beta)))
-    y64 = fakequant.conv_bn_fake_quant(*a64, rm.clone(), rv.clone(), mode=mode, training=training, relu=True,
+    y64 = fakequant.conv_bn_fake_quant(*a64, rm.clone(), rv.clone(), fold_mode=mode, training=training, relu=True,
                                        quantize_weight=False, **kw)
-    y32 = fakequant.conv_bn_fake_quant(*a32, rm.clone(), rv.clone(), mode=mode, training=training, relu=True,
+    y32 = fakequant.conv_bn_fake_quant(*a32, rm.clone(), rv.clone(), fold_mode=mode, training=training, relu=True,
                                        quantize_weight=False, **kw)
     gy = torch.randn_like(y64)
     for g32, g64 in zip(grads_of(y32, a32, gy.float()), grads_of(y64, a64, gy)):
@@ -201,7 +201,7 @@ def test_autocast_bfloat16_cpu():
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32)
     args = leaves(x, w, b, gamma, beta)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = fakequant.conv_bn_fake_quant(*args, rm.clone(), rv.clone(), mode="running", relu=True, **kw)
+        y = fakequant.conv_bn_fake_quant(*args, rm.clone(), rv.clone(), fold_mode="running", relu=True, **kw)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all() for t in args)
@@ -247,7 +247,7 @@ def test_running_mode_matches_torch_ao(relu, bias):
         x = torch.randn(4, 6, 9, 9)
         y_ao = ao(x)
         y = fakequant.conv_bn_fake_quant(x, params[0], conv_bias, params[1], params[2], rm, rv, padding=1, eps=eps,
-                                         mode="running", relu=relu)
+                                         fold_mode="running", relu=relu)
         scale = y_ao.abs().max().item()
         if step == 0:
             torch.testing.assert_close(y, y_ao, rtol=1e-4, atol=1e-5 * scale)
@@ -285,7 +285,7 @@ def test_batch_mode_running_stats_match_batchnorm(bias):
 def test_eval_equals_conv_with_folded_quantized_weight(mode, channels_last):
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[2], dtype=torch.float32, channels_last=channels_last)
     rm0, rv0 = rm.clone(), rv.clone()
-    y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, mode=mode, training=False, **kw)
+    y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode=mode, training=False, **kw)
     assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
     s = gamma.double() / torch.sqrt(rv.double() + 1e-5)
     wq, _ = fakequant.fake_quantize_weight_abs_max(w * s.float().reshape(-1, 1, 1, 1), 0, -128, 127)
@@ -308,7 +308,7 @@ def test_zero_gamma_and_tiny_variance_no_nan(device, mode, training):
     rv[2] = 0.0  # zero running variance
     gamma[3] = 1e-30
     args = leaves(x, w, b, gamma, beta)
-    y = fakequant.conv_bn_fake_quant(*args, rm, rv, mode=mode, training=training, relu=True, **kw)
+    y = fakequant.conv_bn_fake_quant(*args, rm, rv, fold_mode=mode, training=training, relu=True, **kw)
     assert torch.isfinite(y).all()
     y.sum().backward()
     for t in args:
@@ -370,7 +370,7 @@ def test_compile_fullgraph(dynamic, mode, training):
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32)
 
     def step(x, w, b, gamma, beta, rm, rv):
-        y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, mode=mode, training=training, relu=True, **kw)
+        y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode=mode, training=training, relu=True, **kw)
         return (y * y).sum()
 
     compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
@@ -392,7 +392,7 @@ def _bad(**changes):
 
 
 BAD_CASES = [
-    (dict(mode="folded"), "mode must be 'batch' or 'running', got 'folded'"),
+    (dict(fold_mode="folded"), "fold_mode must be 'batch' or 'running', got 'folded'"),
     (dict(rounding="stochastic"), "rounding must be one of 'half_even', 'half_away', got 'stochastic'"),
     (dict(quant_min=-100, quant_max=127), "symmetric signed range"),
     (dict(eps=0.0), "eps must be finite and > 0"),
@@ -412,7 +412,7 @@ BAD_CASES = [
           weight=lambda a: a[1][:, :, :1, :1]), "expected more than 1 value per channel when training"),
 ]
 NAMES = ["input", "weight", "bias", "bn_weight", "bn_bias", "running_mean", "running_var", "stride", "padding",
-         "dilation", "groups", "eps", "momentum", "mode", "training", "relu", "quantize_weight", "quant_min",
+         "dilation", "groups", "eps", "momentum", "fold_mode", "training", "relu", "quantize_weight", "quant_min",
          "quant_max", "rounding", "weight_eps"]
 
 
@@ -466,7 +466,7 @@ def test_cuda_no_host_sync(mode, training):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        y = fakequant.conv_bn_fake_quant(*args, rm, rv, mode=mode, training=training, relu=True, **kw)
+        y = fakequant.conv_bn_fake_quant(*args, rm, rv, fold_mode=mode, training=training, relu=True, **kw)
         y.sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -478,16 +478,31 @@ def test_cuda_no_host_sync(mode, training):
 def test_cuda_graph_capture():
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32, device="cuda")
     rm_eager, rv_eager = rm.clone(), rv.clone()
-    eager = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm_eager, rv_eager, mode="running", relu=True, **kw)
+    eager = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm_eager, rv_eager, fold_mode="running", relu=True, **kw)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up outside the capture
-        fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm.clone(), rv.clone(), mode="running", relu=True, **kw)
+        fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm.clone(), rv.clone(), fold_mode="running", relu=True, **kw)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, mode="running", relu=True, **kw)
+        out = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode="running", relu=True, **kw)
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(rm, rm_eager)
+
+
+def test_mode_is_the_former_name_of_fold_mode():
+    """fold_mode is the name everywhere (schema, QAT modules, Python API); mode= still works,
+    with a FutureWarning, and gives the same result; two different values are refused."""
+    torch.manual_seed(4)
+    x, w, b = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3), torch.randn(4)
+    gamma, beta = torch.rand(4) + 0.5, torch.randn(4)
+    rm1, rv1, rm2, rv2 = torch.zeros(4), torch.ones(4), torch.zeros(4), torch.ones(4)
+    y1 = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm1, rv1, fold_mode="running")
+    with pytest.warns(FutureWarning, match="mode= is now fold_mode="):
+        y2 = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm2, rv2, mode="running")
+    assert torch.equal(y1, y2) and torch.equal(rm1, rm2) and torch.equal(rv1, rv2)
+    with pytest.raises(TypeError, match="got fold_mode='running' and mode='batch'"), pytest.warns(FutureWarning):
+        fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm2, rv2, fold_mode="running", mode="batch")

@@ -140,9 +140,9 @@ int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad
 
 int64_t pair_at(at::IntArrayRef v, size_t i) { return v.size() == 1 ? v[0] : v[i]; }
 
-bool parse_mode(const char* op, c10::string_view mode) {
-  const std::string m(mode);
-  TORCH_CHECK(m == "batch" || m == "running", op, ": mode must be 'batch' or 'running', got '", m, "'");
+bool parse_fold_mode(const char* op, c10::string_view fold_mode) {
+  const std::string m(fold_mode);
+  TORCH_CHECK(m == "batch" || m == "running", op, ": fold_mode must be 'batch' or 'running', got '", m, "'");
   return m == "batch";
 }
 
@@ -170,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const ConvBnBackend& backend, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
     at::Tensor& running_mean, at::Tensor& running_var, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, double eps, double momentum, c10::string_view mode, bool training,
+    at::IntArrayRef dilation, int64_t groups, double eps, double momentum, c10::string_view fold_mode, bool training,
     bool relu, bool quantize_weight, int64_t quant_min, int64_t quant_max, c10::string_view rounding,
     double weight_eps) {
   const char* op = kOp;
@@ -188,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                     {&bn_weight, "bn_weight"}, {&bn_bias, "bn_bias"}});
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0, got ", eps);
   TORCH_CHECK(std::isfinite(momentum), op, ": momentum must be finite, got ", momentum);
-  const bool batch = parse_mode(op, mode);
+  const bool batch = parse_fold_mode(op, fold_mode);
   Rounding rounding_mode{};
   TORCH_CHECK(parse_rounding(std::string(rounding), &rounding_mode) && rounding_mode != Rounding::kStochastic, op,
               ": rounding must be one of 'half_even', 'half_away', got '", std::string(rounding), "'");
@@ -320,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bn_fake_quant_backward(
     const ConvBnBackend& backend, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& pre_bn, const at::Tensor& weight_q, const at::Tensor& weight_mask, const at::Tensor& relu_mask,
     const at::Tensor& channel_state, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, c10::string_view mode, bool training, std::array<bool, 3> output_mask) {
+    int64_t groups, c10::string_view fold_mode, bool training, std::array<bool, 3> output_mask) {
   const char* op = kBackwardOp;
   // Every saved tensor is checked (dtype, shape, layout, device) before anything is read: the
   // kernels index them by the shapes of input, weight and grad_output.
@@ -342,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bn_fake_quant_backward(
               op, ": channel_state must be the float64 [", static_cast<int>(kConvBnRows), ", ", channels,
               "] tensor returned by conv_bn_fake_quant, got ", channel_state.scalar_type(), " ",
               channel_state.sizes());
-  const bool batch = parse_mode(op, mode);
+  const bool batch = parse_fold_mode(op, fold_mode);
   const bool batch_training = batch && training;
   check_same_device(op, "pre_bn", pre_bn, input);
   if (training) {

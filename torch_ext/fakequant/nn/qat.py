@@ -732,7 +732,7 @@ class _ConvBnNd:
             out, fold_scale = conv_bn_fake_quant_with_fold_scale(
                 input, self.weight, self.bias, self.bn.weight, self.bn.bias, self.bn.running_mean,
                 self.bn.running_var, stride=self.stride, padding=padding, dilation=self.dilation,
-                groups=self.groups, eps=self.bn.eps, momentum=factor, mode=self.fold_mode,
+                groups=self.groups, eps=self.bn.eps, momentum=factor, fold_mode=self.fold_mode,
                 training=self.bn.training, relu=self._RELU, **spec)
             # The observer saw the fold: keep its scales, as AbsMaxWeightFakeQuantize's forward does.
             self.weight_fake_quant._store_scale(_weight_scale_of_fold(

@@ -11,6 +11,8 @@ not also contiguous), NCHW otherwise.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ._common import FLOAT32_EPS, LIB, check_devices, check_output_mask, mask_bytes
@@ -18,6 +20,18 @@ from ._common import FLOAT32_EPS, LIB, check_devices, check_output_mask, mask_by
 __all__ = ["conv_bn_fake_quant", "conv_bn_fake_quant_with_fold_scale", "fold_weight"]
 
 _OP = "conv_bn_fake_quant"
+
+
+def _fold_mode(fold_mode: str, mode: str | None) -> str:
+    """``fold_mode``, or the value of its former name ``mode`` (with a FutureWarning); both at
+    once only if they agree."""
+    if mode is None:
+        return fold_mode
+    warnings.warn("conv_bn_fake_quant: mode= is now fold_mode= (the name the schema and the QAT modules use); "
+                  "mode= will be removed", FutureWarning, stacklevel=3)
+    if fold_mode not in ("batch", mode):
+        raise TypeError(f"conv_bn_fake_quant: got fold_mode={fold_mode!r} and mode={mode!r}; pass fold_mode only")
+    return mode
 
 
 def _pair(v) -> list[int]:
@@ -43,7 +57,7 @@ def conv_bn_fake_quant(
     groups: int = 1,
     eps: float = 1e-5,
     momentum: float = 0.1,
-    mode: str = "batch",
+    fold_mode: str = "batch",
     training: bool = True,
     relu: bool = False,
     quantize_weight: bool = True,
@@ -51,6 +65,7 @@ def conv_bn_fake_quant(
     quant_max: int = 127,
     rounding: str = "half_even",
     weight_eps: float = FLOAT32_EPS,
+    mode: str | None = None,
 ) -> torch.Tensor:
     """Conv2d + BatchNorm2d (+ ReLU) with the BN scale folded into a per-output-channel
     fake-quantised weight.
@@ -60,11 +75,11 @@ def conv_bn_fake_quant(
     channel_wise_abs_max), or the identity with ``quantize_weight=False``. With
     ``s = bn_weight / sqrt(var + eps)``:
 
-    * ``training=True, mode="batch"`` (linger / Jacob et al.): value
+    * ``training=True, fold_mode="batch"`` (linger / Jacob et al.): value
       ``conv(x, Q(W s_B)) + beta - s_B mu_B`` with the batch statistics of ``conv(x, W)``;
       gradient of the unfused ``BN_train(conv(x, W) + bias)`` with Q's mask on the weight
       gradient.
-    * ``training=True, mode="running"`` (torch.ao ``ConvBn2d._forward_approximate``):
+    * ``training=True, fold_mode="running"`` (torch.ao ``ConvBn2d._forward_approximate``):
       ``BN_train(conv(x, Q(W s_run)) / s_run + bias)``, gradient by autograd of that
       expression. Channels with ``bn_weight == 0`` fold with ``s = 1`` (output ``bn_bias``,
       no NaN; PyTorch's module gives NaN there).
@@ -77,28 +92,33 @@ def conv_bn_fake_quant(
     float16, bfloat16 (statistics and fold in float32/float64, output in input's dtype) or
     float64. Under autocast a float32 input is cast to the autocast dtype. Gradients flow to
     input, weight, bias, bn_weight and bn_bias.
+
+    ``mode`` is the former name of ``fold_mode`` (the schema's and the QAT modules' name): still
+    accepted, with a ``FutureWarning``.
     """
     return conv_bn_fake_quant_with_fold_scale(
         input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride=stride, padding=padding,
-        dilation=dilation, groups=groups, eps=eps, momentum=momentum, mode=mode, training=training, relu=relu,
+        dilation=dilation, groups=groups, eps=eps, momentum=momentum, fold_mode=fold_mode, training=training, relu=relu,
         quantize_weight=quantize_weight, quant_min=quant_min, quant_max=quant_max, rounding=rounding,
-        weight_eps=weight_eps)[0]
+        weight_eps=weight_eps, mode=mode)[0]
 
 
 def conv_bn_fake_quant_with_fold_scale(input, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
                                        stride=1, padding=0, dilation=1, groups=1, eps=1e-5, momentum=0.1,
-                                       mode="batch", training=True, relu=False, quantize_weight=True, quant_min=-128,
-                                       quant_max=127, rounding="half_even", weight_eps=FLOAT32_EPS):
+                                       fold_mode="batch", training=True, relu=False, quantize_weight=True,
+                                       quant_min=-128, quant_max=127, rounding="half_even", weight_eps=FLOAT32_EPS,
+                                       mode=None):
     """:func:`conv_bn_fake_quant` that also returns the fold scale: ``(output, s)``, ``s`` float64
     ``[C_out]`` (not differentiable), the per-channel factor the weight was folded with
     (``Q(W * s)``; batch statistics in batch-mode training, running statistics otherwise;
     ``s = 1`` where running-mode training holds it constant). :func:`fold_weight` of
     ``weight`` and ``s`` is the fold ``Q`` quantised."""
+    fold_mode = _fold_mode(fold_mode, mode)
     if input.is_floating_point() and input.dtype == torch.float32 and torch.is_autocast_enabled(input.device.type):
         input = input.to(torch.get_autocast_dtype(input.device.type))
     return ConvBnFakeQuant.apply(
         input, weight, bias, bn_weight, bn_bias, running_mean, running_var, _pair(stride), _pair(padding),
-        _pair(dilation), groups, eps, momentum, mode, training, relu, quantize_weight, quant_min, quant_max,
+        _pair(dilation), groups, eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max,
         rounding, weight_eps)
 
 
@@ -140,7 +160,8 @@ def _conv_bn_fake_quant_fake(input, weight, bias, bn_weight, bn_bias, running_me
     torch._check(input.dim() == 4, lambda: f"{op}: input must be a 4-d NCHW tensor, got {input.dim()} dimensions")
     torch._check(weight.dim() == 4, lambda: f"{op}: weight must be a 4-d [out_channels, in_channels/groups, kh, kw] "
                  f"tensor, got {weight.dim()} dimensions")
-    torch._check(fold_mode in ("batch", "running"), lambda: f"{op}: mode must be 'batch' or 'running', got '{fold_mode}'")
+    torch._check(fold_mode in ("batch", "running"),
+                 lambda: f"{op}: fold_mode must be 'batch' or 'running', got '{fold_mode}'")
     check_devices(_OP, "input", input, weight=weight, bn_weight=bn_weight, bn_bias=bn_bias,
                   running_mean=running_mean, running_var=running_var)
     fmt = _activation_format(input)
@@ -183,15 +204,15 @@ class ConvBnFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation,
-                groups, eps, momentum, mode, training, relu, quantize_weight, quant_min, quant_max, rounding,
+                groups, eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding,
                 weight_eps):
         output, pre_bn, weight_q, weight_mask, relu_mask, state = torch.ops.fakequant.conv_bn_fake_quant(
             input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups,
-            eps, momentum, mode, training, relu, quantize_weight, quant_min, quant_max, rounding, weight_eps)
+            eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding, weight_eps)
         # Batch-mode training differentiates conv(x, W): the quantised fold is not needed.
-        conv_weight = weight if (training and mode == "batch") else weight_q
+        conv_weight = weight if (training and fold_mode == "batch") else weight_q
         ctx.save_for_backward(input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state)
-        ctx.conv = (stride, padding, dilation, groups, mode, training)
+        ctx.conv = (stride, padding, dilation, groups, fold_mode, training)
         ctx.param_dtypes = (None if bias is None else bias.dtype, bn_weight.dtype, bn_bias.dtype)
         fold_scale = state[FOLD_SCALE_ROW].clone()
         ctx.mark_non_differentiable(fold_scale)
@@ -205,10 +226,10 @@ class ConvBnFakeQuant(torch.autograd.Function):
         if not any(output_mask):
             return (None,) * 5 + none
         input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state = ctx.saved_tensors
-        stride, padding, dilation, groups, mode, training = ctx.conv
+        stride, padding, dilation, groups, fold_mode, training = ctx.conv
         grad_input, grad_weight, grad_params = torch.ops.fakequant.conv_bn_fake_quant_backward(
             grad_output, input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state, stride, padding,
-            dilation, groups, mode, training, output_mask)
+            dilation, groups, fold_mode, training, output_mask)
         bias_dtype, gamma_dtype, beta_dtype = ctx.param_dtypes
         return (
             grad_input if need[0] else None,
