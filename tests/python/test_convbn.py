@@ -136,8 +136,8 @@ def test_gradcheck_eval_and_running():
     x, w, b, gamma, beta, rm, rv, kw = make_case((2, 3, 3, 1, 1, 1, 1, 4), batch=2)
     for mode, training in MODES:
         def f(*t):
-            return fakequant.conv_bn_fake_quant(*t, rm.clone(), rv.clone(), fold_mode=mode, training=training, relu=False,
-                                                quantize_weight=False, **kw)
+            return fakequant.conv_bn_fake_quant(*t, rm.clone(), rv.clone(), fold_mode=mode, training=training,
+                                                relu=False, quantize_weight=False, **kw)
         if mode == "batch" and training:
             continue  # the fused value is not the function the gradient differentiates (by design)
         assert torch.autograd.gradcheck(f, tuple(leaves(x, w, b, gamma, beta)))
@@ -370,7 +370,8 @@ def test_compile_fullgraph(dynamic, mode, training):
     x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32)
 
     def step(x, w, b, gamma, beta, rm, rv):
-        y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode=mode, training=training, relu=True, **kw)
+        y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode=mode, training=training, relu=True,
+                                         **kw)
         return (y * y).sum()
 
     compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)

@@ -18,7 +18,11 @@ from .fake_quant import (
     masked_grad,
 )
 from .learnable import fake_quantize_learnable_per_channel, fake_quantize_learnable_per_tensor
-from .observers import fake_quantize_moving_average_abs_max, fake_quantize_range_abs_max, fused_moving_avg_obs_fake_quant
+from .observers import (
+    fake_quantize_moving_average_abs_max,
+    fake_quantize_range_abs_max,
+    fused_moving_avg_obs_fake_quant,
+)
 from .reduce import abs_max, min_max
 from .weight_quant import fake_quantize_weight_abs_max, fake_quantize_weight_abs_max_with_mask
 

@@ -177,7 +177,8 @@ def _conv_bn_fake_quant_fake(input, weight, bias, bn_weight, bn_bias, running_me
 
 @torch.library.register_fake(f"{LIB}::{_OP}_backward")
 def _conv_bn_fake_quant_backward_fake(grad_output, input, weight, pre_bn, weight_q, weight_mask, relu_mask,
-                                      channel_state, stride, padding, dilation, groups, fold_mode, training, output_mask):
+                                      channel_state, stride, padding, dilation, groups, fold_mode, training,
+                                      output_mask):
     check_output_mask(f"{_OP}_backward", output_mask, "grad_input, grad_weight, grad_params")
     check_devices(f"{_OP}_backward", "input", input, grad_output=grad_output, weight=weight, pre_bn=pre_bn,
                   weight_q=weight_q, weight_mask=weight_mask, relu_mask=relu_mask, channel_state=channel_state)
