@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import fakequant
+from bench_env import commit, device_name  # bench/ is the script's folder
 
 try:
     import torch.ao.nn.intrinsic.qat as nniqat
@@ -173,14 +173,6 @@ def time_step(fn, x, gy, params, reps, device, autocast_dtype):
     return statistics.median(times), peak, saved
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -227,8 +219,7 @@ def main(argv=None):
                       f"{t_base:9.3f} ms  x{t_base / t_ours:5.2f}  saved {saved_ours / 1e6:8.2f} MB vs "
                       f"{saved_base / 1e6:8.2f} MB", flush=True)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = dict(benchmark="convbn_step", device=device_name, torch=torch.__version__,
+    report = dict(benchmark="convbn_step", device=device_name(device), torch=torch.__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(), commit=commit(),
                   threads=torch.get_num_threads(), quick=args.quick, results=results)
     Path(args.out).write_text(json.dumps(report, indent=1))

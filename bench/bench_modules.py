@@ -25,13 +25,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.benchmark import Timer
+
+from bench_env import device_name  # bench/ is the script's folder
 
 try:
     import fakequant
@@ -228,20 +229,6 @@ def module_step(module: torch.nn.Module, shape, device) -> object:
 
 
 # ---------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {name}"
 
 
 def main() -> None:

@@ -32,22 +32,7 @@ if [ ! -f "$BUILD/build.ninja" ]; then
 fi
 cmake --build "$BUILD" --target fakequant_bench -j "${FAKEQUANT_JOBS:-$(nproc)}"
 
-device=$("$PYTHON" - <<'PY'
-import platform, torch
-if torch.cuda.is_available():
-    print(torch.cuda.get_device_name(0))
-else:
-    name = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    print(f"CPU {name}")
-PY
-)
+device=$("$PYTHON" bench/bench_env.py device-name)
 slug=$(echo "$device" | tr '[:upper:]' '[:lower:]' | sed -E 's/\(r\)|\(tm\)//g; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')
 mode=full
 [ "$quick" = 1 ] && mode=quick
@@ -56,18 +41,17 @@ outdir="bench/results/$slug"
 mkdir -p "$outdir"
 json="$outdir/fake_quant.json"
 
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+commit=$("$PYTHON" bench/bench_env.py commit)
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
 versions=$("$PYTHON" -c "import torch; print(torch.__version__, torch.version.cuda or 'none')")
 
 bench_args=(--benchmark_out="$json" --benchmark_out_format=json
-            --benchmark_context=device_name="$device" --benchmark_context=commit="$commit$dirty"
+            --benchmark_context=device_name="$device" --benchmark_context=commit="$commit"
             --benchmark_context=date="$date" --benchmark_context=torch_version="${versions% *}"
             --benchmark_context=cuda_version="${versions#* }" --benchmark_context=driver="${driver:-none}"
             --benchmark_context=mode="$mode")
-modules_args=(--out "$outdir/modules.json" --context device_name="$device" --context commit="$commit$dirty"
+modules_args=(--out "$outdir/modules.json" --context device_name="$device" --context commit="$commit"
               --context date="$date")
 if [ "$quick" = 1 ]; then
   export FAKEQUANT_BENCH_QUICK=1
