@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -201,21 +202,56 @@ struct LearnablePerChannel : torch::autograd::Function<LearnablePerChannel> {
   }
 };
 
+// Whether a call must record a node: grad mode on and a tensor argument requiring grad. When
+// not, the Autograd kernels below call the op under the autograd keys directly, as ATen's own
+// kernels do: no node, no saved tensors (a forward in no_grad, eval, or of tensors that do not
+// require grad pays only this check).
+bool needs_graph(std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_abs_max_autograd(const at::Tensor& weight, int64_t axis,
                                                                        int64_t quant_min, int64_t quant_max,
                                                                        c10::string_view rounding, double eps) {
+  if (!needs_graph({&weight})) {
+    static const auto op = op_handle<WeightAbsMaxOp>("fakequant::fake_quant_weight_abs_max");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(weight, axis, quant_min, quant_max, rounding, eps);
+  }
   const variable_list out = WeightAbsMax::apply(weight, axis, quant_min, quant_max, rounding, eps);
   return {out[0], out[1], out[2]};
 }
 
 at::Tensor learnable_per_tensor_autograd(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                                          int64_t quant_min, int64_t quant_max, double grad_factor) {
+  if (!needs_graph({&input, &scale, &zero_point})) {
+    static const auto op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double)>(
+            "fakequant::fake_quant_learnable_per_tensor");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, scale, zero_point, quant_min, quant_max, grad_factor);
+  }
   return LearnablePerTensor::apply(input, scale, zero_point, quant_min, quant_max, grad_factor);
 }
 
 at::Tensor learnable_per_channel_autograd(const at::Tensor& input, const at::Tensor& scale,
                                           const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
                                           int64_t quant_max, double grad_factor) {
+  if (!needs_graph({&input, &scale, &zero_point})) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                int64_t, int64_t, double)>("fakequant::fake_quant_learnable_per_channel");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
+  }
   return LearnablePerChannel::apply(input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
 }
 
@@ -223,6 +259,11 @@ std::tuple<at::Tensor, at::Tensor> per_tensor_autograd(const at::Tensor& input, 
                                                        const at::Tensor& zero_point, int64_t quant_min,
                                                        int64_t quant_max, c10::string_view rounding,
                                                        const std::optional<at::Tensor>& seed) {
+  if (!needs_graph({&input, &scale, &zero_point})) {
+    static const auto op = op_handle<PerTensorOp>("fakequant::fake_quant_per_tensor");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, scale, zero_point, quant_min, quant_max, rounding, seed);
+  }
   const variable_list out = PerTensor::apply(input, scale, zero_point, quant_min, quant_max, rounding, seed);
   return {out[0], out[1]};
 }
@@ -232,6 +273,11 @@ std::tuple<at::Tensor, at::Tensor> per_channel_autograd(const at::Tensor& input,
                                                         int64_t quant_min, int64_t quant_max,
                                                         c10::string_view rounding,
                                                         const std::optional<at::Tensor>& seed) {
+  if (!needs_graph({&input, &scale, &zero_point})) {
+    static const auto op = op_handle<PerChannelOp>("fakequant::fake_quant_per_channel");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
+  }
   const variable_list out =
       PerChannel::apply(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
   return {out[0], out[1]};
