@@ -374,7 +374,7 @@ def test_convbn_runs_the_fused_op_with_our_weight_quantizer(fold_mode, relu, mon
         p = {n: t.detach().clone().requires_grad_() for n, t in ref.named_parameters()}
         y_ref = fakequant.conv_bn_fake_quant(
             xr, p["weight"], p["bias"], p["bn.weight"], p["bn.bias"], ref.bn.running_mean, ref.bn.running_var,
-            stride=2, padding=1, eps=m.bn.eps, momentum=0.1, mode=fold_mode, training=training, relu=relu,
+            stride=2, padding=1, eps=m.bn.eps, momentum=0.1, fold_mode=fold_mode, training=training, relu=relu,
             quant_min=-127, quant_max=127, rounding="half_away")
         torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
         torch.testing.assert_close(m.bn.running_var, ref.bn.running_var, rtol=0, atol=0)
