@@ -3,7 +3,11 @@ out with plain torch ops in float64, and helpers to read the packed mask."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
 def fake_quant_formula(x, scale, zero_point, quant_min, quant_max, rounding="half_even"):
@@ -74,6 +78,26 @@ def fake_quant_per_channel_formula(x, scale, zero_point, axis, quant_min, quant_
     y = (q.clamp(quant_min, quant_max) - z) * s.double()
     y = torch.where(torch.isnan(x), x.double(), y)
     return y.float().to(x.dtype), mask
+
+
+def weight_abs_max_formula(w, axis, qmin, qmax, rounding="half_even", eps=FLOAT32_EPS):
+    """(output, bool mask, scale) of fake_quant_weight_abs_max, written out in float64: absmax per
+    channel (exact), scale = fp32(absmax / half) (the double quotient of two floats rounds to the
+    correctly rounded float quotient), max with eps (NaN kept), empty channels -> eps; then the
+    per-channel quant-dequant formula with zero points 0."""
+    ax = axis % w.dim()
+    c = w.shape[ax]
+    flat = w.double().abs().movedim(ax, 0).reshape(c, w.numel() // c if c else 0)
+    if flat.shape[1] == 0:
+        absmax = torch.zeros(c, dtype=torch.float64, device=w.device)
+    else:
+        absmax = flat.max(dim=1).values
+        absmax = torch.where(flat.isnan().any(dim=1), torch.full_like(absmax, math.nan), absmax)
+    scale = (absmax / ((qmax - qmin) / 2)).float()
+    scale = torch.where(scale < eps, torch.full_like(scale, eps), scale)  # NaN stays NaN
+    zeros = torch.zeros(c, dtype=torch.int32, device=w.device)
+    y, mask = fake_quant_per_channel_formula(w, scale, zeros, ax, qmin, qmax, rounding)
+    return y, mask, scale
 
 
 def random_channel_qparams(x, axis, quant_min, quant_max, float_zero_point=False):

@@ -14,7 +14,7 @@ import torch
 
 import fakequant
 from conftest import DEVICES
-from reference import fake_quant_per_channel_formula, unpack_mask
+from reference import fake_quant_per_channel_formula
 
 ops = torch.ops.fakequant
 

@@ -11,8 +11,6 @@ the same float32 fold; the tolerance is that of the dtype's convolution.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -339,55 +337,6 @@ def _op_args(device="cpu", mode="batch", training=True, relu=True, quantize_weig
             kw["groups"], 1e-5, 0.1, mode, training, relu, quantize_weight, -128, 127, "half_even", EPS32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode,training", MODES)
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_opcheck(device, mode, training, channels_last):
-    args = _op_args(device, mode, training, channels_last=channels_last)
-    torch.library.opcheck(OP, args)
-    out = OP(*args)
-    x, w = args[0], args[1]
-    weight_q = w if (training and mode == "batch") else out[2]
-    bargs = (torch.randn_like(out[0]), x, w, out[1], weight_q, out[3], out[4], out[5], *args[7:11], mode, training,
-             [True, True, True])
-    torch.library.opcheck(BACKWARD_OP, bargs)
-    torch.library.opcheck(BACKWARD_OP, bargs[:-1] + ([False, True, False],))
-
-
-def test_meta_shapes():
-    args = _op_args(mode="running", channels_last=True)
-    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
-    out = OP(*meta)
-    real = OP(*args)
-    for m, r in zip(out, real):
-        assert m.shape == r.shape and m.dtype == r.dtype and m.stride() == r.stride()
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("mode,training", [("batch", True), ("running", True), ("running", False)])
-def test_compile_fullgraph(dynamic, mode, training):
-    torch._dynamo.reset()
-    x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32)
-
-    def step(x, w, b, gamma, beta, rm, rv):
-        y = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode=mode, training=training, relu=True,
-                                         **kw)
-        return (y * y).sum()
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
-    eager_args, compiled_args = leaves(x, w, b, gamma, beta), leaves(x, w, b, gamma, beta)
-    rm_e, rv_e, rm_c, rv_c = rm.clone(), rv.clone(), rm.clone(), rv.clone()
-    for _ in range(2):
-        le = step(*eager_args, rm_e, rv_e)
-        lc = compiled(*compiled_args, rm_c, rv_c)
-        torch.testing.assert_close(lc, le)
-        le.backward()
-        lc.backward()
-    assert torch.equal(rm_c, rm_e) and torch.equal(rv_c, rv_e)
-    for a, c in zip(eager_args, compiled_args):
-        torch.testing.assert_close(c.grad, a.grad)
-
-
 def _bad(**changes):
     return changes
 
@@ -457,41 +406,6 @@ def test_cuda_matches_cpu(mode, training, channels_last):
     torch.testing.assert_close(gpu[5].cpu(), cpu[5], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cuda_args[5].cpu(), args[5], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cuda_args[6].cpu(), args[6], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-@pytest.mark.parametrize("mode,training", MODES)
-def test_cuda_no_host_sync(mode, training):
-    x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32, device="cuda")
-    args = leaves(x, w, b, gamma, beta)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        y = fakequant.conv_bn_fake_quant(*args, rm, rv, fold_mode=mode, training=training, relu=True, **kw)
-        y.sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    assert all(torch.isfinite(t.grad).all() for t in args)
-
-
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-def test_cuda_graph_capture():
-    x, w, b, gamma, beta, rm, rv, kw = make_case(CONVS[0], dtype=torch.float32, device="cuda")
-    rm_eager, rv_eager = rm.clone(), rv.clone()
-    eager = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm_eager, rv_eager, fold_mode="running", relu=True, **kw)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the capture
-        fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm.clone(), rv.clone(), fold_mode="running", relu=True, **kw)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fakequant.conv_bn_fake_quant(x, w, b, gamma, beta, rm, rv, fold_mode="running", relu=True, **kw)
-    graph.replay()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(rm, rm_eager)
 
 
 def test_mode_is_the_former_name_of_fold_mode():

@@ -88,35 +88,6 @@ def test_gradient_is_grad_times_mask(device, layout):
         assert torch.equal(dx, dxa)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("float_zp", [False, True])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_opcheck(device, float_zp, layout):
-    x = make_input((2, 4, 3, 5), torch.float32, device, layout).requires_grad_()
-    scale, zp = random_channel_qparams(x, 1, -128, 127, float_zp)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_per_channel.default, (x, scale, zp, 1, -128, 127))
-    scale4, zp4 = random_channel_qparams(x, -1, 0, 15, float_zp)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_per_channel.default, (x, scale4, zp4, -1, 0, 15),
-                          {"rounding": "half_away"})
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_fullgraph(device):
-    def step(w, scale, zp):
-        return fakequant.fake_quantize_per_channel(w, scale, zp, 0, -127, 127).square().sum()
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=True)
-    for rows in (16, 24):
-        w = torch.randn(rows, 9, device=device, requires_grad=True)
-        scale, zp = random_channel_qparams(w, 0, -127, 127)
-        zp.zero_()  # symmetric weights
-        loss = compiled(w, scale, zp)
-        (dw,) = torch.autograd.grad(loss, w)
-        ref_y, ref_mask = fake_quant_per_channel_formula(w.detach(), scale, zp, 0, -127, 127)
-        torch.testing.assert_close(loss, ref_y.square().sum(), rtol=1e-5, atol=1e-4)
-        assert torch.equal(dw, 2 * ref_y * ref_mask)
-
-
 def _call(x=None, scale=None, zp=None, axis=1, qmin=-128, qmax=127, rounding="half_even"):
     x = torch.randn(2, 3, 4) if x is None else x
     scale = torch.full((3,), 0.1) if scale is None else scale

@@ -170,57 +170,6 @@ def test_masked_grad_op_against_formula():
 # --- custom-op machinery ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "channels_last"])
-def test_opcheck(device, dtype, layout):
-    x = make_input((2, 3, 5, 7), dtype, device, layout)
-    scale, zp = random_qparams(x, -128, 127)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_per_tensor.default, (x, scale, zp, -128, 127))
-    xg = x.detach().clone().requires_grad_()
-    scale4, zp4 = random_qparams(x, 0, 15)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_per_tensor.default,
-                          (xg, scale4, zp4, 0, 15), {"rounding": "half_away"})
-    y, packed = torch.ops.fakequant.fake_quant_per_tensor(x, scale, zp, -128, 127)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_mask_backward.default, (torch.randn_like(y), packed))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_empty_and_single(device):
-    scale = torch.tensor([0.1], device=device)
-    zp = torch.tensor([0], dtype=torch.int32, device=device)
-    for shape in [(0,), (1,), (1, 1, 1)]:
-        x = torch.randn(shape, device=device, requires_grad=True)
-        torch.library.opcheck(torch.ops.fakequant.fake_quant_per_tensor.default, (x, scale, zp, -128, 127))
-
-
-def test_meta_tensors():
-    x = torch.empty(4, 3, 5, 5, device="meta").contiguous(memory_format=torch.channels_last)
-    y, packed = torch.ops.fakequant.fake_quant_per_tensor(
-        x, torch.empty(1, device="meta"), torch.empty(1, dtype=torch.int32, device="meta"), -128, 127)
-    assert y.shape == x.shape and y.stride() == x.stride() and y.device.type == "meta"
-    assert packed.shape == (38,) and packed.dtype == torch.uint8
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile_fullgraph(device, dynamic):
-    def step(x, w, scale, zp):
-        xq = fakequant.fake_quantize_per_tensor(x, scale, zp, -128, 127)
-        return (xq * w).sum()
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
-    for n in (33, 50):  # two sizes: with dynamic=True the second reuses the graph
-        x = torch.randn(n, 16, device=device, requires_grad=True)
-        w = torch.randn(16, device=device)
-        scale, zp = random_qparams(x, -128, 127)
-        loss = compiled(x, w, scale, zp)
-        (dx,) = torch.autograd.grad(loss, x)
-        ref_y, ref_mask = fake_quant_formula(x.detach(), scale, zp, -128, 127)
-        torch.testing.assert_close(loss, (ref_y * w).sum(), rtol=1e-5, atol=1e-4)
-        assert_bit_exact(dx, (w.expand_as(x) * ref_mask))
-
-
 # --- bad input -------------------------------------------------------------------------
 
 
@@ -297,28 +246,3 @@ def test_bad_qparam_values_on_cuda_poison_without_sync():
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isnan(y).all() and (packed == 0).all()
 
-
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-def test_cuda_path_never_syncs_and_captures_in_a_graph():
-    x = torch.randn(4096, device="cuda", requires_grad=True)
-    scale, zp = random_qparams(x, -128, 127)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        y = fakequant.fake_quantize_per_tensor(x, scale, zp, -128, 127)
-        y.backward(torch.ones_like(y))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    static_x = x.detach().clone()
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fakequant.fake_quantize_per_tensor(static_x, scale, zp, -128, 127)  # warm-up
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        out = fakequant.fake_quantize_per_tensor(static_x, scale, zp, -128, 127)
-    static_x.copy_(torch.randn_like(static_x))
-    g.replay()
-    torch.cuda.synchronize()
-    assert_bit_exact(out, fake_quant_formula(static_x, scale, zp, -128, 127)[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.library import opcheck
 
 import fakequant
 from conftest import DEVICES, HAS_CUDA
@@ -184,33 +183,6 @@ def test_gradient_is_clipped_ste(device, dtype):
     _, ref_mask = fake_quant_per_channel_formula(x.detach().cpu(), st.scale.cpu(), st.zero_point.cpu(), 0, -128, 127)
     assert 0 < ref_mask.sum() < ref_mask.numel()
     assert torch.equal(x.grad.cpu(), torch.where(ref_mask, g.cpu(), torch.zeros_like(g.cpu())))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("axis", [None, 1])
-def test_opcheck(device, axis):
-    x = make_input((3, 6, 5), torch.float32, device)
-    st = MinMaxState(6 if axis else 1, device)
-    opcheck(torch.ops.fakequant.fused_moving_avg_obs_fake_quant, (x, *st.tensors(), 0.01, -128, 127),
-            {"axis": axis, "symmetric": True})
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile_fullgraph_updates_state(device, dynamic):
-    def step(x, st):
-        return fakequant.fused_moving_avg_obs_fake_quant(x * 2, *st.tensors(), 0.1, 0, 255, axis=1) + 1
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
-    eager_state, compiled_state = MinMaxState(4, device), MinMaxState(4, device)
-    for n in (3, 5, 3):
-        x = make_input((n, 4), torch.float32, device).requires_grad_()
-        y1, y2 = step(x, eager_state), compiled(x, compiled_state)
-        assert torch.equal(y1, y2)
-        compiled_state.assert_equal(eager_state)
-        g1, = torch.autograd.grad(y1.sum(), x)
-        g2, = torch.autograd.grad(y2.sum(), x)
-        assert torch.equal(g1, g2)
 
 
 def _bad(**over):
@@ -417,34 +389,18 @@ def test_range_abs_max_bad_input(over, message):
 
 
 # ---------------------------------------------------------------------------------------
-# Shared: gradients, opcheck, compile for the Paddle ops
+# Gradient of the Paddle ops
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_paddle_ops_gradient_opcheck_and_compile(device):
-    x = make_input((6, 7), torch.float32, device, layout="transposed")
-    ma = lambda: (torch.zeros(1, device=device), torch.zeros(1, device=device), torch.zeros(1, device=device))
-    rg = lambda: (torch.zeros(1, device=device), torch.zeros(3, device=device),
-                  torch.zeros(1, dtype=torch.long, device=device))
-    opcheck(torch.ops.fakequant.fake_quant_moving_average_abs_max, (x, *ma()), {"moving_rate": 0.5, "bits": 4})
-    opcheck(torch.ops.fakequant.fake_quant_range_abs_max, (x, *rg()), {"bits": 4})
+def test_paddle_eval_gradient_is_clipped_ste(device):
     # eval with a stored scale that clips: gradient = grad * mask
+    x = make_input((6, 7), torch.float32, device, layout="transposed")
     xg = x.clone().requires_grad_()
     s = torch.full((1,), 1.0, device=device)
     y = fakequant.fake_quantize_moving_average_abs_max(xg, s, torch.ones(1, device=device), s.clone(), training=False)
     y.backward(torch.ones_like(y))
     assert torch.equal(xg.grad, (x.abs() <= 1.0 + 0.5 / 127).float())
-
-    def f(x, a, b, c, d, e, g):
-        return fakequant.fake_quantize_moving_average_abs_max(x, a, b, c) + fakequant.fake_quantize_range_abs_max(x, d, e, g)
-
-    compiled = torch.compile(f, fullgraph=True)
-    s1, s2 = ma() + rg(), ma() + rg()
-    for _ in range(3):
-        x = torch.randn(5, 4, device=device)
-        assert torch.equal(f(x, *s1), compiled(x, *s2))
-        for a, b in zip(s1, s2):
-            assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,37 +421,3 @@ def test_cuda_matches_cpu(axis, dtype):
         assert torch.equal(y1, y2.cpu()) and torch.equal(m1, m2.cpu())
         x = make_input((8, 33, 17), dtype, "cpu")
 
-
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-def test_cuda_observers_never_sync_and_capture_in_a_graph():
-    x = torch.randn(64, 1000, device="cuda")
-    st = MinMaxState(64, "cuda")
-    ma = [torch.zeros(1, device="cuda") for _ in range(3)]
-    rg = [torch.zeros(1, device="cuda"), torch.zeros(4, device="cuda"), torch.zeros(1, dtype=torch.long, device="cuda")]
-
-    def run():
-        a = fakequant.fused_moving_avg_obs_fake_quant(x, *st.tensors(), 0.01, -128, 127, axis=0)
-        b = fakequant.fake_quantize_moving_average_abs_max(x, *ma)
-        c = fakequant.fake_quantize_range_abs_max(x, *rg)
-        return a, b, c
-
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = run()
-    before = rg[2].item()
-    g.replay()
-    g.replay()
-    torch.cuda.synchronize()
-    assert rg[2].item() == before + 2  # the graph advanced the window counter on the device
-    assert all(torch.isfinite(o).all() for o in outs)

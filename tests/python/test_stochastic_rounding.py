@@ -444,50 +444,6 @@ def test_gradient_through_the_api_per_channel(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_opcheck(device, layout):
-    x = make_input((2, 3, 5, 7), torch.float32, device, layout).requires_grad_()
-    scale, zp = per_tensor_qparams(device, scale=0.1, zp=0)
-    seed = random_seed(device)
-    torch.library.opcheck(torch.ops.fakequant.fake_quant_per_tensor.default,
-                          (x, scale, zp, -128, 127), {"rounding": "stochastic", "seed": seed})
-    for float_zp in (False, True):
-        sc, zc = channel_qparams(x, 1, -8, 7, float_zp)
-        torch.library.opcheck(torch.ops.fakequant.fake_quant_per_channel.default,
-                              (x, sc, zc, 1, -8, 7, "stochastic", seed))
-
-
-def test_meta_tensors():
-    x = torch.empty(4, 3, 5, 5, device="meta").contiguous(memory_format=torch.channels_last)
-    seed = torch.empty(2, dtype=torch.int64, device="meta")
-    y, packed = torch.ops.fakequant.fake_quant_per_tensor(
-        x, torch.empty(1, device="meta"), torch.empty(1, dtype=torch.int32, device="meta"), -128, 127,
-        "stochastic", seed)
-    assert y.shape == x.shape and y.stride() == x.stride() and packed.shape == (38,)
-    y = fakequant.fake_quantize_per_channel(x, torch.empty(3, device="meta"), torch.empty(3, device="meta"), 1,
-                                            -128, 127, rounding="stochastic")
-    assert y.shape == x.shape and y.device.type == "meta"
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile_fullgraph_with_explicit_seed(device, dynamic):
-    def step(x, scale, zp, seed):
-        y, mask = torch.ops.fakequant.fake_quant_per_tensor(x, scale, zp, -128, 127, "stochastic", seed)
-        return y * 2, mask
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
-    for n in (33, 50):
-        x = torch.randn(n, 16, device=device)
-        scale, zp = per_tensor_qparams(device, scale=0.01, zp=0)
-        seed = random_seed(device)
-        y2, mask = compiled(x, scale, zp, seed)
-        ref_y, ref_mask = stochastic_formula(x, x, scale, zp, -128, 127, seed)
-        assert torch.equal(y2.cpu(), ref_y * 2)
-        assert torch.equal(unpack_mask(mask, x).cpu(), ref_mask)
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_torch_compile_fullgraph_api_draws_in_graph(device, dynamic):
     def step(x, w, scale, zp):

@@ -1,0 +1,398 @@
+"""The op database: every torch.ops.fakequant op with sample inputs and, where one exists, an
+independent reference. test_op_contract.py runs the custom-op contract over every entry
+(opcheck, fake/meta kernels, torch.compile fullgraph, values against the reference, and on a
+GPU: no host synchronisation, CUDA-graph capture). A new op gets all of it from one OpInfo here;
+its numerics in depth (every range, rounding mode, edge value) are its family's test file's job.
+
+Samples are made fresh (new random data) on every call, sized by `batch` (the leading
+dimension) so that the compile test can run one graph at two sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import fakequant
+from reference import (
+    fake_quant_formula,
+    fake_quant_per_channel_formula,
+    random_channel_qparams,
+    random_qparams,
+    unpack_mask,
+    weight_abs_max_formula,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["contiguous", "transposed", "strided", "channels_last"]
+EPS32 = torch.finfo(torch.float32).eps
+
+
+@dataclass
+class Sample:
+    """One call: op(*args, **kwargs). `grad` lists the positions of the differentiable tensor
+    arguments (made to require grad where the op is called through autograd); `compile` marks
+    the few samples that also run under torch.compile (compiling is slow)."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    name: str = ""
+    grad: tuple = ()
+    compile: bool = False
+
+
+@dataclass
+class OpInfo:
+    """`samples(device, batch)` makes the samples. `call`, if given, is the differentiable Python
+    API taking the op's arguments (for ops whose autograd is not registered on the op itself:
+    those that update state in place); it is what compile, no-sync and CUDA-graph tests run.
+    `reference(*args, **kwargs)` gives the expected outputs bit for bit (a bool tensor stands for
+    a packed mask: the op's mask is unpacked against its first output); `compile_rtol` loosens
+    compiled-vs-eager for ops that call convolutions (the compiled graph may order sums
+    differently)."""
+
+    name: str
+    samples: Callable[[str, int], list]
+    call: Callable | None = None
+    reference: Callable | None = None
+    compile_rtol: float = 0.0
+
+    @property
+    def op(self):
+        return getattr(torch.ops.fakequant, self.name).default
+
+    @property
+    def autograd_on_op(self) -> bool:
+        return self.call is None
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def make_input(shape, dtype, device, layout="contiguous", spread=3.0):
+    """Random data with two values far outside any quantisation range (finite in every dtype)."""
+    x = torch.randn(shape, device=device) * spread
+    if x.numel() > 2:
+        x.view(-1)[0] = 3.0e4
+        x.view(-1)[1] = -3.0e4
+    x = x.to(dtype)
+    if layout == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1)
+    elif layout == "strided":
+        x = torch.stack([x, x.neg()], dim=-1)[..., 0]  # every other element: not dense
+    elif layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def random_seed(device):
+    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+
+
+def float_qparams(x, axis, quant_min, quant_max):
+    """Learnable (float32) qparams: per tensor (axis None) or per channel."""
+    if axis is None:
+        scale, zp = random_qparams(x, quant_min, quant_max)
+        zp = zp.float() + float(torch.empty(()).uniform_(-0.5, 0.5))
+    else:
+        scale, zp = random_channel_qparams(x, axis, quant_min, quant_max, float_zero_point=True)
+    return scale, zp
+
+
+# --- quant-dequant --------------------------------------------------------------------------
+
+
+def per_tensor_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        for layout in LAYOUTS:
+            x = make_input((batch, 3, 5, 7), dtype, device, layout)
+            out.append(Sample((x, *random_qparams(x, -128, 127), -128, 127), name=f"{dtype}-{layout}", grad=(0,),
+                              compile=dtype == torch.float32 and layout == "contiguous"))
+    x = make_input((batch, 3, 5, 7), torch.float32, device, "transposed")
+    out.append(Sample((x, *random_qparams(x, 0, 15), 0, 15), {"rounding": "half_away"}, "4bit-half_away", (0,)))
+    for layout in LAYOUTS:
+        x = make_input((batch, 3, 5, 7), torch.float32, device, layout)
+        out.append(Sample((x, *random_qparams(x, -128, 127), -128, 127),
+                          {"rounding": "stochastic", "seed": random_seed(device)}, f"stochastic-{layout}", (0,),
+                          compile=layout == "contiguous"))
+    for shape in [(0,), (1,), (1, 1, 1)]:
+        x = torch.randn(shape, device=device)
+        out.append(Sample((x, *random_qparams(x, -128, 127), -128, 127), name=f"shape{shape}", grad=(0,)))
+    return out
+
+
+def per_tensor_reference(x, scale, zero_point, quant_min, quant_max, rounding="half_even", seed=None):
+    if rounding == "stochastic":
+        return None  # Philox written out: test_stochastic_rounding.py
+    return fake_quant_formula(x, scale, zero_point, quant_min, quant_max, rounding)
+
+
+def per_channel_samples(device, batch):
+    out = []
+    for float_zp in (False, True):
+        for layout in ("contiguous", "channels_last", "strided"):
+            x = make_input((batch, 4, 3, 5), torch.float32, device, layout)
+            out.append(Sample((x, *random_channel_qparams(x, 1, -128, 127, float_zp), 1, -128, 127),
+                              name=f"zp{'float' if float_zp else 'int'}-{layout}", grad=(0,),
+                              compile=not float_zp and layout == "contiguous"))
+            out.append(Sample((x, *random_channel_qparams(x, -1, 0, 15, float_zp), -1, 0, 15),
+                              {"rounding": "half_away"}, f"4bit-axis-1-{layout}", (0,)))
+            out.append(Sample((x, *random_channel_qparams(x, 1, -8, 7, float_zp), 1, -8, 7, "stochastic",
+                               random_seed(device)), name=f"stochastic-{layout}", grad=(0,),
+                              compile=float_zp and layout == "contiguous"))
+    for dtype in (torch.float16, torch.bfloat16):
+        x = make_input((batch, 4, 3, 5), dtype, device, "transposed")
+        out.append(Sample((x, *random_channel_qparams(x, 2, -128, 127), 2, -128, 127), name=str(dtype), grad=(0,)))
+    for shape, axis in [((0, 3), 1), ((1,), 0), ((3, 0), 0)]:
+        x = torch.randn(shape, device=device)
+        out.append(Sample((x, *random_channel_qparams(x, axis, -128, 127), axis, -128, 127), name=f"shape{shape}",
+                          grad=(0,)))
+    return out
+
+
+def per_channel_reference(x, scale, zero_point, axis, quant_min, quant_max, rounding="half_even", seed=None):
+    if rounding == "stochastic":
+        return None
+    return fake_quant_per_channel_formula(x, scale, zero_point, axis % x.dim(), quant_min, quant_max, rounding)
+
+
+def mask_backward_samples(device, batch):
+    out = []
+    for layout in LAYOUTS:
+        x = make_input((batch, 3, 5, 7), torch.float32, device, layout)
+        y, mask = torch.ops.fakequant.fake_quant_per_tensor(x, *random_qparams(x, -128, 127), -128, 127)
+        out.append(Sample((torch.randn_like(y), mask), name=layout, compile=layout == "contiguous"))
+    return out
+
+
+def mask_backward_reference(grad_output, mask):
+    return (torch.where(unpack_mask(mask, grad_output), grad_output, torch.zeros_like(grad_output)),)
+
+
+# --- reductions -----------------------------------------------------------------------------
+
+
+def reduction_samples(device, batch):
+    out = []
+    for dtype, layout in [(torch.float32, "channels_last"), (torch.float16, "transposed"),
+                          (torch.bfloat16, "strided"), (torch.float32, "contiguous")]:
+        x = make_input((batch, 6, 5, 7), dtype, device, layout)
+        for axis in (None, 1, -2):
+            out.append(Sample((x,), {"axis": axis}, f"{dtype}-{layout}-axis{axis}",
+                              compile=layout == "contiguous" and axis != -2))
+    out.append(Sample((torch.randn(0, 3, device=device),), {"axis": 1}, "empty"))
+    return out
+
+
+def _other_dims(x, axis):
+    return [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+
+
+def abs_max_reference(x, axis=None):
+    shape = () if axis is None else (x.shape[axis],)
+    if x.numel() == 0:
+        return (torch.zeros(shape, device=x.device),)  # over no elements: 0
+    return (x.float().abs().amax(_other_dims(x, axis)).reshape(shape),)
+
+
+def min_max_reference(x, axis=None):
+    shape = () if axis is None else (x.shape[axis],)
+    if x.numel() == 0:  # over no elements: the identities
+        return torch.full(shape, float("inf"), device=x.device), torch.full(shape, float("-inf"), device=x.device)
+    xf, dims = x.float(), _other_dims(x, axis)
+    return xf.amin(dims).reshape(shape), xf.amax(dims).reshape(shape)
+
+
+# --- observers ------------------------------------------------------------------------------
+
+
+def moving_average_abs_max_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        x = make_input((7, batch + 4), dtype, device, "transposed")
+        state = [torch.rand(1, device=device) * 2 + 0.5 for _ in range(3)]
+        out.append(Sample((x, *state), {"moving_rate": 0.5, "bits": 4}, f"train-{dtype}", (0,),
+                          compile=dtype == torch.float32))
+        out.append(Sample((x, *[s.clone() for s in state]), {"training": False}, f"eval-{dtype}", (0,)))
+    return out
+
+
+def range_abs_max_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        x = make_input((7, batch + 4), dtype, device, "transposed")
+        state = (torch.rand(1, device=device) + 0.5, torch.rand(3, device=device) + 0.5,
+                 torch.tensor([4], dtype=torch.int64, device=device))
+        out.append(Sample((x, *state), {"bits": 4}, f"train-{dtype}", (0,), compile=dtype == torch.float32))
+        out.append(Sample((x, *[s.clone() for s in state]), {"training": False}, f"eval-{dtype}", (0,)))
+    return out
+
+
+def min_max_state(channels, device):
+    return (torch.ones(1, dtype=torch.long, device=device), torch.ones(1, dtype=torch.long, device=device),
+            torch.full([channels], float("inf"), device=device), torch.full([channels], float("-inf"), device=device),
+            torch.ones(channels, device=device), torch.zeros(channels, dtype=torch.int32, device=device))
+
+
+def fused_observer_samples(device, batch):
+    out = []
+    for axis, symmetric, dtype in [(None, True, torch.float32), (1, True, torch.float32),
+                                   (1, False, torch.float32), (-1, False, torch.bfloat16),
+                                   (None, False, torch.float16)]:
+        x = make_input((batch, 6, 5), dtype, device)
+        channels = 1 if axis is None else x.shape[axis]
+        qmin, qmax = (-128, 127) if symmetric else (0, 255)
+        out.append(Sample((x, *min_max_state(channels, device), 0.01, qmin, qmax),
+                          {"axis": axis, "symmetric": symmetric}, f"axis{axis}-sym{symmetric}-{dtype}", (0,),
+                          compile=dtype == torch.float32 and not (axis is None and symmetric)))
+    return out
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+def weight_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        for layout in LAYOUTS:
+            w = make_input((2 * batch + 2, 4, 3, 3), dtype, device, layout)
+            out.append(Sample((w, 0, -127, 127), name=f"{dtype}-{layout}", grad=(0,),
+                              compile=dtype == torch.float32 and layout == "contiguous"))
+            out.append(Sample((w, -1, -8, 7), {"rounding": "half_away", "eps": 1e-4}, f"4bit-{dtype}-{layout}", (0,)))
+            out.append(Sample((w, 1, -128, 127), name=f"axis1-{dtype}-{layout}", grad=(0,)))
+    for shape, axis in [((0, 3), 0), ((3, 0), 0), ((1,), 0), ((1, 1, 1), 2)]:
+        out.append(Sample((torch.randn(shape, device=device), axis, -127, 127), name=f"shape{shape}", grad=(0,)))
+    if device == "cuda":
+        # Each CUDA kernel path: one pass (a conv weight, depthwise) and both two-pass
+        # reductions (strided columns, long channel runs).
+        for shape, axis in [((256, 64, 3, 3), 0), ((32, 1, 3, 3), 0), ((64, 96), 1), ((4, 30000), 0)]:
+            out.append(Sample((make_input(shape, torch.float32, device), axis, -127, 127), name=f"path{shape}",
+                              grad=(0,)))
+    return out
+
+
+def weight_reference(weight, axis, quant_min, quant_max, rounding="half_even", eps=EPS32):
+    return weight_abs_max_formula(weight, axis, quant_min, quant_max, rounding, eps)
+
+
+# --- learnable (LSQ) ------------------------------------------------------------------------
+
+
+def learnable_per_tensor_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        for layout in ("contiguous", "channels_last", "strided"):
+            x = make_input((batch, 3, 5, 7), dtype, device, layout)
+            out.append(Sample((x, *float_qparams(x, None, -128, 127), -128, 127, 0.5), name=f"{dtype}-{layout}",
+                              grad=(0, 1, 2), compile=dtype == torch.float32 and layout == "contiguous"))
+    for shape in [(0,), (1,), (1, 1, 1)]:
+        x = torch.randn(shape, device=device)
+        out.append(Sample((x, *float_qparams(x, None, -128, 127), -128, 127), name=f"shape{shape}", grad=(0, 1, 2)))
+    return out
+
+
+def learnable_per_channel_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        for layout in ("contiguous", "channels_last", "strided"):
+            x = make_input((batch, 3, 5, 7), dtype, device, layout)
+            out.append(Sample((x, *float_qparams(x, 1, 0, 15), 1, 0, 15, 0.5), name=f"{dtype}-{layout}",
+                              grad=(0, 1, 2), compile=dtype == torch.float32 and layout == "contiguous"))
+            out.append(Sample((x, *float_qparams(x, -1, 0, 15), -1, 0, 15), name=f"axis-1-{dtype}-{layout}",
+                              grad=(0,)))
+    for shape in [(0,), (1,), (1, 1, 1)]:
+        x = torch.randn(shape, device=device)
+        out.append(Sample((x, *float_qparams(x, 0, -128, 127), 0, -128, 127), name=f"shape{shape}", grad=(0, 1, 2)))
+    return out
+
+
+def _learnable_backward_samples(per_channel):
+    def samples(device, batch):
+        out = []
+        for dtype, layout in [(torch.float32, "contiguous"), (torch.bfloat16, "channels_last"),
+                              (torch.float16, "strided")]:
+            x = make_input((batch, 3, 5, 7), dtype, device, layout)
+            dy = torch.randn(x.shape, device=device).to(dtype)
+            axis, qparams = ((1, float_qparams(x, 1, 0, 15)) if per_channel else
+                             (None, float_qparams(x, None, -128, 127)))
+            ranges = (axis, 0, 15) if per_channel else (-128, 127)
+            for mask in ([True, True, True], [False, True, True], [True, False, False]):
+                out.append(Sample((dy, x, *qparams, *ranges, 0.5, mask), name=f"{dtype}-{layout}-{mask}",
+                                  compile=dtype == torch.float32 and all(mask)))
+        return out
+    return samples
+
+
+# --- ConvBN ---------------------------------------------------------------------------------
+
+CONV_BN_NAMES = ["stride", "padding", "dilation", "groups", "eps", "momentum", "fold_mode", "training", "relu",
+                 "quantize_weight", "quant_min", "quant_max", "rounding", "weight_eps"]
+CONV_BN_MODES = [("batch", True), ("running", True), ("batch", False), ("running", False)]
+
+
+def conv_bn_args(device, batch, fold_mode="batch", training=True, channels_last=False, relu=True):
+    """Conv 4 -> 6, 3x3, stride 2, padding 2, dilation 2, with bias; gamma of both signs."""
+    x = torch.randn(batch + 1, 4, 9, 10, device=device) * 1.5 + 0.3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 4, 3, 3, device=device) * (torch.rand(6, 1, 1, 1, device=device) + 0.2)
+    gamma = torch.rand(6, device=device) + 0.5
+    gamma[::3] *= -1
+    return (x, w, torch.randn(6, device=device), gamma, torch.randn(6, device=device),
+            torch.randn(6, device=device) * 0.2, torch.rand(6, device=device) * 2 + 0.5,
+            [2, 2], [2, 2], [2, 2], 1, 1e-5, 0.1, fold_mode, training, relu, True, -128, 127, "half_even", EPS32)
+
+
+def conv_bn_samples(device, batch):
+    out = []
+    for fold_mode, training in CONV_BN_MODES:
+        for channels_last in (False, True):
+            compile_it = not channels_last and (fold_mode, training) != ("batch", False)
+            out.append(Sample(conv_bn_args(device, batch, fold_mode, training, channels_last),
+                              name=f"{fold_mode}-{'train' if training else 'eval'}-cl{int(channels_last)}",
+                              grad=(0, 1, 2, 3, 4), compile=compile_it))
+    return out
+
+
+def conv_bn_call(*args, **kwargs):
+    """The differentiable API with the op's positional arguments."""
+    return fakequant.conv_bn_fake_quant(*args[:7], **dict(zip(CONV_BN_NAMES, args[7:])), **kwargs)
+
+
+def conv_bn_backward_samples(device, batch):
+    out = []
+    for fold_mode, training in CONV_BN_MODES:
+        args = conv_bn_args(device, batch, fold_mode, training)
+        y, pre_bn, weight_q, weight_mask, relu_mask, channel_state = torch.ops.fakequant.conv_bn_fake_quant(*args)
+        x, w = args[0], args[1]
+        if training and fold_mode == "batch":
+            weight_q = w  # the batch-mode backward takes the float weight (convbn.py)
+        for mask in ([True, True, True], [False, True, False]):
+            out.append(Sample((torch.randn_like(y), x, w, pre_bn, weight_q, weight_mask, relu_mask, channel_state,
+                               *args[7:11], fold_mode, training, mask), name=f"{fold_mode}-{training}-{mask}",
+                              compile=all(mask) and training))
+    return out
+
+
+# --- the database ---------------------------------------------------------------------------
+
+OP_DB = [
+    OpInfo("fake_quant_per_tensor", per_tensor_samples, reference=per_tensor_reference),
+    OpInfo("fake_quant_per_channel", per_channel_samples, reference=per_channel_reference),
+    OpInfo("fake_quant_mask_backward", mask_backward_samples, reference=mask_backward_reference),
+    OpInfo("abs_max", reduction_samples, reference=abs_max_reference),
+    OpInfo("min_max", reduction_samples, reference=min_max_reference),
+    OpInfo("fake_quant_moving_average_abs_max", moving_average_abs_max_samples,
+           call=fakequant.fake_quantize_moving_average_abs_max),
+    OpInfo("fake_quant_range_abs_max", range_abs_max_samples, call=fakequant.fake_quantize_range_abs_max),
+    OpInfo("fused_moving_avg_obs_fake_quant", fused_observer_samples, call=fakequant.fused_moving_avg_obs_fake_quant),
+    OpInfo("fake_quant_weight_abs_max", weight_samples, reference=weight_reference),
+    OpInfo("fake_quant_learnable_per_tensor", learnable_per_tensor_samples),
+    OpInfo("fake_quant_learnable_per_channel", learnable_per_channel_samples),
+    OpInfo("fake_quant_learnable_per_tensor_backward", _learnable_backward_samples(per_channel=False)),
+    OpInfo("fake_quant_learnable_per_channel_backward", _learnable_backward_samples(per_channel=True)),
+    OpInfo("conv_bn_fake_quant", conv_bn_samples, call=conv_bn_call, compile_rtol=1e-5),
+    OpInfo("conv_bn_fake_quant_backward", conv_bn_backward_samples, compile_rtol=1e-5),
+]
