@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -192,6 +193,49 @@ std::vector<T> test_values(int64_t n, uint32_t seed, float spread, float tie_ste
     }
   }
   return v;
+}
+
+// Per-channel qparams of the quant-dequant tests: power-of-two scales (exact ties) on every
+// third channel and arbitrary ones elsewhere, float zero points anywhere in [qmin, qmax] and
+// the int ones they round to.
+struct ChannelQParams {
+  std::vector<float> scales, zps_f;
+  std::vector<int32_t> zps_i;
+};
+
+inline ChannelQParams random_channel_qparams(int64_t channels, uint32_t seed, int32_t qmin, int32_t qmax) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> scale_dist(0.005f, 0.05f);
+  std::uniform_real_distribution<float> zp_dist(static_cast<float>(qmin), static_cast<float>(qmax));
+  ChannelQParams q{std::vector<float>(channels), std::vector<float>(channels), std::vector<int32_t>(channels)};
+  for (int64_t c = 0; c < channels; ++c) {
+    q.scales[c] = c % 3 == 0 ? std::ldexp(1.0f, -3 - static_cast<int>(c % 5)) : scale_dist(rng);
+    q.zps_f[c] = zp_dist(rng);
+    q.zps_i[c] = static_cast<int32_t>(std::lround(q.zps_f[c]));
+  }
+  return q;
+}
+
+// Out-of-contract qparams on the first channels: channel 0 a negative scale, 1 the int zero
+// point `bad_int_zp` (outside the range) or a NaN float one, 2 a NaN scale, 3 an infinite
+// scale, 4 a subnormal one.
+constexpr int kBadChannels = 5;
+inline void make_bad_channels(ChannelQParams& q, int32_t bad_int_zp) {
+  const float bad_scales[kBadChannels] = {-0.5f, 0.1f, NAN, INFINITY, 1e-39f};
+  const int64_t channels = static_cast<int64_t>(q.scales.size());
+  for (int64_t c = 0; c < std::min<int64_t>(channels, kBadChannels); ++c) q.scales[c] = bad_scales[c];
+  if (channels > 1) q.zps_i[1] = bad_int_zp, q.zps_f[1] = NAN;
+}
+
+// The mask a launch wrote equals the CPU's; or, where the launch had no mask, no byte of it
+// was written.
+inline ::testing::AssertionResult mask_as_launched(const std::vector<uint8_t>& want, const std::vector<uint8_t>& got,
+                                                   bool with_mask) {
+  if (with_mask) return same_bits(want, got);
+  for (uint8_t b : got) {
+    if (b != kMaskPoison) return ::testing::AssertionFailure() << "mask written although null";
+  }
+  return ::testing::AssertionSuccess();
 }
 
 }  // namespace fakequant_test

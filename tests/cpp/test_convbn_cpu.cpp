@@ -10,28 +10,15 @@
 
 #include "fakequant/convbn.h"
 
+#include "convbn_test_util.h"
+#include "test_util.h"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
 
-struct Case {
-  int64_t n, c, hw;
-  bool channels_last;
-};
-
-void PrintTo(const Case& k, std::ostream* os) {
-  *os << "[" << k.n << ", " << k.c << ", " << k.hw << "]" << (k.channels_last ? " channels_last" : " nchw");
-}
-
-fq::ActivationLayout layout_of(const Case& k) {
-  fq::ActivationLayout l;
-  l.channels = k.c;
-  l.outer = k.channels_last ? k.n * k.hw : k.n;
-  l.inner = k.channels_last ? 1 : k.hw;
-  return l;
-}
-
-int64_t channel_of(const fq::ActivationLayout& l, int64_t i) { return (i / l.inner) % l.channels; }
+using Case = ConvBnShape;
 
 std::vector<float> random_values(int64_t n, uint32_t seed, float mean, float stddev) {
   std::mt19937 rng(seed);
@@ -90,7 +77,7 @@ TEST_P(ConvBnCpu, EpilogueWithReluAndSplitRanges) {
     const int64_t c = channel_of(l, i);
     const float v = x[i] * coef[c] + coef[k.c + c];
     ASSERT_EQ(y[i], v > 0 ? v : 0.0f) << i;
-    ASSERT_EQ(((mask[i / 8] >> (i % 8)) & 1) != 0, v > 0) << i;
+    ASSERT_EQ(mask_bit(mask, i), v > 0) << i;
   }
   // In place and without ReLU.
   std::vector<float> z = x;
@@ -109,9 +96,7 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
   const fq::ActivationLayout l = layout_of(k);
   const std::vector<float> dy = random_values(l.numel(), 3, 0.0f, 1.0f);
   const std::vector<float> z = random_values(l.numel(), 4, 2.0f, 3.0f);
-  std::vector<uint8_t> mask(fq::mask_bytes(l.numel()));
-  std::mt19937 rng(5);
-  for (auto& b : mask) b = static_cast<uint8_t>(rng());
+  const std::vector<uint8_t> mask = random_mask(l.numel(), 5);
   std::vector<double> mean(k.c);
   for (int64_t c = 0; c < k.c; ++c) mean[c] = 1.5 + 0.1 * c;
   std::vector<double> sums(2 * k.c);
@@ -123,11 +108,10 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
   s.layout = l;
   s.sums = sums.data();
   fq::channel_grad_sums_cpu(s);
-  auto bit = [&](int64_t i) { return ((mask[i / 8] >> (i % 8)) & 1) != 0; };
   for (int64_t c = 0; c < k.c; ++c) {
     long double g = 0, gz = 0;
     for (int64_t i = 0; i < l.numel(); ++i) {
-      if (channel_of(l, i) != c || !bit(i)) continue;
+      if (channel_of(l, i) != c || !mask_bit(mask, i)) continue;
       g += dy[i];
       gz += static_cast<long double>(dy[i]) * (z[i] - mean[c]);
     }
@@ -152,7 +136,7 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
   fq::convbn_backward_cpu(b);
   for (int64_t i = 0; i < l.numel(); ++i) {
     const int64_t c = channel_of(l, i);
-    const float g = bit(i) ? dy[i] : 0.0f;
+    const float g = mask_bit(mask, i) ? dy[i] : 0.0f;
     ASSERT_EQ(dz[i], coef[c] * ((g - coef[k.c + c]) - (z[i] - coef[2 * k.c + c]) * coef[3 * k.c + c])) << i;
   }
 }
@@ -182,9 +166,7 @@ TEST(ConvBnCpuWeight, FoldAndWeightGrad) {
   fq::fold_weight_cpu(f);
   for (int64_t i = 0; i < C * L; ++i) ASSERT_EQ(folded[i], w[i] * static_cast<float>(s[i / L]));
 
-  std::vector<uint8_t> mask(fq::mask_bytes(C * L));
-  std::mt19937 rng(12);
-  for (auto& b : mask) b = static_cast<uint8_t>(rng());
+  const std::vector<uint8_t> mask = random_mask(C * L, 12);
   std::vector<float> gw(C * L);
   std::vector<double> sums(C);
   fq::WeightGradArgs g;
@@ -200,8 +182,7 @@ TEST(ConvBnCpuWeight, FoldAndWeightGrad) {
   for (int64_t c = 0; c < C; ++c) {
     long double sum = 0;
     for (int64_t j = c * L; j < (c + 1) * L; ++j) {
-      const bool bit = ((mask[j / 8] >> (j % 8)) & 1) != 0;
-      const float d = bit ? gc[j] : 0.0f;
+      const float d = mask_bit(mask, j) ? gc[j] : 0.0f;
       ASSERT_EQ(gw[j], d * static_cast<float>(s[c]));
       sum += static_cast<long double>(d) * w[j];
     }

@@ -25,9 +25,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "convbn_test_util.h"
 #include "cuda_test_util.cuh"
 #include "fakequant/convbn.h"
 #include "fakequant/cuda/convbn.h"
+#include "test_util.h"
 
 namespace fq = fakequant;
 using namespace fakequant_test;
@@ -36,14 +38,9 @@ namespace {
 
 // --- element types ------------------------------------------------------------------------
 
+// The accumulator type: double for double tensors, float for the others.
 template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+using AccOf = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename T>
 constexpr fq::ConvBnDType convbn_dtype() {
@@ -60,6 +57,19 @@ const char* dtype_name() {
   if constexpr (std::is_same_v<T, fq::BFloat16>) return "bfloat16";
   return "float64";
 }
+
+// Every pass on activations and weights, in each dtype the launchers take: one typed test a
+// pass, named after the dtype.
+template <typename T>
+class ConvBnCudaDTypes : public ::testing::Test {};
+struct DTypeTestNames {
+  template <typename T>
+  static std::string GetName(int) {
+    return dtype_name<T>();
+  }
+};
+using ConvBnDTypes = ::testing::Types<float, fq::Half, fq::BFloat16, double>;
+TYPED_TEST_SUITE(ConvBnCudaDTypes, ConvBnDTypes, DTypeTestNames);
 
 template <typename T>
 T from_double(double v) {
@@ -150,26 +160,7 @@ constexpr int kMaskPoison = 0xCD;  // padding bits set: never a valid tail byte
 
 // --- layouts --------------------------------------------------------------------------------
 
-struct Shape {
-  int64_t n, c, hw;
-  bool channels_last;
-};
-
-fq::ActivationLayout layout_of(const Shape& s) {
-  fq::ActivationLayout l;
-  l.channels = s.c;
-  l.outer = s.channels_last ? s.n * s.hw : s.n;
-  l.inner = s.channels_last ? 1 : s.hw;
-  return l;
-}
-
-std::string describe(const Shape& s) {
-  std::ostringstream os;
-  os << "[" << s.n << ", " << s.c << ", " << s.hw << "] " << (s.channels_last ? "channels_last" : "nchw");
-  return os.str();
-}
-
-int64_t channel_of(const fq::ActivationLayout& l, int64_t i) { return (i / l.inner) % l.channels; }
+using Shape = ConvBnShape;
 
 // Shapes of every test on activations. Each kernel path they reach is named.
 const std::vector<Shape> kShapes = {
@@ -209,15 +200,6 @@ std::vector<T> random_activation(const fq::ActivationLayout& l, uint32_t seed, d
   }
   return x;
 }
-
-std::vector<uint8_t> random_mask(int64_t numel, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> mask(fq::mask_bytes(numel));
-  for (auto& b : mask) b = static_cast<uint8_t>(rng());
-  return mask;
-}
-
-bool bit_of(const std::vector<uint8_t>& mask, int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1u) != 0; }
 
 uint32_t seed_of(const Shape& s, int salt) {
   return static_cast<uint32_t>(s.n * 7919 + s.c * 104729 + s.hw * 13 + (s.channels_last ? 1 : 0) + salt * 31337);
@@ -306,21 +288,9 @@ void moments_all_shapes() {
     }
 }
 
-TEST(ConvBnCudaMoments, Float32MatchesCpu) {
+TYPED_TEST(ConvBnCudaDTypes, MomentsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  moments_all_shapes<float>();
-}
-TEST(ConvBnCudaMoments, Float16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  moments_all_shapes<fq::Half>();
-}
-TEST(ConvBnCudaMoments, BFloat16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  moments_all_shapes<fq::BFloat16>();
-}
-TEST(ConvBnCudaMoments, Float64MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  moments_all_shapes<double>();
+  moments_all_shapes<TypeParam>();
 }
 
 // Mean 1e6, std 0.5: the shift keeps the variance, which unshifted sums of squares (about
@@ -396,7 +366,7 @@ void check_grad_sums(const Shape& s, int64_t offset, bool with_z, bool with_mask
   std::vector<double> abs_g(C, 0.0), abs_gz(C, 0.0);
   for (int64_t i = 0; i < numel; ++i) {
     const int64_t c = channel_of(l, i);
-    const double g = (!with_mask || bit_of(mask, i)) ? to_double(dy[i]) : 0.0;
+    const double g = (!with_mask || mask_bit(mask, i)) ? to_double(dy[i]) : 0.0;
     abs_g[c] += std::fabs(g);
     if (with_z) abs_gz[c] += std::fabs(g * (to_double(z[i]) - mean[c]));
   }
@@ -419,21 +389,9 @@ void grad_sums_all_shapes() {
       }
 }
 
-TEST(ConvBnCudaGradSums, Float32MatchesCpu) {
+TYPED_TEST(ConvBnCudaDTypes, GradSumsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  grad_sums_all_shapes<float>();
-}
-TEST(ConvBnCudaGradSums, Float16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  grad_sums_all_shapes<fq::Half>();
-}
-TEST(ConvBnCudaGradSums, BFloat16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  grad_sums_all_shapes<fq::BFloat16>();
-}
-TEST(ConvBnCudaGradSums, Float64MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  grad_sums_all_shapes<double>();
+  grad_sums_all_shapes<TypeParam>();
 }
 
 // More channels (NCHW) or channel tiles (channels_last) than the stage-1 grid has rows of
@@ -453,7 +411,7 @@ TEST(ConvBnCudaSums, ManyChannelsStrideTheGrid) {
 
 template <typename T>
 void check_epilogue(const Shape& s, int64_t offset, bool relu, bool in_place, bool with_nan) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = AccOf<T>;
   SCOPED_TRACE(describe(s) + " " + dtype_name<T>() + " offset " + std::to_string(offset) + (relu ? " relu" : "") +
                (in_place ? " in place" : "") + (with_nan ? " NaN" : ""));
   const fq::ActivationLayout l = layout_of(s);
@@ -504,21 +462,9 @@ void epilogue_all_shapes() {
       }
 }
 
-TEST(ConvBnCudaEpilogue, Float32MatchesCpu) {
+TYPED_TEST(ConvBnCudaDTypes, EpilogueMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  epilogue_all_shapes<float>();
-}
-TEST(ConvBnCudaEpilogue, Float16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  epilogue_all_shapes<fq::Half>();
-}
-TEST(ConvBnCudaEpilogue, BFloat16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  epilogue_all_shapes<fq::BFloat16>();
-}
-TEST(ConvBnCudaEpilogue, Float64MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  epilogue_all_shapes<double>();
+  epilogue_all_shapes<TypeParam>();
 }
 
 // The ReLU bit is that of the stored (rounded) output, as on the CPU and in PyTorch: a
@@ -577,7 +523,7 @@ void check_tiny_relu(const Shape& s, int64_t offset) {
   EXPECT_EQ(gmask, mask) << "ReLU mask";
   // The rule itself, on the GPU's output: bit = stored output > 0.
   int64_t wrong = 0;
-  for (int64_t i = 0; i < numel; ++i) wrong += bit_of(gmask, i) != (fq::to_float(gy[i]) > 0.0f) ? 1 : 0;
+  for (int64_t i = 0; i < numel; ++i) wrong += mask_bit(gmask, i) != (fq::to_float(gy[i]) > 0.0f) ? 1 : 0;
   EXPECT_EQ(wrong, 0) << "mask bits that are not (stored output > 0)";
 }
 
@@ -594,7 +540,7 @@ TEST(ConvBnCudaEpilogue, ReluMaskIsThatOfTheStoredHalfAndBFloat16Output) {
 
 template <typename T>
 void check_backward(const Shape& s, int64_t offset, bool with_z, bool with_mask, bool with_nan) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = AccOf<T>;
   SCOPED_TRACE(describe(s) + " " + dtype_name<T>() + " offset " + std::to_string(offset) + (with_z ? " z" : "") +
                (with_mask ? " mask" : "") + (with_nan ? " NaN" : ""));
   const fq::ActivationLayout l = layout_of(s);
@@ -643,21 +589,9 @@ void backward_all_shapes() {
       }
 }
 
-TEST(ConvBnCudaBackward, Float32MatchesCpu) {
+TYPED_TEST(ConvBnCudaDTypes, BackwardMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  backward_all_shapes<float>();
-}
-TEST(ConvBnCudaBackward, Float16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  backward_all_shapes<fq::Half>();
-}
-TEST(ConvBnCudaBackward, BFloat16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  backward_all_shapes<fq::BFloat16>();
-}
-TEST(ConvBnCudaBackward, Float64MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  backward_all_shapes<double>();
+  backward_all_shapes<TypeParam>();
 }
 
 // More than 65,535 channels (NCHW and channels_last): channel indices far beyond a block's.
@@ -692,7 +626,7 @@ std::vector<double> random_scale(int64_t C, uint32_t seed) {
 
 template <typename T>
 void check_fold(const WeightShape& w, int64_t offset, bool with_nan) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = AccOf<T>;
   SCOPED_TRACE(std::to_string(w.channels) + " x " + std::to_string(w.length) + " " + dtype_name<T>() + " offset " +
                std::to_string(offset));
   const int64_t numel = w.channels * w.length;
@@ -759,7 +693,7 @@ void check_weight_grad(const WeightShape& w, int64_t offset, bool with_mask, boo
   for (int64_t c = 0; c < C; ++c) {
     double abs_sum = 0.0;
     for (int64_t j = c * w.length; j < (c + 1) * w.length; ++j) {
-      const double d = (!with_mask || bit_of(mask, j)) ? to_double(grad_conv[j]) : 0.0;
+      const double d = (!with_mask || mask_bit(mask, j)) ? to_double(grad_conv[j]) : 0.0;
       abs_sum += std::fabs(d * to_double(weight[j]));
     }
     EXPECT_TRUE(near_sum(gsums[c], sums[c], sum_tolerance(w.length, abs_sum))) << "weight sum of channel " << c;
@@ -780,21 +714,9 @@ void weight_passes_all_shapes() {
   }
 }
 
-TEST(ConvBnCudaWeight, Float32MatchesCpu) {
+TYPED_TEST(ConvBnCudaDTypes, WeightPassesMatchCpu) {
   SKIP_WITHOUT_GPU();
-  weight_passes_all_shapes<float>();
-}
-TEST(ConvBnCudaWeight, Float16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  weight_passes_all_shapes<fq::Half>();
-}
-TEST(ConvBnCudaWeight, BFloat16MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  weight_passes_all_shapes<fq::BFloat16>();
-}
-TEST(ConvBnCudaWeight, Float64MatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  weight_passes_all_shapes<double>();
+  weight_passes_all_shapes<TypeParam>();
 }
 
 // --- per-channel pass -----------------------------------------------------------------------

@@ -10,7 +10,10 @@
 
 #include "fakequant/fake_quant.h"
 
+#include "test_util.h"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
 
@@ -34,14 +37,14 @@ Expected reference(float x, float scale, int zp, int qmin, int qmax, fq::Roundin
   return {static_cast<float>((c - zp) * static_cast<double>(scale)), in_range};
 }
 
-bool mask_bit(const std::vector<uint8_t>& mask, int64_t i) { return (mask[i / 8] >> (i % 8)) & 1u; }
-
-std::vector<float> random_inputs(int64_t n, float spread, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, spread);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
+// Int zero points along the channel axis of stride `inner`, the other fields at their defaults.
+fq::PerChannelQParams int_zp_qparams(const std::vector<float>& scales, const std::vector<int32_t>& zps, int64_t inner) {
+  fq::PerChannelQParams qp;
+  qp.scale = scales.data();
+  qp.zero_point = zps.data();
+  qp.channels = static_cast<int64_t>(scales.size());
+  qp.channel_stride = inner;
+  return qp;
 }
 
 class FakeQuantCpu : public ::testing::TestWithParam<int64_t> {};
@@ -153,10 +156,8 @@ TEST(FakeQuantCpuEdges, OutOfContractQParamsPoisonOutput) {
 
 TEST(MaskedGradCpu, KeepsGradientWhereMaskIsSet) {
   for (const int64_t n : {1, 8, 13, 4099}) {
-    std::mt19937 rng(static_cast<uint32_t>(n));
     const std::vector<float> g = random_inputs(n, 1.0f, static_cast<uint32_t>(n) + 1);
-    std::vector<uint8_t> mask(fq::mask_bytes(n));
-    for (auto& m : mask) m = static_cast<uint8_t>(rng());
+    const std::vector<uint8_t> mask = random_mask(n, static_cast<uint32_t>(n));
     std::vector<float> out(n, 99.0f);
     fq::masked_grad_cpu({fq::DType::kFloat32, g.data(), mask.data(), out.data(), n});
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(out[i], mask_bit(mask, i) ? g[i] : 0.0f) << i;
@@ -186,12 +187,8 @@ TEST(FakeQuantPerChannelCpu, IntZeroPointMatchesFormulaAlongEveryAxisLayout) {
     for (int64_t c = 0; c < channels; ++c) scales[c] = sd(rng), zps[c] = zd(rng);
     std::vector<float> y(n, -5.0f);
     std::vector<uint8_t> mask(fq::mask_bytes(n), 0xEE);
-    fq::PerChannelQParams qp;
-    qp.scale = scales.data();
-    qp.zero_point = zps.data();
-    qp.channels = channels;
-    qp.channel_stride = inner;
-    fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n}, qp);
+    fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n},
+                                   int_zp_qparams(scales, zps, inner));
     for (int64_t i = 0; i < n; ++i) {
       const int64_t c = (i / inner) % channels;
       const Expected e = reference(x[i], scales[c], zps[c], -128, 127, fq::Rounding::kHalfEven);
@@ -228,12 +225,8 @@ TEST(FakeQuantPerChannelCpu, BadChannelPoisonsOnlyItsElements) {
   const std::vector<int32_t> zps = {0, 0, 0};
   std::vector<float> y(n);
   std::vector<uint8_t> mask(fq::mask_bytes(n));
-  fq::PerChannelQParams qp;
-  qp.scale = scales.data();
-  qp.zero_point = zps.data();
-  qp.channels = channels;
-  qp.channel_stride = inner;
-  fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n}, qp);
+  fq::fake_quant_per_channel_cpu({fq::DType::kFloat32, x.data(), y.data(), mask.data(), n},
+                                 int_zp_qparams(scales, zps, inner));
   for (int64_t i = 0; i < n; ++i) {
     ASSERT_EQ(std::isnan(y[i]), i / inner == 1) << i;
     if (i / inner == 1) ASSERT_FALSE(mask_bit(mask, i));

@@ -66,12 +66,7 @@ void check_per_tensor(int64_t n, Placement at, fq::Rounding mode, const TensorQP
                                 << " enabled=" << (enabled ? std::to_string(*enabled) : "none");
   };
   ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
-  const std::vector<uint8_t> m_gpu = dm.download("mask");
-  if (with_mask) {
-    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
-  } else {
-    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
-  }
+  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), with_mask)) << where();
   ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();  // the input is left alone
 }
 
@@ -205,32 +200,18 @@ struct ChannelLayout {
   int64_t outer, channels, inner;
 };
 
-// Out-of-contract channels for check_per_channel: channel 0 a negative scale, 1 a zero point
-// outside the range (int) or NaN (float), 2 a NaN scale, 3 an infinite scale, 4 a subnormal.
-constexpr int kBadChannels = 5;
-
 template <typename T>
 void check_per_channel(ChannelLayout l, Placement at, fq::Rounding mode, bool float_zp, int32_t qmin, int32_t qmax,
                        std::optional<int64_t> enabled = std::nullopt, bool bad_channels = false,
                        bool with_mask = true) {
   const int64_t n = l.outer * l.channels * l.inner;
   const int64_t channels = l.channels;
-  std::mt19937 rng(static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out));
-  // Power-of-two scales (exact ties) and arbitrary ones.
-  std::uniform_real_distribution<float> scale_dist(0.005f, 0.05f);
-  std::uniform_real_distribution<float> zp_dist(static_cast<float>(qmin), static_cast<float>(qmax));
-  std::vector<float> scales(channels), zps_f(channels);
-  std::vector<int32_t> zps_i(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    scales[c] = c % 3 == 0 ? std::ldexp(1.0f, -3 - static_cast<int>(c % 5)) : scale_dist(rng);
-    zps_f[c] = zp_dist(rng);
-    zps_i[c] = static_cast<int32_t>(std::lround(zps_f[c]));
-  }
-  if (bad_channels) {
-    const float bad_scales[kBadChannels] = {-0.5f, 0.1f, NAN, INFINITY, 1e-39f};
-    for (int64_t c = 0; c < std::min<int64_t>(channels, kBadChannels); ++c) scales[c] = bad_scales[c];
-    if (channels > 1) zps_i[1] = qmax + 1, zps_f[1] = NAN;
-  }
+  ChannelQParams q =
+      random_channel_qparams(channels, static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out), qmin, qmax);
+  if (bad_channels) make_bad_channels(q, qmax + 1);
+  const std::vector<float>& scales = q.scales;
+  const std::vector<float>& zps_f = q.zps_f;
+  const std::vector<int32_t>& zps_i = q.zps_i;
   const float spread = static_cast<float>(qmax - qmin) * 0.02f;
   const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
   const int64_t enabled_value = enabled.value_or(1);
@@ -270,12 +251,7 @@ void check_per_channel(ChannelLayout l, Placement at, fq::Rounding mode, bool fl
                                 << " bad_channels=" << bad_channels;
   };
   ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
-  const std::vector<uint8_t> m_gpu = dm.download("mask");
-  if (with_mask) {
-    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
-  } else {
-    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
-  }
+  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), with_mask)) << where();
 }
 
 const ChannelLayout kChannelLayouts[] = {

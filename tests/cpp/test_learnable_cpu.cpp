@@ -13,6 +13,8 @@
 
 #include "fakequant/learnable.h"
 
+#include "test_util.h"
+
 namespace fq = fakequant;
 
 namespace {
@@ -56,13 +58,22 @@ Terms backward_formula(float x, float dy, float scale, float zb, int qmin, int q
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
 
+// Normal values, two of them (from four elements on) far outside any quantization range.
 std::vector<float> random_inputs(int64_t n, float spread, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, spread);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
+  std::vector<float> x = fakequant_test::random_inputs(n, spread, seed);
   if (n > 3) x[1] = 3e4f, x[2] = -3e4f;
   return x;
+}
+
+// Qparams along a channel axis of stride `inner`: per channel, or per tensor for one channel.
+fq::LearnableQParams learnable_qparams(const std::vector<float>& scales, const std::vector<float>& zps, int64_t inner) {
+  fq::LearnableQParams qp;
+  qp.scale = scales.data();
+  qp.zero_point = zps.data();
+  qp.channels = static_cast<int64_t>(scales.size());
+  qp.kind = qp.channels > 1 ? fq::LearnableKind::kPerChannel : fq::LearnableKind::kPerTensor;
+  qp.channel_stride = inner;
+  return qp;
 }
 
 // Sums of one channel: |ours - float64 reference| within half an ulp plus the double
@@ -134,13 +145,7 @@ TEST(LearnableForwardCpu, PerTensorAndPerChannelMatchFormula) {
     for (int64_t c = 0; c < channels; ++c) scales[c] = sd(rng), zps[c] = zd(rng);
     if (channels > 2) zps[1] = 4.5f, zps[2] = -3.5f;  // ties
     std::vector<float> y(n, -5.0f);
-    fq::LearnableQParams qp;
-    qp.scale = scales.data();
-    qp.zero_point = zps.data();
-    qp.kind = channels > 1 ? fq::LearnableKind::kPerChannel : fq::LearnableKind::kPerTensor;
-    qp.channels = channels;
-    qp.channel_stride = inner;
-    fq::fake_quant_learnable_cpu({fq::DType::kFloat32, x.data(), y.data(), n}, qp);
+    fq::fake_quant_learnable_cpu({fq::DType::kFloat32, x.data(), y.data(), n}, learnable_qparams(scales, zps, inner));
     for (int64_t i = 0; i < n; ++i) {
       const int64_t c = (i / inner) % channels;
       ASSERT_EQ(y[i], forward_formula(x[i], scales[c], zps[c], -128, 127)) << "i=" << i << " c=" << c;
@@ -154,13 +159,7 @@ TEST(LearnableForwardCpu, OutOfContractQParamsPoisonTheirChannel) {
   const std::vector<float> scales = {0.1f, 0.1f, -1.0f};
   const std::vector<float> zps = {0.0f, std::nanf(""), 0.0f};
   std::vector<float> y(n);
-  fq::LearnableQParams qp;
-  qp.scale = scales.data();
-  qp.zero_point = zps.data();
-  qp.kind = fq::LearnableKind::kPerChannel;
-  qp.channels = channels;
-  qp.channel_stride = inner;
-  fq::fake_quant_learnable_cpu({fq::DType::kFloat32, x.data(), y.data(), n}, qp);
+  fq::fake_quant_learnable_cpu({fq::DType::kFloat32, x.data(), y.data(), n}, learnable_qparams(scales, zps, inner));
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(std::isnan(y[i]), i / inner != 0) << i;
 }
 
@@ -185,12 +184,7 @@ void check_backward(const Case& k, uint32_t seed) {
   for (int64_t c = 0; c < k.channels; ++c) scales[c] = sd(rng), zps[c] = zd(rng);
   const float gf = 0.37f;
   std::vector<float> gs(k.channels, -1.0f), gz(k.channels, -1.0f);
-  fq::LearnableQParams qp;
-  qp.scale = scales.data();
-  qp.zero_point = zps.data();
-  qp.kind = per_channel ? fq::LearnableKind::kPerChannel : fq::LearnableKind::kPerTensor;
-  qp.channels = k.channels;
-  qp.channel_stride = k.inner;
+  fq::LearnableQParams qp = learnable_qparams(scales, zps, k.inner);
   qp.quant_min = k.qmin;
   qp.quant_max = k.qmax;
   qp.grad_factor = gf;
@@ -244,12 +238,7 @@ TEST(LearnableBackwardCpu, ChunksAndOutputMaskGiveTheSameBits) {
     const int64_t n = channels == 96 ? 96 * 3000 : channels * inner;
     const std::vector<float> x = random_inputs(n, 2.0f, 5), dy = random_inputs(n, 1.0f, 6);
     std::vector<float> scales(channels, 0.013f), zps(channels, -3.3f);
-    fq::LearnableQParams qp;
-    qp.scale = scales.data();
-    qp.zero_point = zps.data();
-    qp.kind = channels > 1 ? fq::LearnableKind::kPerChannel : fq::LearnableKind::kPerTensor;
-    qp.channels = channels;
-    qp.channel_stride = inner;
+    const fq::LearnableQParams qp = learnable_qparams(scales, zps, inner);
     std::vector<float> dx(n), gs(channels), gz(channels);
     fq::LearnableBackwardArgs a{fq::DType::kFloat32, dy.data(), x.data(), dx.data(), gs.data(), gz.data(), n};
     fq::fake_quant_learnable_backward_cpu(a, qp);
@@ -284,12 +273,7 @@ TEST(LearnableBackwardCpu, OutOfContractQParamsPoisonTheirChannel) {
   const std::vector<float> x = random_inputs(n, 1.0f, 8), dy = random_inputs(n, 1.0f, 9);
   const std::vector<float> scales = {0.1f, std::numeric_limits<float>::infinity(), 0.1f};
   const std::vector<float> zps = {0.0f, 0.0f, -std::numeric_limits<float>::infinity()};
-  fq::LearnableQParams qp;
-  qp.scale = scales.data();
-  qp.zero_point = zps.data();
-  qp.kind = fq::LearnableKind::kPerChannel;
-  qp.channels = channels;
-  qp.channel_stride = inner;
+  const fq::LearnableQParams qp = learnable_qparams(scales, zps, inner);
   std::vector<float> dx(n), gs(channels), gz(channels);
   fq::fake_quant_learnable_backward_cpu({fq::DType::kFloat32, dy.data(), x.data(), dx.data(), gs.data(), gz.data(), n},
                                         qp);

@@ -182,6 +182,17 @@ void expect_outputs_match(const DeviceOutputs& gpu, const HostOutputs& cpu, fq::
   EXPECT_EQ(gpu.mask.read(), cpu.mask) << where << ": mask";
 }
 
+// Every element NaN and every mask bit 0.
+void expect_poisoned(const DeviceOutputs& out, int64_t n, const std::string& where) {
+  const std::vector<unsigned char> y = out.y.read();
+  for (int64_t i = 0; i < n; ++i) {
+    float v;
+    std::memcpy(&v, y.data() + 4 * i, 4);
+    ASSERT_TRUE(std::isnan(v)) << where << ": element " << i;
+  }
+  for (uint8_t b : out.mask.read()) ASSERT_EQ(b, 0) << where;
+}
+
 // Paddle abs-max quant-dequant on the CPU: step scale / bin_cnt, zero point 0, [-bin_cnt, bin_cnt].
 void abs_max_quant_dequant_cpu(const fq::FakeQuantArgs& args, float scale, int32_t bits, fq::Rounding rounding) {
   const int32_t bin_cnt = fq::abs_max_bin_cnt(bits);
@@ -195,6 +206,184 @@ void abs_max_quant_dequant_cpu(const fq::FakeQuantArgs& args, float scale, int32
   qp.rounding = rounding;
   fq::fake_quant_per_tensor_cpu(args, qp);
 }
+
+// The abs-max the CPU binding reduces a batch to.
+float abs_max_cpu(const HostTensor& x) {
+  float abs_max = 0.0f;
+  fq::reduce_cpu({x.dtype, x.bytes.data(), x.numel}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
+  return abs_max;
+}
+
+// What an observer launch needs on the device: the input (`offset` elements off alignment),
+// the outputs and the workspace.
+struct ObserverLaunch {
+  DeviceTensor x;
+  DeviceOutputs out;
+  DeviceBuffer<unsigned char> ws;
+  ObserverLaunch(fq::DType dtype, int64_t numel, int64_t offset, int64_t channels = 1, int64_t channel_stride = 1)
+      : x(dtype, numel, offset),
+        out(dtype, numel, offset),
+        ws(fq::cuda::observer_workspace_bytes({dtype, x.ptr, numel, channels, channel_stride})) {}
+  // Uploads the batch, poisons the outputs and returns the launch's arguments.
+  fq::FakeQuantArgs prepare(const HostTensor& batch) {
+    x.upload(batch);
+    out.poison();
+    return {batch.dtype, x.ptr, out.y.ptr, out.mask.ptr, batch.numel};
+  }
+};
+
+// The state of an observer twice: on the host, where the CPU reference updates it, and on the
+// device, where the launches update it; expect_device_matches compares the two.
+struct MovingAverageAbsMaxMirror {
+  static constexpr float kMovingRate = 0.9f;
+  float scale, state, accum;
+  DeviceArray<float> d_scale, d_state, d_accum;
+  MovingAverageAbsMaxMirror(float scale0, float state0, float accum0)
+      : scale(scale0), state(state0), accum(accum0), d_scale({scale0}), d_state({state0}), d_accum({accum0}) {}
+  float update_cpu(float abs_max) {
+    return fq::moving_average_abs_max_update_cpu({&scale, &state, &accum, kMovingRate}, abs_max);
+  }
+  cudaError_t launch(const fq::FakeQuantArgs& args, int32_t bits, fq::Rounding rounding, bool training,
+                     void* ws) const {
+    return fq::cuda::launch_fake_quant_moving_average_abs_max(
+        args, {d_scale.ptr, d_state.ptr, d_accum.ptr, kMovingRate}, bits, rounding, training, ws, nullptr);
+  }
+  void expect_device_matches(const std::string& where) const {
+    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
+    EXPECT_TRUE(same_floats(d_state.read(), {state})) << where << ": state";
+    EXPECT_TRUE(same_floats(d_accum.read(), {accum})) << where << ": accum";
+  }
+};
+
+struct RangeAbsMaxMirror {
+  float scale;
+  std::vector<float> window;
+  int64_t iter;
+  DeviceArray<float> d_scale, d_window;
+  DeviceArray<int64_t> d_iter;
+  RangeAbsMaxMirror(float scale0, const std::vector<float>& window0, int64_t iter0)
+      : scale(scale0), window(window0), iter(iter0), d_scale({scale0}), d_window(window0), d_iter({iter0}) {}
+  int64_t window_size() const { return static_cast<int64_t>(window.size()); }
+  float update_cpu(float abs_max) {
+    return fq::range_abs_max_update_cpu({&scale, window.data(), window_size(), &iter}, abs_max);
+  }
+  cudaError_t launch(const fq::FakeQuantArgs& args, int32_t bits, fq::Rounding rounding, bool training,
+                     void* ws) const {
+    return fq::cuda::launch_fake_quant_range_abs_max(args, {d_scale.ptr, d_window.ptr, window_size(), d_iter.ptr},
+                                                     bits, rounding, training, ws, nullptr);
+  }
+  void expect_device_matches(const std::string& where) const {
+    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
+    EXPECT_TRUE(same_floats(d_window.read(), window)) << where << ": window";
+    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
+  }
+};
+
+// The moving-average min/max state, both switches on to begin with.
+struct MinMaxMirror {
+  std::vector<float> running_min, running_max, scale;
+  std::vector<int32_t> zero_point;
+  int64_t observer_on = 1, fake_quant_on = 1;
+  DeviceArray<float> d_min, d_max, d_scale;
+  DeviceArray<int32_t> d_zp;
+  DeviceArray<int64_t> d_observer_on, d_fake_quant_on;
+  fq::MovingAverageMinMaxState host, dev;
+
+  MinMaxMirror(int64_t channels, int32_t quant_min, int32_t quant_max, bool symmetric)
+      : running_min(channels, kInf),
+        running_max(channels, -kInf),
+        scale(channels, 1.0f),
+        zero_point(channels, 0),
+        d_min(running_min),
+        d_max(running_max),
+        d_scale(scale),
+        d_zp(zero_point),
+        d_observer_on({1}),
+        d_fake_quant_on({1}) {
+    host.observer_on = &observer_on;
+    host.fake_quant_on = &fake_quant_on;
+    host.running_min = running_min.data();
+    host.running_max = running_max.data();
+    host.scale = scale.data();
+    host.zero_point = zero_point.data();
+    host.channels = channels;
+    host.averaging_const = 0.25f;
+    host.quant_min = quant_min;
+    host.quant_max = quant_max;
+    host.symmetric = symmetric;
+    dev = host;
+    dev.observer_on = d_observer_on.ptr;
+    dev.fake_quant_on = d_fake_quant_on.ptr;
+    dev.running_min = d_min.ptr;
+    dev.running_max = d_max.ptr;
+    dev.scale = d_scale.ptr;
+    dev.zero_point = d_zp.ptr;
+  }
+
+  void set_switches(int64_t observer, int64_t fake_quant) {
+    observer_on = observer;
+    fake_quant_on = fake_quant;
+    d_observer_on.write({observer});
+    d_fake_quant_on.write({fake_quant});
+  }
+
+  // The CPU reference up to the quant-dequant, as the CPU binding does it: reduce the batch,
+  // update the state. Returns the scales to quant-dequant with: the stored ones, NaN for each
+  // channel whose non-finite step was not applied (those `rejected` holds).
+  std::vector<float> update_cpu(const HostTensor& x, int64_t channel_stride, std::vector<uint8_t>& rejected) {
+    const int64_t channels = host.channels;
+    const bool observe = x.numel > 0 && observer_on != 0;
+    std::vector<float> cur_min(channels), cur_max(channels);
+    if (observe) {
+      fq::reduce_cpu({x.dtype, x.bytes.data(), x.numel, channels, channel_stride}, fq::ReduceKind::kMinMax,
+                     cur_min.data(), cur_max.data());
+    }
+    rejected.assign(channels, 0);
+    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), observe, rejected.data());
+    std::vector<float> use_scale = scale;
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      if (rejected[ch]) use_scale[ch] = kNaN;
+    }
+    return use_scale;
+  }
+
+  // The quant-dequant with the stored zero points and `use_scale`: per tensor for one channel.
+  void quant_dequant_cpu(const fq::FakeQuantArgs& args, const std::vector<float>& use_scale, int64_t channel_stride,
+                         fq::Rounding rounding) const {
+    if (host.channels == 1) {
+      fq::PerTensorQParams qp;
+      qp.scale = use_scale.data();
+      qp.zero_point = zero_point.data();
+      qp.quant_min = host.quant_min;
+      qp.quant_max = host.quant_max;
+      qp.rounding = rounding;
+      qp.enabled = &fake_quant_on;
+      fq::fake_quant_per_tensor_cpu(args, qp);
+    } else {
+      fq::PerChannelQParams qp;
+      qp.scale = use_scale.data();
+      qp.zero_point = zero_point.data();
+      qp.channels = host.channels;
+      qp.channel_stride = channel_stride;
+      qp.quant_min = host.quant_min;
+      qp.quant_max = host.quant_max;
+      qp.rounding = rounding;
+      qp.enabled = &fake_quant_on;
+      fq::fake_quant_per_channel_cpu(args, qp);
+    }
+  }
+
+  cudaError_t launch(const fq::FakeQuantArgs& args, int64_t channel_stride, fq::Rounding rounding, void* ws) const {
+    return fq::cuda::launch_fused_moving_average_min_max(args, dev, channel_stride, rounding, ws, nullptr);
+  }
+
+  void expect_device_matches(const std::string& where) const {
+    EXPECT_TRUE(same_floats(d_min.read(), running_min)) << where << ": running_min";
+    EXPECT_TRUE(same_floats(d_max.read(), running_max)) << where << ": running_max";
+    EXPECT_TRUE(same_floats(d_scale.read(), scale)) << where << ": scale";
+    EXPECT_EQ(d_zp.read(), zero_point) << where << ": zero_point";
+  }
+};
 
 // ---------------------------------------------------------------------------------------
 // launch_reduce
@@ -417,44 +606,36 @@ std::string abs_max_case_name(const ::testing::TestParamInfo<AbsMaxCase>& info) 
 
 class CudaMovingAverageAbsMax : public ::testing::TestWithParam<AbsMaxCase> {};
 
-// Four training steps (the state moves), then two eval steps (the stored scale only).
-TEST_P(CudaMovingAverageAbsMax, TrainingAndEvalMatchCpuReference) {
-  SKIP_WITHOUT_GPU();
-  const AbsMaxCase c = GetParam();
+// Runs an abs-max observer (a mirror above) one step per magnitude, training in the first
+// `training_steps` (the case's specials in the last of them) and in eval after them, and
+// compares the GPU with the CPU reference after every step.
+template <typename Mirror>
+void expect_steps_match_cpu(Mirror& m, const AbsMaxCase& c, const std::vector<float>& magnitudes, int training_steps,
+                            uint32_t seed) {
   const int64_t n = c.numel;
-  float scale = 1.5f, state = 2.0f, accum = 3.0f;
-  const fq::MovingAverageAbsMaxState host{&scale, &state, &accum, 0.9f};
-  DeviceArray<float> d_scale({scale}), d_state({state}), d_accum({accum});
-  const fq::MovingAverageAbsMaxState dev{d_scale.ptr, d_state.ptr, d_accum.ptr, 0.9f};
-  DeviceTensor dx(c.dtype, n, c.offset);
-  DeviceOutputs out(c.dtype, n, c.offset);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n}));
-  const float magnitudes[] = {1.0f, 4.0f, 0.25f, 2.0f, 3.0f, 0.5f};
-  for (int step = 0; step < 6; ++step) {
-    const bool training = step < 4;
-    const Specials specials = step == 3 ? c.specials : Specials::kNone;
-    const HostTensor x = host_tensor(c.dtype, random_values(n, 40 + step, magnitudes[step], specials));
+  ObserverLaunch dev(c.dtype, n, c.offset);
+  for (int step = 0; step < static_cast<int>(magnitudes.size()); ++step) {
+    const bool training = step < training_steps;
+    const Specials specials = step == training_steps - 1 ? c.specials : Specials::kNone;
+    const HostTensor x = host_tensor(c.dtype, random_values(n, seed + step, magnitudes[step], specials));
     HostOutputs cpu(c.dtype, n);
     if (n > 0) {
       // The scale the quant-dequant uses: NaN (poisoned) where a non-finite step is not applied.
-      float use_scale = scale;
-      if (training) {
-        float abs_max = 0.0f;
-        fq::reduce_cpu({x.dtype, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-        use_scale = fq::moving_average_abs_max_update_cpu(host, abs_max);
-      }
+      const float use_scale = training ? m.update_cpu(abs_max_cpu(x)) : m.scale;
       abs_max_quant_dequant_cpu(cpu.args(x), use_scale, c.bits, c.rounding);
     }
-    dx.upload(x);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_moving_average_abs_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev,
-                                                                   c.bits, c.rounding, training, ws.ptr, nullptr));
+    ASSERT_CUDA(m.launch(dev.prepare(x), c.bits, c.rounding, training, dev.ws.ptr));
     const std::string where = "step " + std::to_string(step);
-    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
-    EXPECT_TRUE(same_floats(d_state.read(), {state})) << where << ": state";
-    EXPECT_TRUE(same_floats(d_accum.read(), {accum})) << where << ": accum";
-    expect_outputs_match(out, cpu, c.dtype, where);
+    m.expect_device_matches(where);
+    expect_outputs_match(dev.out, cpu, c.dtype, where);
   }
+}
+
+// Four training steps (the state moves), then two eval steps (the stored scale only).
+TEST_P(CudaMovingAverageAbsMax, TrainingAndEvalMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  MovingAverageAbsMaxMirror m(1.5f, 2.0f, 3.0f);
+  expect_steps_match_cpu(m, GetParam(), {1.0f, 4.0f, 0.25f, 2.0f, 3.0f, 0.5f}, 4, 40);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -480,44 +661,11 @@ class CudaRangeAbsMax : public ::testing::TestWithParam<AbsMaxCase> {};
 TEST_P(CudaRangeAbsMax, WindowSequenceMatchesCpuReference) {
   SKIP_WITHOUT_GPU();
   const AbsMaxCase c = GetParam();
-  const int64_t n = c.numel, window_size = 3;
-  float scale = 0.0f;
-  std::vector<float> window(window_size, 0.0f);
-  int64_t iter = 0;
-  const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
-  DeviceArray<float> d_scale({scale}), d_window(window);
-  DeviceArray<int64_t> d_iter({iter});
-  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
-  DeviceTensor dx(c.dtype, n, c.offset);
-  DeviceOutputs out(c.dtype, n, c.offset);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n}));
-  const float magnitudes[] = {5.0f, 3.0f, 2.0f, 1.0f, 0.5f, 7.0f, 0.25f, 0.2f, 0.1f, 6.0f, 1.0f, 9.0f};
-  for (int step = 0; step < 12; ++step) {
-    const bool training = step < 10;
-    const Specials specials = step == 9 ? c.specials : Specials::kNone;
-    const HostTensor x = host_tensor(c.dtype, random_values(n, 70 + step, magnitudes[step], specials));
-    HostOutputs cpu(c.dtype, n);
-    if (n > 0) {
-      float use_scale = scale;
-      if (training) {
-        float abs_max = 0.0f;
-        fq::reduce_cpu({x.dtype, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-        use_scale = fq::range_abs_max_update_cpu(host, abs_max);
-      }
-      abs_max_quant_dequant_cpu(cpu.args(x), use_scale, c.bits, c.rounding);
-    }
-    dx.upload(x);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, c.bits,
-                                                          c.rounding, training, ws.ptr, nullptr));
-    const std::string where = "step " + std::to_string(step);
-    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where << ": scale";
-    EXPECT_TRUE(same_floats(d_window.read(), window)) << where << ": window";
-    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
-    expect_outputs_match(out, cpu, c.dtype, where);
-  }
+  RangeAbsMaxMirror m(0.0f, std::vector<float>(3, 0.0f), 0);
+  expect_steps_match_cpu(m, c, {5.0f, 3.0f, 2.0f, 1.0f, 0.5f, 7.0f, 0.25f, 0.2f, 0.1f, 6.0f, 1.0f, 9.0f}, 10, 70);
+  if (HasFatalFailure()) return;
   // Ten training steps; one with non-finite values (step 9) is not applied.
-  if (n > 0) EXPECT_EQ(iter, c.specials == Specials::kNone ? 10 : 9);
+  if (c.numel > 0) EXPECT_EQ(m.iter, c.specials == Specials::kNone ? 10 : 9);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -543,34 +691,21 @@ TEST(CudaRangeAbsMaxEdges, NaNInTheRescannedWindowGivesANaNScale) {
     for (auto& w : window) w = entry(rng);
     window[evicted] = 5.0f;  // the current scale: evicting it forces the rescan
     window[nan_at] = kNaN;
-    float scale = 5.0f;
-    int64_t iter = 1000;
     std::vector<float> xv(n);
     for (auto& v : xv) v = entry(rng) - 0.55f;  // |x| < 5: the scale is not simply replaced
     const HostTensor x = host_tensor(kF32, xv);
-    const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
-    DeviceArray<float> d_scale({5.0f}), d_window(window);
-    DeviceArray<int64_t> d_iter({iter});
-    float abs_max = 0.0f;
-    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-    const float use_scale = fq::range_abs_max_update_cpu(host, abs_max);
+    RangeAbsMaxMirror m(5.0f, window, 1000);
     HostOutputs cpu(kF32, n);
-    abs_max_quant_dequant_cpu(cpu.args(x), use_scale, 8, fq::Rounding::kHalfAway);
-    EXPECT_TRUE(std::isnan(scale)) << "CPU, NaN at window position " << nan_at;
+    abs_max_quant_dequant_cpu(cpu.args(x), m.update_cpu(abs_max_cpu(x)), 8, fq::Rounding::kHalfAway);
+    EXPECT_TRUE(std::isnan(m.scale)) << "CPU, NaN at window position " << nan_at;
 
-    DeviceTensor dx(kF32, n, 0);
-    dx.upload(x);
-    DeviceOutputs out(kF32, n, 0);
-    out.poison();
-    DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
-    const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
-                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    ObserverLaunch dev(kF32, n, 0);
+    ASSERT_CUDA(m.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
     const std::string where = "NaN at window position " + std::to_string(nan_at);
-    EXPECT_TRUE(std::isnan(d_scale.read()[0])) << where;
-    EXPECT_TRUE(same_floats(d_window.read(), window)) << where;
-    EXPECT_EQ(d_iter.read()[0], 1001) << where;
-    expect_outputs_match(out, cpu, kF32, where);
+    EXPECT_TRUE(std::isnan(m.d_scale.read()[0])) << where;
+    EXPECT_TRUE(same_floats(m.d_window.read(), m.window)) << where;
+    EXPECT_EQ(m.d_iter.read()[0], 1001) << where;
+    expect_outputs_match(dev.out, cpu, kF32, where);
   }
 }
 
@@ -579,44 +714,25 @@ TEST(CudaRangeAbsMaxEdges, NaNInTheRescannedWindowGivesANaNScale) {
 // function does (the CPU binding rejects iter < 0 up front).
 TEST(CudaRangeAbsMaxEdges, NegativeIterLeavesStateAndPoisonsOutput) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 777, window_size = 5;
+  const int64_t n = 777;
   const std::vector<float> window0 = {1.0f, 2.0f, 3.0f, 0.5f, 0.25f};
-  std::vector<float> window = window0;
-  float scale = 3.0f;
-  int64_t iter = -3;
+  RangeAbsMaxMirror m(3.0f, window0, -3);
   const HostTensor x = host_tensor(kF32, random_values(n, 17, 1.0f, Specials::kNone));
-  const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
-  float abs_max = 0.0f;
-  fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-  const float use_scale = fq::range_abs_max_update_cpu(host, abs_max);
+  const float use_scale = m.update_cpu(abs_max_cpu(x));
   EXPECT_TRUE(std::isnan(use_scale));
-  EXPECT_EQ(window, window0);
-  EXPECT_EQ(scale, 3.0f);
-  EXPECT_EQ(iter, -3);
+  EXPECT_EQ(m.window, window0);
+  EXPECT_EQ(m.scale, 3.0f);
+  EXPECT_EQ(m.iter, -3);
   HostOutputs cpu(kF32, n);
   abs_max_quant_dequant_cpu(cpu.args(x), use_scale, 8, fq::Rounding::kHalfAway);
 
-  DeviceArray<float> d_scale({3.0f}), d_window(window0);
-  DeviceArray<int64_t> d_iter({-3});
-  DeviceTensor dx(kF32, n, 0);
-  dx.upload(x);
-  DeviceOutputs out(kF32, n, 0);
-  out.poison();
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
-  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
-                                                        fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
-  EXPECT_EQ(d_scale.read(), std::vector<float>{3.0f});
-  EXPECT_EQ(d_window.read(), window0);
-  EXPECT_EQ(d_iter.read(), std::vector<int64_t>{-3});
-  expect_outputs_match(out, cpu, kF32, "iter -3");
-  const std::vector<unsigned char> y = out.y.read();
-  for (int64_t i = 0; i < n; ++i) {
-    float v;
-    std::memcpy(&v, y.data() + 4 * i, 4);
-    ASSERT_TRUE(std::isnan(v)) << "element " << i;
-  }
-  for (uint8_t b : out.mask.read()) ASSERT_EQ(b, 0);
+  ObserverLaunch dev(kF32, n, 0);
+  ASSERT_CUDA(m.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
+  EXPECT_EQ(m.d_scale.read(), std::vector<float>{3.0f});
+  EXPECT_EQ(m.d_window.read(), window0);
+  EXPECT_EQ(m.d_iter.read(), std::vector<int64_t>{-3});
+  expect_outputs_match(dev.out, cpu, kF32, "iter -3");
+  expect_poisoned(dev.out, n, "iter -3");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,35 +769,8 @@ TEST_P(CudaFusedMovingAverageMinMax, StepsMatchCpuReference) {
   const int64_t n = c.outer * c.channels * c.inner;
   const int64_t channels = c.per_tensor ? 1 : c.channels;
   const int64_t channel_stride = c.per_tensor ? 1 : c.inner;
-  std::vector<float> running_min(channels, kInf), running_max(channels, -kInf), scale(channels, 1.0f);
-  std::vector<int32_t> zero_point(channels, 0);
-  int64_t observer_on = 1, fake_quant_on = 1;
-  fq::MovingAverageMinMaxState host;
-  host.observer_on = &observer_on;
-  host.fake_quant_on = &fake_quant_on;
-  host.running_min = running_min.data();
-  host.running_max = running_max.data();
-  host.scale = scale.data();
-  host.zero_point = zero_point.data();
-  host.channels = channels;
-  host.averaging_const = 0.25f;
-  host.quant_min = c.quant_min;
-  host.quant_max = c.quant_max;
-  host.symmetric = c.symmetric;
-
-  DeviceArray<float> d_min(running_min), d_max(running_max), d_scale(scale);
-  DeviceArray<int32_t> d_zp(zero_point);
-  DeviceArray<int64_t> d_observer_on({1}), d_fake_quant_on({1});
-  fq::MovingAverageMinMaxState dev = host;
-  dev.observer_on = d_observer_on.ptr;
-  dev.fake_quant_on = d_fake_quant_on.ptr;
-  dev.running_min = d_min.ptr;
-  dev.running_max = d_max.ptr;
-  dev.scale = d_scale.ptr;
-  dev.zero_point = d_zp.ptr;
-  DeviceTensor dx(c.dtype, n, c.offset);
-  DeviceOutputs out(c.dtype, n, c.offset);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({c.dtype, dx.ptr, n, channels, channel_stride}));
+  MinMaxMirror m(channels, c.quant_min, c.quant_max, c.symmetric);
+  ObserverLaunch dev(c.dtype, n, c.offset, channels, channel_stride);
 
   struct Step {
     int64_t observer_on, fake_quant_on;
@@ -690,59 +779,17 @@ TEST_P(CudaFusedMovingAverageMinMax, StepsMatchCpuReference) {
   const Step steps[] = {{1, 1, 1.0f}, {1, 1, 3.0f}, {0, 1, 0.5f}, {1, 0, 2.0f}, {0, 0, 1.0f}, {1, 1, 4.0f}};
   for (int k = 0; k < 6; ++k) {
     const Step& st = steps[k];
-    observer_on = st.observer_on;
-    fake_quant_on = st.fake_quant_on;
+    m.set_switches(st.observer_on, st.fake_quant_on);
     const Specials specials = k == 5 ? c.specials : Specials::kNone;
     const HostTensor x = host_tensor(c.dtype, random_values(n, 90 + k, st.magnitude, specials));
-    // CPU: reduce, update, quant-dequant (as the CPU binding does).
-    const bool observe = n > 0 && observer_on != 0;
-    std::vector<float> cur_min(channels), cur_max(channels);
-    if (observe) {
-      fq::reduce_cpu({x.dtype, x.bytes.data(), n, channels, channel_stride}, fq::ReduceKind::kMinMax, cur_min.data(),
-                     cur_max.data());
-    }
-    std::vector<uint8_t> rejected(channels, 0);
-    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), observe, rejected.data());
-    // As the CPU binding: the stored qparams, NaN scales where a non-finite step was not applied.
-    std::vector<float> use_scale = scale;
-    for (int64_t ch = 0; ch < channels; ++ch) {
-      if (rejected[ch]) use_scale[ch] = kNaN;
-    }
+    std::vector<uint8_t> rejected;
+    const std::vector<float> use_scale = m.update_cpu(x, channel_stride, rejected);
     HostOutputs cpu(c.dtype, n);
-    if (channels == 1) {
-      fq::PerTensorQParams qp;
-      qp.scale = use_scale.data();
-      qp.zero_point = zero_point.data();
-      qp.quant_min = c.quant_min;
-      qp.quant_max = c.quant_max;
-      qp.rounding = c.rounding;
-      qp.enabled = &fake_quant_on;
-      fq::fake_quant_per_tensor_cpu(cpu.args(x), qp);
-    } else {
-      fq::PerChannelQParams qp;
-      qp.scale = use_scale.data();
-      qp.zero_point = zero_point.data();
-      qp.channels = channels;
-      qp.channel_stride = channel_stride;
-      qp.quant_min = c.quant_min;
-      qp.quant_max = c.quant_max;
-      qp.rounding = c.rounding;
-      qp.enabled = &fake_quant_on;
-      fq::fake_quant_per_channel_cpu(cpu.args(x), qp);
-    }
-    // GPU.
-    d_observer_on.write({st.observer_on});
-    d_fake_quant_on.write({st.fake_quant_on});
-    dx.upload(x);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fused_moving_average_min_max({c.dtype, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev,
-                                                              channel_stride, c.rounding, ws.ptr, nullptr));
+    m.quant_dequant_cpu(cpu.args(x), use_scale, channel_stride, c.rounding);
+    ASSERT_CUDA(m.launch(dev.prepare(x), channel_stride, c.rounding, dev.ws.ptr));
     const std::string where = "step " + std::to_string(k);
-    EXPECT_TRUE(same_floats(d_min.read(), running_min)) << where << ": running_min";
-    EXPECT_TRUE(same_floats(d_max.read(), running_max)) << where << ": running_max";
-    EXPECT_TRUE(same_floats(d_scale.read(), scale)) << where << ": scale";
-    EXPECT_EQ(d_zp.read(), zero_point) << where << ": zero_point";
-    expect_outputs_match(out, cpu, c.dtype, where);
+    m.expect_device_matches(where);
+    expect_outputs_match(dev.out, cpu, c.dtype, where);
   }
 }
 
@@ -778,149 +825,78 @@ INSTANTIATE_TEST_SUITE_P(
 // the finite batches after it continue as if it had not come. Finding: a NaN or inf batch used
 // to enter the state for good.
 
-// Every element NaN and every mask bit 0.
-void expect_poisoned(const DeviceOutputs& out, int64_t n, const std::string& where) {
-  const std::vector<unsigned char> y = out.y.read();
-  for (int64_t i = 0; i < n; ++i) {
-    float v;
-    std::memcpy(&v, y.data() + 4 * i, 4);
-    ASSERT_TRUE(std::isnan(v)) << where << ": element " << i;
-  }
-  for (uint8_t b : out.mask.read()) ASSERT_EQ(b, 0) << where;
-}
-
 TEST(CudaObserverNonFinite, AbsMaxObserversSkipABadBatch) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 2049, window_size = 3;
+  const int64_t n = 2049;
   const Specials steps[] = {Specials::kNone, Specials::kNaNInf, Specials::kInf, Specials::kNone, Specials::kNone};
-  float scale = 0.0f, state = 0.0f, accum = 0.0f, range_scale = 0.0f;
-  std::vector<float> window(window_size, 0.0f);
-  int64_t iter = 0;
-  const fq::MovingAverageAbsMaxState ma_host{&scale, &state, &accum, 0.9f};
-  const fq::RangeAbsMaxState range_host{&range_scale, window.data(), window_size, &iter};
-  DeviceArray<float> d_scale({0.0f}), d_state({0.0f}), d_accum({0.0f}), d_range_scale({0.0f}), d_window(window);
-  DeviceArray<int64_t> d_iter({0});
-  const fq::MovingAverageAbsMaxState ma_dev{d_scale.ptr, d_state.ptr, d_accum.ptr, 0.9f};
-  const fq::RangeAbsMaxState range_dev{d_range_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
-  DeviceTensor dx(kF32, n, 0);
-  DeviceOutputs out(kF32, n, 0);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+  MovingAverageAbsMaxMirror ma(0.0f, 0.0f, 0.0f);
+  RangeAbsMaxMirror range(0.0f, std::vector<float>(3, 0.0f), 0);
+  ObserverLaunch dev(kF32, n, 0);
   for (int step = 0; step < 5; ++step) {
     const bool bad = steps[step] != Specials::kNone;
     const HostTensor x = host_tensor(kF32, random_values(n, 300 + step, 1.0f + step, steps[step]));
-    float abs_max = 0.0f;
-    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-    dx.upload(x);
+    const float abs_max = abs_max_cpu(x);
     const std::string where = "step " + std::to_string(step);
     // moving_average_abs_max
-    const float ma_before[3] = {scale, state, accum};
+    const float ma_before[3] = {ma.scale, ma.state, ma.accum};
     HostOutputs cpu(kF32, n);
-    abs_max_quant_dequant_cpu(cpu.args(x), fq::moving_average_abs_max_update_cpu(ma_host, abs_max), 8,
-                              fq::Rounding::kHalfAway);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_moving_average_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, ma_dev,
-                                                                   8, fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
-    EXPECT_TRUE(same_floats({d_scale.read()[0], d_state.read()[0], d_accum.read()[0]}, {scale, state, accum}))
-        << where << ": moving_average_abs_max state";
-    expect_outputs_match(out, cpu, kF32, where + " moving_average_abs_max");
+    abs_max_quant_dequant_cpu(cpu.args(x), ma.update_cpu(abs_max), 8, fq::Rounding::kHalfAway);
+    ASSERT_CUDA(ma.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
+    ma.expect_device_matches(where + " moving_average_abs_max");
+    expect_outputs_match(dev.out, cpu, kF32, where + " moving_average_abs_max");
     if (bad) {
-      EXPECT_TRUE(same_floats({scale, state, accum}, {ma_before[0], ma_before[1], ma_before[2]})) << where;
-      expect_poisoned(out, n, where + " moving_average_abs_max");
+      EXPECT_TRUE(same_floats({ma.scale, ma.state, ma.accum}, {ma_before[0], ma_before[1], ma_before[2]})) << where;
+      expect_poisoned(dev.out, n, where + " moving_average_abs_max");
     }
     // range_abs_max
-    const std::vector<float> window_before = window;
-    const int64_t iter_before = iter;
+    const std::vector<float> window_before = range.window;
+    const int64_t iter_before = range.iter;
     HostOutputs cpu_range(kF32, n);
-    abs_max_quant_dequant_cpu(cpu_range.args(x), fq::range_abs_max_update_cpu(range_host, abs_max), 8,
-                              fq::Rounding::kHalfAway);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, range_dev, 8,
-                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
-    EXPECT_TRUE(same_floats(d_range_scale.read(), {range_scale})) << where << ": range_abs_max scale";
-    EXPECT_TRUE(same_floats(d_window.read(), window)) << where << ": window";
-    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where << ": iter";
-    expect_outputs_match(out, cpu_range, kF32, where + " range_abs_max");
+    abs_max_quant_dequant_cpu(cpu_range.args(x), range.update_cpu(abs_max), 8, fq::Rounding::kHalfAway);
+    ASSERT_CUDA(range.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
+    range.expect_device_matches(where + " range_abs_max");
+    expect_outputs_match(dev.out, cpu_range, kF32, where + " range_abs_max");
     if (bad) {
-      EXPECT_EQ(window, window_before) << where;
-      EXPECT_EQ(iter, iter_before) << where;
-      expect_poisoned(out, n, where + " range_abs_max");
+      EXPECT_EQ(range.window, window_before) << where;
+      EXPECT_EQ(range.iter, iter_before) << where;
+      expect_poisoned(dev.out, n, where + " range_abs_max");
     }
   }
-  EXPECT_EQ(iter, 3);  // the three finite steps
-  EXPECT_TRUE(std::isfinite(scale) && std::isfinite(range_scale));
+  EXPECT_EQ(range.iter, 3);  // the three finite steps
+  EXPECT_TRUE(std::isfinite(ma.scale) && std::isfinite(range.scale));
 }
 
 TEST(CudaObserverNonFinite, MinMaxObserverSkipsOnlyTheBadChannel) {
   SKIP_WITHOUT_GPU();
   const int64_t outer = 50, channels = 4, n = outer * channels;  // channels innermost
-  std::vector<float> running_min(channels, kInf), running_max(channels, -kInf), scale(channels, 1.0f);
-  std::vector<int32_t> zero_point(channels, 0);
-  int64_t on = 1;
-  fq::MovingAverageMinMaxState host;
-  host.observer_on = &on;
-  host.fake_quant_on = &on;
-  host.running_min = running_min.data();
-  host.running_max = running_max.data();
-  host.scale = scale.data();
-  host.zero_point = zero_point.data();
-  host.channels = channels;
-  host.averaging_const = 0.25f;
-  host.quant_min = 0;
-  host.quant_max = 255;
-  DeviceArray<float> d_min(running_min), d_max(running_max), d_scale(scale);
-  DeviceArray<int32_t> d_zp(zero_point);
-  DeviceArray<int64_t> d_on({1});
-  fq::MovingAverageMinMaxState dev = host;
-  dev.observer_on = d_on.ptr;
-  dev.fake_quant_on = d_on.ptr;
-  dev.running_min = d_min.ptr;
-  dev.running_max = d_max.ptr;
-  dev.scale = d_scale.ptr;
-  dev.zero_point = d_zp.ptr;
-  DeviceTensor dx(kF32, n, 0);
-  DeviceOutputs out(kF32, n, 0);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n, channels, 1}));
+  MinMaxMirror m(channels, 0, 255, false);
+  ObserverLaunch dev(kF32, n, 0, channels, 1);
   for (int step = 0; step < 4; ++step) {
     std::vector<float> v = random_values(n, 500 + step, 1.0f + step, Specials::kNone);
     const int64_t bad_channel = 2;
     if (step == 1) v[7 * channels + bad_channel] = kNaN;
     if (step == 2) v[3 * channels + bad_channel] = -kInf;
     const HostTensor x = host_tensor(kF32, v);
-    std::vector<float> cur_min(channels), cur_max(channels);
-    fq::reduce_cpu({kF32, x.bytes.data(), n, channels, 1}, fq::ReduceKind::kMinMax, cur_min.data(), cur_max.data());
-    const float min_before = running_min[bad_channel], max_before = running_max[bad_channel];
-    std::vector<uint8_t> rejected(channels, 0);
-    fq::moving_average_min_max_update_cpu(host, cur_min.data(), cur_max.data(), true, rejected.data());
-    std::vector<float> use_scale = scale;
+    const float min_before = m.running_min[bad_channel], max_before = m.running_max[bad_channel];
+    std::vector<uint8_t> rejected;
+    const std::vector<float> use_scale = m.update_cpu(x, 1, rejected);
     for (int64_t c = 0; c < channels; ++c) {
       EXPECT_EQ(rejected[c], (step == 1 || step == 2) && c == bad_channel ? 1 : 0) << "step " << step;
-      if (rejected[c]) use_scale[c] = kNaN;
     }
     if (step == 1 || step == 2) {
-      EXPECT_EQ(running_min[bad_channel], min_before);
-      EXPECT_EQ(running_max[bad_channel], max_before);
+      EXPECT_EQ(m.running_min[bad_channel], min_before);
+      EXPECT_EQ(m.running_max[bad_channel], max_before);
     }
     HostOutputs cpu(kF32, n);
-    fq::PerChannelQParams qp;
-    qp.scale = use_scale.data();
-    qp.zero_point = zero_point.data();
-    qp.channels = channels;
-    qp.channel_stride = 1;
-    qp.quant_min = 0;
-    qp.quant_max = 255;
-    fq::fake_quant_per_channel_cpu(cpu.args(x), qp);
-    dx.upload(x);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fused_moving_average_min_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 1,
-                                                              fq::Rounding::kHalfEven, ws.ptr, nullptr));
+    m.quant_dequant_cpu(cpu.args(x), use_scale, 1, fq::Rounding::kHalfEven);
+    ASSERT_CUDA(m.launch(dev.prepare(x), 1, fq::Rounding::kHalfEven, dev.ws.ptr));
     const std::string where = "step " + std::to_string(step);
-    EXPECT_TRUE(same_floats(d_min.read(), running_min)) << where;
-    EXPECT_TRUE(same_floats(d_max.read(), running_max)) << where;
-    EXPECT_TRUE(same_floats(d_scale.read(), scale)) << where;
-    EXPECT_EQ(d_zp.read(), zero_point) << where;
-    expect_outputs_match(out, cpu, kF32, where);
+    m.expect_device_matches(where);
+    expect_outputs_match(dev.out, cpu, kF32, where);
   }
-  for (int64_t c = 0; c < channels; ++c) EXPECT_TRUE(std::isfinite(running_min[c]) && std::isfinite(running_max[c]));
+  for (int64_t c = 0; c < channels; ++c) {
+    EXPECT_TRUE(std::isfinite(m.running_min[c]) && std::isfinite(m.running_max[c]));
+  }
 }
 
 // Finding: iter + 1 overflowed at INT64_MAX (undefined behaviour). The counter continues as
@@ -929,37 +905,23 @@ TEST(CudaRangeAbsMaxEdges, IterAtInt64MaxContinuesWithoutOverflow) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 500, window_size = 5;
   const int64_t max_iter = std::numeric_limits<int64_t>::max();
-  std::vector<float> window = {0.5f, 2.0f, 1.0f, 0.25f, 0.75f};
-  float scale = 2.0f;
-  int64_t iter = max_iter - 1;
-  const fq::RangeAbsMaxState host{&scale, window.data(), window_size, &iter};
-  DeviceArray<float> d_scale({scale}), d_window(window);
-  DeviceArray<int64_t> d_iter({iter});
-  const fq::RangeAbsMaxState dev{d_scale.ptr, d_window.ptr, window_size, d_iter.ptr};
-  DeviceTensor dx(kF32, n, 0);
-  DeviceOutputs out(kF32, n, 0);
-  DeviceBuffer<unsigned char> ws(fq::cuda::observer_workspace_bytes({kF32, dx.ptr, n}));
+  RangeAbsMaxMirror m(2.0f, {0.5f, 2.0f, 1.0f, 0.25f, 0.75f}, max_iter - 1);
+  ObserverLaunch dev(kF32, n, 0);
   for (int step = 0; step < 4; ++step) {
     const HostTensor x = host_tensor(kF32, random_values(n, 700 + step, 0.5f + step, Specials::kNone));
-    float abs_max = 0.0f;
-    fq::reduce_cpu({kF32, x.bytes.data(), n}, fq::ReduceKind::kAbsMax, &abs_max, nullptr);
-    const int64_t slot = iter % window_size;
+    const float abs_max = abs_max_cpu(x);
+    const int64_t slot = m.iter % window_size;
     HostOutputs cpu(kF32, n);
-    abs_max_quant_dequant_cpu(cpu.args(x), fq::range_abs_max_update_cpu(host, abs_max), 8, fq::Rounding::kHalfAway);
-    EXPECT_EQ(window[slot], abs_max);
-    EXPECT_GE(iter, window_size);
-    EXPECT_EQ(iter % window_size, (slot + 1) % window_size);
-    dx.upload(x);
-    out.poison();
-    ASSERT_CUDA(fq::cuda::launch_fake_quant_range_abs_max({kF32, dx.ptr, out.y.ptr, out.mask.ptr, n}, dev, 8,
-                                                          fq::Rounding::kHalfAway, true, ws.ptr, nullptr));
+    abs_max_quant_dequant_cpu(cpu.args(x), m.update_cpu(abs_max), 8, fq::Rounding::kHalfAway);
+    EXPECT_EQ(m.window[slot], abs_max);
+    EXPECT_GE(m.iter, window_size);
+    EXPECT_EQ(m.iter % window_size, (slot + 1) % window_size);
+    ASSERT_CUDA(m.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
     const std::string where = "step " + std::to_string(step);
-    EXPECT_EQ(d_iter.read(), std::vector<int64_t>{iter}) << where;
-    EXPECT_TRUE(same_floats(d_window.read(), window)) << where;
-    EXPECT_TRUE(same_floats(d_scale.read(), {scale})) << where;
-    expect_outputs_match(out, cpu, kF32, where);
+    m.expect_device_matches(where);
+    expect_outputs_match(dev.out, cpu, kF32, where);
   }
-  EXPECT_EQ(iter, window_size + (max_iter % window_size + 1) % window_size + 2);
+  EXPECT_EQ(m.iter, window_size + (max_iter % window_size + 1) % window_size + 2);
 }
 
 // ---------------------------------------------------------------------------------------

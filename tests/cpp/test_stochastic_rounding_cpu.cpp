@@ -16,7 +16,10 @@
 #include "fakequant/fake_quant.h"
 #include "fakequant/quant_math.h"
 
+#include "test_util.h"
+
 namespace fq = fakequant;
+using namespace fakequant_test;
 
 namespace {
 
@@ -71,16 +74,6 @@ Expected reference_float_zp(float x, float scale, float zp, int qmin, int qmax, 
   const double q = floor_plus_u(std::fmaf(x, inv, zp), r);
   const double c = std::min<double>(std::max<double>(q, qmin), qmax);
   return {static_cast<float>((c - static_cast<double>(zp)) * static_cast<double>(scale)), q >= qmin && q <= qmax};
-}
-
-bool mask_bit(const std::vector<uint8_t>& mask, int64_t i) { return (mask[i / 8] >> (i % 8)) & 1u; }
-
-std::vector<float> random_inputs(int64_t n, float spread, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, spread);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
 }
 
 std::array<int64_t, 2> random_seed(uint32_t s) {

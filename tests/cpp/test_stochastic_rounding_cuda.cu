@@ -78,12 +78,7 @@ void check_per_tensor(int64_t n, Placement at, const TensorQParams& q, const See
                                 << " enabled=" << (enabled ? std::to_string(*enabled) : "none");
   };
   ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
-  const std::vector<uint8_t> m_gpu = dm.download("mask");
-  if (with_mask) {
-    ASSERT_TRUE(same_bits(m_cpu, m_gpu)) << where();
-  } else {
-    for (uint8_t b : m_gpu) ASSERT_EQ(b, kMaskPoison) << where() << ": mask written although null";
-  }
+  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), with_mask)) << where();
   ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();
 }
 
@@ -198,21 +193,12 @@ void check_per_channel(ChannelLayout l, Placement at, bool float_zp, int32_t qmi
                        std::optional<int64_t> enabled = std::nullopt, bool bad_channels = false) {
   const int64_t n = l.outer * l.channels * l.inner;
   const int64_t channels = l.channels;
-  std::mt19937 rng(static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out));
-  std::uniform_real_distribution<float> scale_dist(0.005f, 0.05f);
-  std::uniform_real_distribution<float> zp_dist(static_cast<float>(qmin), static_cast<float>(qmax));
-  std::vector<float> scales(channels), zps_f(channels);
-  std::vector<int32_t> zps_i(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    scales[c] = c % 3 == 0 ? std::ldexp(1.0f, -3 - static_cast<int>(c % 5)) : scale_dist(rng);
-    zps_f[c] = zp_dist(rng);
-    zps_i[c] = static_cast<int32_t>(std::lround(zps_f[c]));
-  }
-  if (bad_channels) {  // 0: negative scale, 1: zero point out of range / NaN, 2: NaN, 3: inf, 4: subnormal
-    const float bad_scales[] = {-0.5f, 0.1f, NAN, INFINITY, 1e-39f};
-    for (int64_t c = 0; c < std::min<int64_t>(channels, 5); ++c) scales[c] = bad_scales[c];
-    if (channels > 1) zps_i[1] = qmin - 1, zps_f[1] = NAN;
-  }
+  ChannelQParams q =
+      random_channel_qparams(channels, static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out), qmin, qmax);
+  if (bad_channels) make_bad_channels(q, qmin - 1);  // below the range (the deterministic tests take above)
+  const std::vector<float>& scales = q.scales;
+  const std::vector<float>& zps_f = q.zps_f;
+  const std::vector<int32_t>& zps_i = q.zps_i;
   const float spread = static_cast<float>(qmax - qmin) * 0.02f;
   const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
   const int64_t enabled_value = enabled.value_or(1);

@@ -47,26 +47,20 @@
 
 // --- intrinsics (the exact IEEE operations they name; no contraction: -ffp-contract=off) --
 
-inline unsigned int __float_as_uint(float x) {
-  unsigned int u;
-  std::memcpy(&u, &x, 4);
-  return u;
+namespace fqemu {
+// The reinterpretation intrinsics: the same four bytes read as another type.
+template <typename To, typename From>
+inline To reinterpret_bits(From v) {
+  static_assert(sizeof(To) == sizeof(From), "the intrinsics reinterpret four bytes");
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
 }
-inline int __float_as_int(float x) {
-  int i;
-  std::memcpy(&i, &x, 4);
-  return i;
-}
-inline float __uint_as_float(unsigned int u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-inline float __int_as_float(int i) {
-  float x;
-  std::memcpy(&x, &i, 4);
-  return x;
-}
+}  // namespace fqemu
+inline unsigned int __float_as_uint(float x) { return ::fqemu::reinterpret_bits<unsigned int>(x); }
+inline int __float_as_int(float x) { return ::fqemu::reinterpret_bits<int>(x); }
+inline float __uint_as_float(unsigned int u) { return ::fqemu::reinterpret_bits<float>(u); }
+inline float __int_as_float(int i) { return ::fqemu::reinterpret_bits<float>(i); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

@@ -193,14 +193,19 @@ cudaError_t record(cudaError_t e) {
   return e;
 }
 
+// One line on stderr: "[cuda-emu] ", the prefix, the formatted message.
+void report(const char* prefix, const char* format, va_list ap) {
+  std::fprintf(stderr, "[cuda-emu] %s", prefix);
+  std::vfprintf(stderr, format, ap);
+  std::fprintf(stderr, "\n");
+}
+
 cudaError_t refuse(cudaError_t e, const char* format, ...) __attribute__((format(printf, 2, 3)));
 cudaError_t refuse(cudaError_t e, const char* format, ...) {
-  std::fprintf(stderr, "[cuda-emu] ");
   va_list ap;
   va_start(ap, format);
-  std::vfprintf(stderr, format, ap);
+  report("", format, ap);
   va_end(ap);
-  std::fprintf(stderr, "\n");
   return record(e);
 }
 
@@ -407,12 +412,10 @@ void run_block(unsigned n) {
 // --- the runtime interface (fqemu.h) -----------------------------------------------------
 
 void fail(const char* format, ...) {
-  std::fprintf(stderr, "[cuda-emu] error: ");
   va_list ap;
   va_start(ap, format);
-  std::vfprintf(stderr, format, ap);
+  report("error: ", format, ap);
   va_end(ap);
-  std::fprintf(stderr, "\n");
   std::fflush(stderr);
   std::abort();
 }

@@ -717,6 +717,14 @@ void check_cpu_kernel(Input& in) {
   const int64_t enabled = disabled ? 0 : 1;
   fq::FakeQuantArgs args{dtype, input.data() + data_offset, output.data() + data_offset, mask_data, numel};
   const int64_t split = split_choice % (groups + 1);
+  // The fields both kinds of qparams have: the range, the rounding, its seed and the switch.
+  const auto set_shared_qparams = [&](auto& qp) {
+    qp.quant_min = range.quant_min;
+    qp.quant_max = range.quant_max;
+    qp.rounding = mode;
+    qp.seed = mode == fq::Rounding::kStochastic ? seed : nullptr;
+    qp.enabled = (switches & 16) ? &enabled : nullptr;
+  };
   if (per_channel) {
     fq::PerChannelQParams qp;
     qp.scale = scale.data();
@@ -724,22 +732,14 @@ void check_cpu_kernel(Input& in) {
     qp.zero_point_type = float_zero_point ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
     qp.channels = channels;
     qp.channel_stride = inner;
-    qp.quant_min = range.quant_min;
-    qp.quant_max = range.quant_max;
-    qp.rounding = mode;
-    qp.seed = mode == fq::Rounding::kStochastic ? seed : nullptr;
-    qp.enabled = (switches & 16) ? &enabled : nullptr;
+    set_shared_qparams(qp);
     fq::fake_quant_per_channel_cpu_range(args, qp, split, groups);
     fq::fake_quant_per_channel_cpu_range(args, qp, 0, split);
   } else {
     fq::PerTensorQParams qp;
     qp.scale = &scale[0];
     qp.zero_point = &int_zp[0];
-    qp.quant_min = range.quant_min;
-    qp.quant_max = range.quant_max;
-    qp.rounding = mode;
-    qp.seed = mode == fq::Rounding::kStochastic ? seed : nullptr;
-    qp.enabled = (switches & 16) ? &enabled : nullptr;
+    set_shared_qparams(qp);
     fq::fake_quant_per_tensor_cpu_range(args, qp, split, groups);
     fq::fake_quant_per_tensor_cpu_range(args, qp, 0, split);
   }

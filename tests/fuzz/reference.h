@@ -74,37 +74,29 @@ inline float round_with(float v, Mode mode, uint32_t random) {
 // ---------------------------------------------------------------------------------------
 // 16-bit floats.
 
-inline float half_to_float(uint16_t h) {
-  const bool negative = (h & 0x8000u) != 0;
-  const int exponent = (h >> 10) & 0x1F;
-  const int mantissa = h & 0x3FF;
+// A 16-bit float with `mantissa_bits` stored mantissa bits: sign, 15 - mantissa_bits exponent
+// bits (IEEE bias), mantissa. fp16 has 10 mantissa bits, bfloat16 7.
+inline float sixteen_bit_to_float(uint16_t v, int mantissa_bits) {
+  const int exponent_bits = 15 - mantissa_bits;
+  const int max_exponent = (1 << exponent_bits) - 1;
+  const int bias = max_exponent / 2;
+  const bool negative = (v & 0x8000u) != 0;
+  const int exponent = (v >> mantissa_bits) & max_exponent;
+  const int mantissa = v & ((1 << mantissa_bits) - 1);
   double magnitude;
-  if (exponent == 0x1F) {
+  if (exponent == max_exponent) {
     magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
   } else if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<double>(mantissa), -24);
+    magnitude = std::ldexp(static_cast<double>(mantissa), 1 - bias - mantissa_bits);
   } else {
-    magnitude = std::ldexp(static_cast<double>(1024 + mantissa), exponent - 25);
+    magnitude = std::ldexp(static_cast<double>((1 << mantissa_bits) + mantissa), exponent - bias - mantissa_bits);
   }
   const float f = static_cast<float>(magnitude);
   return negative ? -f : f;
 }
 
-inline float bfloat16_to_float(uint16_t b) {
-  const bool negative = (b & 0x8000u) != 0;
-  const int exponent = (b >> 7) & 0xFF;
-  const int mantissa = b & 0x7F;
-  double magnitude;
-  if (exponent == 0xFF) {
-    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<double>(mantissa), -133);
-  } else {
-    magnitude = std::ldexp(static_cast<double>(128 + mantissa), exponent - 134);
-  }
-  const float f = static_cast<float>(magnitude);
-  return negative ? -f : f;
-}
+inline float half_to_float(uint16_t h) { return sixteen_bit_to_float(h, 10); }
+inline float bfloat16_to_float(uint16_t b) { return sixteen_bit_to_float(b, 7); }
 
 // Every NaN stores the canonical 0x7FFF (docs/numerics.md, "16-bit floats").
 constexpr uint16_t kCanonicalNaN16 = 0x7FFF;
@@ -121,31 +113,29 @@ inline double round_to_format(double a, int mantissa_bits, int min_exponent) {
   return std::ldexp(round_ties(units, true), spacing_exp);
 }
 
-inline uint16_t float_to_half(float v) {
+// v rounded to nearest-even into the format of sixteen_bit_to_float: past the largest finite
+// value inf, below the smallest normal the subnormal spacing, every NaN canonical.
+inline uint16_t float_to_sixteen_bit(float v, int mantissa_bits) {
   if (std::isnan(v)) return kCanonicalNaN16;
+  const int max_exponent = (1 << (15 - mantissa_bits)) - 1;
+  const int bias = max_exponent / 2;
   const uint16_t sign = std::signbit(v) ? 0x8000u : 0u;
   const double a = std::fabs(static_cast<double>(v));
   if (a == 0.0) return sign;
-  const double r = std::isinf(a) ? a : round_to_format(a, 10, -14);
-  if (r >= 65536.0) return static_cast<uint16_t>(sign | 0x7C00u);  // past 65504: inf
-  if (r < 0x1p-14) return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::ldexp(r, 24)));
+  const double r = std::isinf(a) ? a : round_to_format(a, mantissa_bits, 1 - bias);
+  if (r >= std::ldexp(1.0, bias + 1)) return static_cast<uint16_t>(sign | (max_exponent << mantissa_bits));
+  if (r < std::ldexp(1.0, 1 - bias)) {
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::ldexp(r, mantissa_bits + bias - 1)));
+  }
   int e2;
   std::frexp(r, &e2);
   const int exponent = e2 - 1;
-  const int mantissa = static_cast<int>(std::ldexp(r, 10 - exponent)) - 1024;
-  return static_cast<uint16_t>(sign | ((exponent + 15) << 10) | mantissa);
+  const int mantissa = static_cast<int>(std::ldexp(r, mantissa_bits - exponent)) - (1 << mantissa_bits);
+  return static_cast<uint16_t>(sign | ((exponent + bias) << mantissa_bits) | mantissa);
 }
 
-inline uint16_t float_to_bfloat16(float v) {
-  if (std::isnan(v)) return kCanonicalNaN16;
-  const uint16_t sign = std::signbit(v) ? 0x8000u : 0u;
-  const double a = std::fabs(static_cast<double>(v));
-  if (a == 0.0) return sign;
-  const double r = std::isinf(a) ? a : round_to_format(a, 7, -126);
-  if (r >= 0x1p128) return static_cast<uint16_t>(sign | 0x7F80u);
-  // r is a bfloat16 value, so a float, whose upper 16 bits hold all of it.
-  return static_cast<uint16_t>(sign | (bits_of(static_cast<float>(r)) >> 16));
-}
+inline uint16_t float_to_half(float v) { return float_to_sixteen_bit(v, 10); }
+inline uint16_t float_to_bfloat16(float v) { return float_to_sixteen_bit(v, 7); }
 
 // ---------------------------------------------------------------------------------------
 // Quant-dequant (docs/numerics.md, "Affine quant-dequant", "Per-channel").
@@ -180,6 +170,18 @@ struct QuantDequant {
 // left behind: the element saturates and its level needs no exact integer.
 constexpr float kSaturated = 1048576.0f;  // 2^20
 
+// The level of a rounded value r plus `offset`, clamped to the range, and whether it lay in
+// the range; an r too large for an integer saturates (out of range).
+struct Clamped {
+  int64_t level;
+  bool in_range;
+};
+inline Clamped clamp_level(float r, int64_t offset, int32_t quant_min, int32_t quant_max) {
+  if (!(std::fabs(r) < kSaturated)) return {r > 0.0f ? quant_max : quant_min, false};
+  const int64_t q = static_cast<int64_t>(r) + offset;
+  return {std::min<int64_t>(std::max<int64_t>(q, quant_min), quant_max), q >= quant_min && q <= quant_max};
+}
+
 // Integer zero point: q = round(x * inv) + zp with inv = fp32(1 / scale), the product rounded
 // once to fp32; y = (clamp(q) - zp) * scale rounded once to fp32. The level is an integer
 // (ATen converts it to int64), so a zero output is +0.
@@ -188,19 +190,9 @@ inline QuantDequant quant_dequant_int_zp(float x, float scale, int32_t zero_poin
   if (std::isnan(x)) return {x, false};  // NaN passes through with its bits, mask 0
   const float inv = static_cast<float>(1.0 / static_cast<double>(scale));
   const float product = static_cast<float>(static_cast<double>(x) * static_cast<double>(inv));
-  const float r = round_with(product, mode, random);
-  int64_t clamped;
-  bool in_range;
-  if (!(std::fabs(r) < kSaturated)) {
-    in_range = false;
-    clamped = r > 0.0f ? quant_max : quant_min;
-  } else {
-    const int64_t q = static_cast<int64_t>(r) + zero_point;
-    in_range = q >= quant_min && q <= quant_max;
-    clamped = std::min<int64_t>(std::max<int64_t>(q, quant_min), quant_max);
-  }
-  const double y = static_cast<double>(clamped - zero_point) * static_cast<double>(scale);  // exact
-  return {static_cast<float>(y), in_range};
+  const Clamped c = clamp_level(round_with(product, mode, random), zero_point, quant_min, quant_max);
+  const double y = static_cast<double>(c.level - zero_point) * static_cast<double>(scale);  // exact
+  return {static_cast<float>(y), c.in_range};
 }
 
 // Float zero point (ATen's per-channel path): q = round(fp32(fma(x, inv, zp))), an integer;
@@ -210,19 +202,9 @@ inline QuantDequant quant_dequant_float_zp(float x, float scale, float zero_poin
   if (std::isnan(x)) return {x, false};
   const float inv = static_cast<float>(1.0 / static_cast<double>(scale));
   const float shifted = fma_to_float(x, inv, zero_point);
-  const float r = round_with(shifted, mode, random);
-  int64_t clamped;
-  bool in_range;
-  if (!(std::fabs(r) < kSaturated)) {
-    in_range = false;
-    clamped = r > 0.0f ? quant_max : quant_min;
-  } else {
-    const int64_t q = static_cast<int64_t>(r);
-    in_range = q >= quant_min && q <= quant_max;
-    clamped = std::min<int64_t>(std::max<int64_t>(q, quant_min), quant_max);
-  }
-  const double y = (static_cast<double>(clamped) - static_cast<double>(zero_point)) * static_cast<double>(scale);
-  return {static_cast<float>(y), in_range};
+  const Clamped c = clamp_level(round_with(shifted, mode, random), 0, quant_min, quant_max);
+  const double y = (static_cast<double>(c.level) - static_cast<double>(zero_point)) * static_cast<double>(scale);
+  return {static_cast<float>(y), c.in_range};
 }
 
 // ---------------------------------------------------------------------------------------
