@@ -126,13 +126,20 @@ class Nested(nn.Module):
         return self.head(x.flatten(2))
 
 
-def test_fuse_conv_bn_does_not_fuse_by_order_when_the_forward_does_not_feed_the_bn():
-    gen = torch.Generator().manual_seed(20)
-    model = trained_like(OrderIsNotFlow(), gen)
+@pytest.mark.parametrize("make, seed, match, unfused", [
+    # the forward does not feed the BN from the conv before it in the Sequential: no fusion by order
+    pytest.param(OrderIsNotFlow, 20, r"does not trace with torch.fx.*stay unfused: \['seq.1'\]", {"seq.1"},
+                 id="order_is_not_flow"),
+    # conv and BN are attributes of the untraceable module: named in the warning
+    pytest.param(Attributes, 22, r"Attributes does not trace.*stay unfused: \['bn'\]", {"bn"}, id="attributes"),
+])
+def test_fuse_conv_bn_warns_and_leaves_a_pair_no_graph_proves(make, seed, match, unfused):
+    gen = torch.Generator().manual_seed(seed)
+    model = trained_like(make(), gen)
     x = torch.randn(2, 3, 6, 6, generator=gen)
-    with pytest.warns(UserWarning, match=r"does not trace with torch.fx.*stay unfused: \['seq.1'\]"):
+    with pytest.warns(UserWarning, match=match):
         fused = fakequant.fuse_conv_bn(model)
-    assert batch_norms(fused) == {"seq.1"}
+    assert batch_norms(fused) == unfused
     torch.testing.assert_close(fused(x), model(x), rtol=0, atol=0)  # nothing was fused
 
 
@@ -146,16 +153,6 @@ def test_fuse_conv_bn_fuses_the_pair_the_graph_of_a_sequential_subclass_proves()
     assert not batch_norms(fused)
     assert fused.block[2].bias is not None  # the BN went into the conv that feeds it (child 2, not child 0)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
-
-
-def test_fuse_conv_bn_warns_about_attributes_of_an_untraceable_module():
-    gen = torch.Generator().manual_seed(22)
-    model = trained_like(Attributes(), gen)
-    x = torch.randn(2, 3, 6, 6, generator=gen)
-    with pytest.warns(UserWarning, match=r"Attributes does not trace.*stay unfused: \['bn'\]"):
-        fused = fakequant.fuse_conv_bn(model)
-    assert batch_norms(fused) == {"bn"}
-    torch.testing.assert_close(fused(x), model(x), rtol=0, atol=0)
 
 
 def test_fuse_conv_bn_fuses_what_traceable_parts_and_plain_sequentials_prove():

@@ -12,23 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakequant
-
-try:
-    import torch.ao.quantization as aq
-
-    HAS_AO = True
-except ImportError:
-    HAS_AO = False
+from qat_helpers import HAS_AO, aq, single_thread
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     """Batches of 64 12x12 images: thread start-up costs more than it saves (and far more on a
     shared machine), so this test trains on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 def make_bars(n, gen, size=12, noise=0.35):

@@ -9,35 +9,7 @@ from torch import nn
 
 import fakequant
 from fakequant.nn import qat
-
-try:
-    import torch.ao.nn.intrinsic as nni
-    import torch.ao.nn.intrinsic.qat as nniqat
-    import torch.ao.nn.qat as nnqat
-    import torch.ao.quantization as aq
-
-    HAS_AO = True
-except ImportError:  # torch.ao.quantization removed
-    HAS_AO = False
-
-needs_ao = pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.quantization")
-
-
-def ao_qconfig():
-    """Weight fake quant = per-channel symmetric min/max (qint8); the observer keeps the range
-    of every call, which equals the current weight's while the weight does not change."""
-    weight = aq.FakeQuantize.with_args(observer=aq.PerChannelMinMaxObserver, quant_min=-128, quant_max=127,
-                                       dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    return aq.QConfig(activation=aq.FakeQuantize.with_args(observer=aq.MovingAverageMinMaxObserver), weight=weight)
-
-
-def randomize_bn(bn, gen):
-    with torch.no_grad():
-        bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
-        bn.bias.copy_(torch.randn(bn.num_features, generator=gen))
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
-
+from qat_helpers import HAS_AO, ao_qconfig, aq, needs_ao, nni, nniqat, nnqat, randomize_bn
 
 CONV_CASES = [
     dict(in_channels=6, out_channels=8, kernel_size=3, padding=1, bias=True),

@@ -18,15 +18,9 @@ from torch import nn
 
 import fakequant
 from fakequant.nn import qat
+from qat_helpers import aq, needs_ao, single_thread
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
-try:
-    import torch.ao.quantization as aq
-
-    HAS_AO = True
-except ImportError:
-    HAS_AO = False
 
 BATCH = 64
 PADDLE_CONFIGS = {
@@ -42,10 +36,8 @@ PADDLE_CONFIGS = {
 def one_thread():
     """Batches of 64 8x8 images: thread start-up costs more than it saves (and far more on a
     shared machine), so these tests train on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 class DigitsCNN(nn.Module):
@@ -211,7 +203,7 @@ def prepare_qat(model, qconfig):
     return aq.prepare_qat(m, mapping=qat.get_qat_module_mappings())
 
 
-@pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.quantization")
+@needs_ao
 @pytest.mark.parametrize("qconfig", list(TORCH_AO_QCONFIGS))
 def test_torch_ao_eager_recipe_digits(digits, float_model, qconfig):
     """Eager only: torch.ao's eager flow runs its activation observers from forward hooks, which

@@ -26,18 +26,9 @@ from fakequant.nn import (
     qat,
 )
 from fakequant.qconfig import get_qat_qconfig
+from qat_helpers import aq, needs_ao, nniqat, randomize_bn
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-try:
-    import torch.ao.nn.intrinsic.qat as nniqat
-    import torch.ao.quantization as aq
-
-    HAS_AO = True
-except ImportError:  # torch.ao.quantization removed
-    HAS_AO = False
-
-needs_ao = pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.quantization")
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -52,14 +43,6 @@ def qconfig_of(kind):
     if kind == "pytorch_abs_max":
         return get_qat_qconfig("pytorch", weight_quantize_type="abs_max")
     return get_qat_qconfig("paddle")
-
-
-def randomize_bn(bn, gen=None):
-    with torch.no_grad():
-        bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
-        bn.bias.copy_(torch.randn(bn.num_features, generator=gen))
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
 
 
 def symmetric_scale(w, qmin, qmax, dims):
@@ -624,36 +607,42 @@ def test_evaluating_right_after_prepare_qat_is_close_to_float():
 # Bad input: validated once, at construction, with the ops' ranges
 
 
-def test_constructor_arguments_are_validated_with_the_ops_ranges():
-    with pytest.raises(TypeError, match=r"MovingAverageAbsMaxFakeQuantize: bits must be an integer, got 8.7"):
-        MovingAverageAbsMaxFakeQuantize(bits=8.7)
-    with pytest.raises(TypeError, match=r"bits must be an integer, got True"):
-        RangeAbsMaxFakeQuantize(bits=True)
-    with pytest.raises(ValueError, match=r"bits must lie in \[2, 16\], got 17"):
-        RangeAbsMaxFakeQuantize(bits=17)
-    with pytest.raises(TypeError, match=r"RangeAbsMaxFakeQuantize: window_size must be an integer, got 2.5"):
-        RangeAbsMaxFakeQuantize(window_size=2.5)
-    with pytest.raises(ValueError, match=r"window_size must be >= 1, got 0"):
-        RangeAbsMaxFakeQuantize(window_size=0)
-    for rate in (1.0, -0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match=r"moving_rate must lie in \[0.0, 1.0\)"):
-            MovingAverageAbsMaxFakeQuantize(moving_rate=rate)
-    for const in (1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"averaging_constant must lie in \[0.0, 1.0\]"):
-            MovingAverageMinMaxFakeQuantize(averaging_constant=const)
-    with pytest.raises(TypeError, match=r"AbsMaxWeightFakeQuantize: quant_max must be an integer, got 127.5"):
-        AbsMaxWeightFakeQuantize(quant_min=-127, quant_max=127.5)
-    with pytest.raises(ValueError, match=r"eps must be finite and >= 1.17"):
-        AbsMaxWeightFakeQuantize(eps=0.0)
-    with pytest.raises(ValueError, match=r"LearnableFakeQuantize: scale must lie in"):
-        LearnableFakeQuantize(scale=0.0)
-    with pytest.raises(TypeError, match=r"ch_axis must be an integer, got 0.5"):
-        MovingAveragePerChannelMinMaxFakeQuantize(ch_axis=0.5)
-    with pytest.raises(ValueError, match=r"get_qat_qconfig: weight_bits must lie in \[2, 16\], got 1"):
-        get_qat_qconfig("paddle", weight_bits=1)
-    with pytest.raises(ValueError, match=r"get_qat_qconfig: moving_rate must lie in \[0.0, 1.0\), got 1.0"):
-        get_qat_qconfig("paddle", moving_rate=1.0)
-    # The ends the ops accept are accepted, and run.
+def paddle_qconfig(**kwargs):
+    return get_qat_qconfig("paddle", **kwargs)
+
+
+#: ``(constructor, keyword arguments, error, message)``: arguments refused with the ops' ranges.
+BAD_ARGUMENTS = [
+    (MovingAverageAbsMaxFakeQuantize, {"bits": 8.7}, TypeError,
+     r"MovingAverageAbsMaxFakeQuantize: bits must be an integer, got 8.7"),
+    (RangeAbsMaxFakeQuantize, {"bits": True}, TypeError, r"bits must be an integer, got True"),
+    (RangeAbsMaxFakeQuantize, {"bits": 17}, ValueError, r"bits must lie in \[2, 16\], got 17"),
+    (RangeAbsMaxFakeQuantize, {"window_size": 2.5}, TypeError,
+     r"RangeAbsMaxFakeQuantize: window_size must be an integer, got 2.5"),
+    (RangeAbsMaxFakeQuantize, {"window_size": 0}, ValueError, r"window_size must be >= 1, got 0"),
+    *[(MovingAverageAbsMaxFakeQuantize, {"moving_rate": rate}, ValueError, r"moving_rate must lie in \[0.0, 1.0\)")
+      for rate in (1.0, -0.1, float("nan"), float("inf"))],
+    *[(MovingAverageMinMaxFakeQuantize, {"averaging_constant": const}, ValueError,
+       r"averaging_constant must lie in \[0.0, 1.0\]") for const in (1.5, float("nan"))],
+    (AbsMaxWeightFakeQuantize, {"quant_min": -127, "quant_max": 127.5}, TypeError,
+     r"AbsMaxWeightFakeQuantize: quant_max must be an integer, got 127.5"),
+    (AbsMaxWeightFakeQuantize, {"eps": 0.0}, ValueError, r"eps must be finite and >= 1.17"),
+    (LearnableFakeQuantize, {"scale": 0.0}, ValueError, r"LearnableFakeQuantize: scale must lie in"),
+    (MovingAveragePerChannelMinMaxFakeQuantize, {"ch_axis": 0.5}, TypeError, r"ch_axis must be an integer, got 0.5"),
+    (paddle_qconfig, {"weight_bits": 1}, ValueError, r"get_qat_qconfig: weight_bits must lie in \[2, 16\], got 1"),
+    (paddle_qconfig, {"moving_rate": 1.0}, ValueError,
+     r"get_qat_qconfig: moving_rate must lie in \[0.0, 1.0\), got 1.0"),
+]
+
+
+@pytest.mark.parametrize("make, kwargs, error, match", BAD_ARGUMENTS,
+                         ids=[f"{make.__name__}{kwargs}" for make, kwargs, *_ in BAD_ARGUMENTS])
+def test_constructor_arguments_are_validated_with_the_ops_ranges(make, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make(**kwargs)
+
+
+def test_constructor_arguments_at_the_ends_of_the_ops_ranges_are_accepted_and_run():
     x = torch.randn(4, 5)
     for m in (MovingAverageAbsMaxFakeQuantize(moving_rate=0.0), MovingAverageAbsMaxFakeQuantize(moving_rate=0.999),
               RangeAbsMaxFakeQuantize(bits=2, window_size=1), MovingAverageAbsMaxFakeQuantize(bits=16),

@@ -16,36 +16,9 @@ from torch import nn
 
 import fakequant
 from fakequant.nn import AbsMaxWeightFakeQuantize, qat
+from qat_helpers import ao_qconfig, aq, needs_ao, nni, nniqat, nnqat, randomize_bn
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-try:
-    import torch.ao.nn.intrinsic as nni
-    import torch.ao.nn.intrinsic.qat as nniqat
-    import torch.ao.nn.qat as nnqat
-    import torch.ao.quantization as aq
-
-    HAS_AO = True
-except ImportError:  # torch.ao.quantization removed
-    HAS_AO = False
-
-needs_ao = pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.quantization")
-
-
-def ao_qconfig():
-    """torch.ao's per-channel symmetric min/max weight fake quant (qint8): both modules get the
-    same quantizer class, so their values must agree exactly."""
-    weight = aq.FakeQuantize.with_args(observer=aq.PerChannelMinMaxObserver, quant_min=-128, quant_max=127,
-                                       dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    return aq.QConfig(activation=aq.FakeQuantize.with_args(observer=aq.MovingAverageMinMaxObserver), weight=weight)
-
-
-def randomize_bn(bn):
-    with torch.no_grad():
-        bn.weight.copy_(torch.rand(bn.num_features) + 0.5)
-        bn.bias.copy_(torch.randn(bn.num_features))
-        bn.running_mean.copy_(torch.randn(bn.num_features) * 0.1)
-        bn.running_var.copy_(torch.rand(bn.num_features) + 0.5)
 
 
 def same_state_dicts(a, b):

@@ -138,12 +138,38 @@ def _apply(fake_quant, x):
     return x if fake_quant is None else fake_quant(x)
 
 
-def _attach_quantizers(module, qconfig, factory_kwargs, channel_axis=0):
-    """qconfig (our default when None), the weight fake-quantizer, and the facade's empty slots."""
+def _attach_quantizers(module, qconfig, factory_kwargs, channel_axis=0, quantizes_input=True):
+    """qconfig (our default when None), the weight fake-quantizer, and the facade's empty slots
+    (no input slot where the input is indices: the embeddings)."""
     module.qconfig = qconfig if qconfig is not None else _default_qconfig()
     module.weight_fake_quant = _make_weight_fake_quant(module.qconfig, factory_kwargs, module.weight, channel_axis)
-    module.input_fake_quant = None
+    if quantizes_input:
+        module.input_fake_quant = None
     module.output_fake_quant = None
+
+
+def _check_float_module(cls, mod):
+    """``cls.from_float``'s check that ``mod`` is the float layer ``cls`` converts from."""
+    if not isinstance(mod, cls._FLOAT_MODULE):
+        raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
+                        f"got {type(mod).__name__}")
+
+
+def _fused_pair(mod):
+    """``(mod[0], mod[1])`` of a torch.ao fused module or a sequence, ``(None, None)`` when ``mod``
+    has no such items."""
+    try:
+        return mod[0], mod[1]
+    except (TypeError, IndexError, KeyError):
+        return None, None
+
+
+def _with_relu(layer, fused_name):
+    """``layer`` then ReLU: torch.ao's fused ``nni.<fused_name>`` when this torch ships it, else an
+    ``nn.Sequential``."""
+    nni, _ = _torch_ao()
+    fused = getattr(nni, fused_name, None) if nni is not None else None
+    return fused(layer, nn.ReLU()) if fused is not None else nn.Sequential(layer, nn.ReLU())
 
 
 def _copy_weight_and_bias(dst, src, detach):
@@ -163,10 +189,50 @@ def _copy_weight_and_bias(dst, src, detach):
 # Convolutions and Linear
 
 
-class _QATConv:
-    """``conv(x, weight_fake_quant(W), b)`` for Conv1d/2d/3d (mixed in before ``nn.ConvNd``)."""
+class _QATLayer:
+    """``output_fake_quant(layer(input_fake_quant(x), weight_fake_quant(W)))`` and ``from_float``
+    for the convolutions and Linear (mixed in before the torch layer, which gives ``_FLOAT_MODULE``
+    and, as ``_layer_forward``, the layer's op with a given weight)."""
 
     _FLOAT_MODULE: type[nn.Module]
+
+    def forward(self, input):
+        input = _apply(self.input_fake_quant, input)
+        out = self._layer_forward(input, self.weight_fake_quant(self.weight))
+        return _apply(self.output_fake_quant, out)
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        _check_float_module(cls, mod)
+        return cls._from_float_layer(mod, getattr(mod, "qconfig", None))
+
+
+class _QATReLU:
+    """``relu(layer(x, weight_fake_quant(W), b))``: the QAT form of torch.ao's fused
+    ``nni.<_FUSED_MODULE_NAME>`` (mixed in before a QAT ConvNd or Linear)."""
+
+    _FUSED_MODULE_NAME: str
+
+    def _layer_forward(self, input, weight):
+        return F.relu(super()._layer_forward(input, weight))
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        """From torch.ao's fused module (or any ``(layer, ReLU)`` sequence) carrying a ``qconfig``;
+        shares the layer's parameters, as torch.ao does."""
+        layer, relu = _fused_pair(mod)
+        if not isinstance(layer, cls._FLOAT_MODULE) or not isinstance(relu, nn.ReLU):
+            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a ({cls._FLOAT_MODULE.__name__}, "
+                            f"ReLU) sequence such as torch.ao.nn.intrinsic.{cls._FUSED_MODULE_NAME}, "
+                            f"got {type(mod).__name__}")
+        return cls._from_float_layer(layer, getattr(mod, "qconfig", None))
+
+    def to_float(self):
+        return _with_relu(super().to_float(), self._FUSED_MODULE_NAME).train(self.training)
+
+
+class _QATConv(_QATLayer):
+    """``conv(x, weight_fake_quant(W), b)`` for Conv1d/2d/3d (mixed in before ``nn.ConvNd``)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", qconfig=None, device=None, dtype=None):
@@ -176,20 +242,11 @@ class _QATConv:
                          **factory_kwargs)
         _attach_quantizers(self, qconfig, factory_kwargs)
 
-    def forward(self, input):
-        input = _apply(self.input_fake_quant, input)
-        out = self._conv_forward(input, self.weight_fake_quant(self.weight), self.bias)
-        return _apply(self.output_fake_quant, out)
+    def _layer_forward(self, input, weight):
+        return self._conv_forward(input, weight, self.bias)
 
     @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, cls._FLOAT_MODULE):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
-                            f"got {type(mod).__name__}")
-        return cls._from_conv(mod, getattr(mod, "qconfig", None))
-
-    @classmethod
-    def _from_conv(cls, conv, qconfig):
+    def _from_float_layer(cls, conv, qconfig):
         qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   padding_mode=conv.padding_mode, qconfig=qconfig, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -228,65 +285,31 @@ class Conv3d(_QATConv, nn.Conv3d):
     _FLOAT_MODULE = nn.Conv3d
 
 
-class _QATConvReLU:
-    """``relu(conv(x, weight_fake_quant(W), b))``: the QAT form of torch.ao's fused
-    ``nni.ConvReLU{1,2,3}d`` (mixed in before a QAT ConvNd)."""
-
-    _FUSED_MODULE_NAME: str
-
-    def forward(self, input):
-        input = _apply(self.input_fake_quant, input)
-        out = F.relu(self._conv_forward(input, self.weight_fake_quant(self.weight), self.bias))
-        return _apply(self.output_fake_quant, out)
-
-    @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        """From ``torch.ao.nn.intrinsic.ConvReLU{1,2,3}d`` (or any ``(ConvNd, ReLU)`` sequence)
-        carrying a ``qconfig``; shares the conv's parameters, as torch.ao does."""
-        try:
-            conv, relu = mod[0], mod[1]
-        except (TypeError, IndexError, KeyError):
-            conv = relu = None
-        if not isinstance(conv, cls._FLOAT_MODULE) or not isinstance(relu, nn.ReLU):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a ({cls._FLOAT_MODULE.__name__}, "
-                            f"ReLU) sequence such as torch.ao.nn.intrinsic.{cls._FUSED_MODULE_NAME}, "
-                            f"got {type(mod).__name__}")
-        return cls._from_conv(conv, getattr(mod, "qconfig", None))
-
-    def to_float(self):
-        conv = super().to_float()
-        nni, _ = _torch_ao()
-        fused = getattr(nni, self._FUSED_MODULE_NAME, None) if nni is not None else None
-        seq = fused(conv, nn.ReLU()) if fused is not None else nn.Sequential(conv, nn.ReLU())
-        return seq.train(self.training)
-
-
-class ConvReLU1d(_QATConvReLU, Conv1d):
+class ConvReLU1d(_QATReLU, Conv1d):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU1d``: :class:`Conv1d` then ReLU."""
 
     _FUSED_MODULE_NAME = "ConvReLU1d"
 
 
-class ConvReLU2d(_QATConvReLU, Conv2d):
+class ConvReLU2d(_QATReLU, Conv2d):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU2d``: :class:`Conv2d` then ReLU."""
 
     _FUSED_MODULE_NAME = "ConvReLU2d"
 
 
-class ConvReLU3d(_QATConvReLU, Conv3d):
+class ConvReLU3d(_QATReLU, Conv3d):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvReLU3d``: :class:`Conv3d` then ReLU."""
 
     _FUSED_MODULE_NAME = "ConvReLU3d"
 
 
-class _QATConvTranspose:
+class _QATConvTranspose(_QATLayer):
     """``conv_transpose(x, weight_fake_quant(W), b)`` (mixed in before ``nn.ConvTransposeNd``).
 
     The weight is ``[in_channels, out_channels / groups, *kernel]``: a per-channel weight
     quantizer built along the default axis 0 is built along axis 1 instead (the output
     channels, as for every other layer)."""
 
-    _FLOAT_MODULE: type[nn.Module]
     _DIM: int
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
@@ -309,13 +332,10 @@ class _QATConvTranspose:
         return _apply(self.output_fake_quant, out)
 
     @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, cls._FLOAT_MODULE):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.{cls._FLOAT_MODULE.__name__}, "
-                            f"got {type(mod).__name__}")
+    def _from_float_layer(cls, mod, qconfig):
         qat = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
                   output_padding=mod.output_padding, groups=mod.groups, bias=mod.bias is not None,
-                  dilation=mod.dilation, padding_mode=mod.padding_mode, qconfig=getattr(mod, "qconfig", None),
+                  dilation=mod.dilation, padding_mode=mod.padding_mode, qconfig=qconfig,
                   device=mod.weight.device, dtype=mod.weight.dtype)
         return _copy_weight_and_bias(qat, mod, detach=False)
 
@@ -342,7 +362,7 @@ class ConvTranspose2d(_QATConvTranspose, nn.ConvTranspose2d):
     _DIM = 2
 
 
-class Linear(nn.Linear):
+class Linear(_QATLayer, nn.Linear):
     """Drop-in for ``torch.ao.nn.qat.Linear``: ``linear(x, weight_fake_quant(W), b)``."""
 
     _FLOAT_MODULE = nn.Linear
@@ -352,19 +372,11 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias, **factory_kwargs)
         _attach_quantizers(self, qconfig, factory_kwargs)
 
-    def forward(self, input):
-        input = _apply(self.input_fake_quant, input)
-        out = F.linear(input, self.weight_fake_quant(self.weight), self.bias)
-        return _apply(self.output_fake_quant, out)
+    def _layer_forward(self, input, weight):
+        return F.linear(input, weight, self.bias)
 
     @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, nn.Linear):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Linear, got {type(mod).__name__}")
-        return cls._from_linear(mod, getattr(mod, "qconfig", None))
-
-    @classmethod
-    def _from_linear(cls, linear, qconfig):
+    def _from_float_layer(cls, linear, qconfig):
         qat = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, qconfig=qconfig,
                   device=linear.weight.device, dtype=linear.weight.dtype)
         return _copy_weight_and_bias(qat, linear, detach=False)
@@ -374,32 +386,10 @@ class Linear(nn.Linear):
         return _copy_weight_and_bias(linear, self, detach=True).train(self.training)
 
 
-class LinearReLU(Linear):
+class LinearReLU(_QATReLU, Linear):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.LinearReLU``: :class:`Linear` then ReLU."""
 
-    def forward(self, input):
-        input = _apply(self.input_fake_quant, input)
-        out = F.relu(F.linear(input, self.weight_fake_quant(self.weight), self.bias))
-        return _apply(self.output_fake_quant, out)
-
-    @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        """From ``torch.ao.nn.intrinsic.LinearReLU`` (or any ``(Linear, ReLU)`` sequence) carrying
-        a ``qconfig``; shares the linear's parameters."""
-        try:
-            linear, relu = mod[0], mod[1]
-        except (TypeError, IndexError, KeyError):
-            linear = relu = None
-        if not isinstance(linear, nn.Linear) or not isinstance(relu, nn.ReLU):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a (Linear, ReLU) sequence such as "
-                            f"torch.ao.nn.intrinsic.LinearReLU, got {type(mod).__name__}")
-        return cls._from_linear(linear, getattr(mod, "qconfig", None))
-
-    def to_float(self):
-        linear = super().to_float()
-        nni, _ = _torch_ao()
-        seq = nni.LinearReLU(linear, nn.ReLU()) if nni is not None else nn.Sequential(linear, nn.ReLU())
-        return seq.train(self.training)
+    _FUSED_MODULE_NAME = "LinearReLU"
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,9 +416,7 @@ class Embedding(nn.Embedding):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq,
                          sparse, _weight, **factory_kwargs)
-        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
-        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs, self.weight)
-        self.output_fake_quant = None
+        _attach_quantizers(self, qconfig, factory_kwargs, quantizes_input=False)
 
     def forward(self, input):
         out = F.embedding(input, self.weight_fake_quant(self.weight), self.padding_idx, self.max_norm,
@@ -437,9 +425,7 @@ class Embedding(nn.Embedding):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, nn.Embedding):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.Embedding, "
-                            f"got {type(mod).__name__}")
+        _check_float_module(cls, mod)
         return cls(mod.num_embeddings, mod.embedding_dim, mod.padding_idx, mod.max_norm, mod.norm_type,
                    mod.scale_grad_by_freq, mod.sparse, mod.weight, qconfig=getattr(mod, "qconfig", None))
 
@@ -463,9 +449,7 @@ class EmbeddingBag(nn.EmbeddingBag):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__(num_embeddings, embedding_dim, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
                          _weight, include_last_offset, padding_idx, **factory_kwargs)
-        self.qconfig = qconfig if qconfig is not None else _default_qconfig()
-        self.weight_fake_quant = _make_weight_fake_quant(self.qconfig, factory_kwargs, self.weight)
-        self.output_fake_quant = None
+        _attach_quantizers(self, qconfig, factory_kwargs, quantizes_input=False)
 
     def forward(self, input, offsets=None, per_sample_weights=None):
         out = F.embedding_bag(input, self.weight_fake_quant(self.weight), offsets, self.max_norm, self.norm_type,
@@ -475,9 +459,7 @@ class EmbeddingBag(nn.EmbeddingBag):
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant=False):
-        if not isinstance(mod, nn.EmbeddingBag):
-            raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes an nn.EmbeddingBag, "
-                            f"got {type(mod).__name__}")
+        _check_float_module(cls, mod)
         return cls(mod.num_embeddings, mod.embedding_dim, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq,
                    mod.mode, mod.sparse, mod.weight, mod.include_last_offset, mod.padding_idx,
                    qconfig=getattr(mod, "qconfig", None))
@@ -618,6 +600,14 @@ class _FoldedBatchNorm3d(_FoldedBatchNorm, nn.BatchNorm3d):
     pass
 
 
+#: Per dimension: the float conv and BatchNorm a ConvBn module converts from, and its folded BN.
+_CONV_BN_MODULES = {
+    1: (nn.Conv1d, nn.BatchNorm1d, _FoldedBatchNorm1d),
+    2: (nn.Conv2d, nn.BatchNorm2d, _FoldedBatchNorm2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, _FoldedBatchNorm3d),
+}
+
+
 class _ConvBnNd:
     """Conv + BatchNorm (+ ReLU) with BN folded into the fake-quantized weight (mixed in before
     ``nn.ConvNd``): the common part of ConvBn1d/2d/3d and ConvBnReLU1d/2d/3d."""
@@ -631,6 +621,17 @@ class _ConvBnNd:
     _RELU = False
     #: Whether the fused op (2-d only) runs with AbsMaxWeightFakeQuantize(ch_axis=0).
     _FUSED_OP = False
+
+    def __init_subclass__(cls, dim=None, relu=False, **kwargs):
+        """``class ConvBn2d(_ConvBnNd, nn.Conv2d, dim=2)`` sets the dimension and the float modules
+        of that dimension; ``relu=True`` adds the ReLU."""
+        super().__init_subclass__(**kwargs)
+        if dim is not None:
+            cls._DIM = dim
+            cls._FLOAT_CONV_MODULE, cls._FLOAT_BN_MODULE, cls._FOLDED_BN = _CONV_BN_MODULES[dim]
+        if relu:
+            cls._FLOAT_RELU_MODULE = nn.ReLU
+            cls._RELU = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=None, padding_mode="zeros", eps=1e-05, momentum=0.1, freeze_bn=False, qconfig=None,
@@ -793,10 +794,7 @@ class _ConvBnNd:
     def from_float(cls, mod, use_precomputed_fake_quant=False, *, fold_mode="running"):
         """From ``torch.ao.nn.intrinsic.ConvBn{1,2,3}d`` (or any ``(ConvNd, BatchNormNd[, ReLU])``
         sequence) carrying a ``qconfig``; shares its parameters, as torch.ao does."""
-        try:
-            conv, bn = mod[0], mod[1]
-        except (TypeError, IndexError, KeyError):
-            conv = bn = None
+        conv, bn = _fused_pair(mod)
         if not isinstance(conv, cls._FLOAT_CONV_MODULE) or not isinstance(bn, cls._FLOAT_BN_MODULE):
             fused = f"ConvBn{'ReLU' if cls._RELU else ''}{cls._DIM}d"
             raise TypeError(f"{cls.__module__}.{cls.__name__}.from_float takes a ({cls._FLOAT_CONV_MODULE.__name__}, "
@@ -844,11 +842,7 @@ class _ConvBnNd:
         conv.weight, conv.bias = self.folded_weight_and_bias()
         conv.train(self.training)
         if self._RELU:
-            nni, _ = _torch_ao()
-            conv_relu = getattr(nni, f"ConvReLU{self._DIM}d", None) if nni is not None else None
-            seq = conv_relu(conv, nn.ReLU()) if conv_relu is not None else nn.Sequential(conv, nn.ReLU())
-            seq.train(self.training)
-            return seq
+            return _with_relu(conv, f"ConvReLU{self._DIM}d").train(self.training)
         return conv
 
     def _folded_conv(self):
@@ -866,24 +860,16 @@ class _ConvBnNd:
         return super().extra_repr() + f", fold_mode={self.fold_mode!r}"
 
 
-class ConvBn1d(_ConvBnNd, nn.Conv1d):
+class ConvBn1d(_ConvBnNd, nn.Conv1d, dim=1):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn1d`` (Conv1d + BatchNorm1d, weight fake-quantized
     after folding BN into it), with ``fold_mode``; the math composed from PyTorch ops."""
 
-    _DIM = 1
-    _FLOAT_CONV_MODULE = nn.Conv1d
-    _FLOAT_BN_MODULE = nn.BatchNorm1d
-    _FOLDED_BN = _FoldedBatchNorm1d
 
-
-class ConvBnReLU1d(ConvBn1d):
+class ConvBnReLU1d(ConvBn1d, relu=True):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU1d``: :class:`ConvBn1d` then ReLU."""
 
-    _FLOAT_RELU_MODULE = nn.ReLU
-    _RELU = True
 
-
-class ConvBn2d(_ConvBnNd, nn.Conv2d):
+class ConvBn2d(_ConvBnNd, nn.Conv2d, dim=2):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn2d`` (Conv2d + BatchNorm2d, weight fake-quantized
     after folding BN into it), with ``fold_mode`` (``"running"`` or ``"batch"``).
 
@@ -891,58 +877,43 @@ class ConvBn2d(_ConvBnNd, nn.Conv2d):
     ``gamma = 0`` gives no NaN (``torch.ao``'s module does, pytorch#77434).
     """
 
-    _DIM = 2
-    _FLOAT_CONV_MODULE = nn.Conv2d
-    _FLOAT_BN_MODULE = nn.BatchNorm2d
-    _FOLDED_BN = _FoldedBatchNorm2d
     _FUSED_OP = True
 
 
-class ConvBnReLU2d(ConvBn2d):
+class ConvBnReLU2d(ConvBn2d, relu=True):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU2d``: :class:`ConvBn2d` then ReLU (fused into
     the op's epilogue on the fast path)."""
 
-    _FLOAT_RELU_MODULE = nn.ReLU
-    _RELU = True
 
-
-class ConvBn3d(_ConvBnNd, nn.Conv3d):
+class ConvBn3d(_ConvBnNd, nn.Conv3d, dim=3):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBn3d`` (Conv3d + BatchNorm3d, weight fake-quantized
     after folding BN into it), with ``fold_mode``; the math composed from PyTorch ops."""
 
-    _DIM = 3
-    _FLOAT_CONV_MODULE = nn.Conv3d
-    _FLOAT_BN_MODULE = nn.BatchNorm3d
-    _FOLDED_BN = _FoldedBatchNorm3d
 
-
-class ConvBnReLU3d(ConvBn3d):
+class ConvBnReLU3d(ConvBn3d, relu=True):
     """Drop-in for ``torch.ao.nn.intrinsic.qat.ConvBnReLU3d``: :class:`ConvBn3d` then ReLU."""
-
-    _FLOAT_RELU_MODULE = nn.ReLU
-    _RELU = True
 
 
 def freeze_bn_stats(mod):
     """``model.apply(freeze_bn_stats)`` for our ConvBn modules and torch.ao's (the same as
     ``torch.ao.nn.intrinsic.qat.freeze_bn_stats`` once this module is imported: see
     :func:`_extend_torch_ao_bn_switches`)."""
-    if isinstance(mod, _ConvBnNd):
-        mod.freeze_bn_stats()
-    else:
-        _, nniqat = _torch_ao()
-        if nniqat is not None:
-            _original(nniqat.freeze_bn_stats)(mod)
+    _switch_bn_stats(mod, "freeze_bn_stats")
 
 
 def update_bn_stats(mod):
     """``model.apply(update_bn_stats)`` for our ConvBn modules and torch.ao's."""
+    _switch_bn_stats(mod, "update_bn_stats")
+
+
+def _switch_bn_stats(mod, name):
+    """Our ConvBn module's method ``name``, or torch.ao's function ``name`` for anything else."""
     if isinstance(mod, _ConvBnNd):
-        mod.update_bn_stats()
+        getattr(mod, name)()
     else:
         _, nniqat = _torch_ao()
         if nniqat is not None:
-            _original(nniqat.update_bn_stats)(mod)
+            _original(getattr(nniqat, name))(mod)
 
 
 def _original(fn):

@@ -1,0 +1,54 @@
+"""Shared by the QAT module and workflow tests: torch.ao's QAT namespaces where this torch still
+ships them, the torch.ao qconfig that fakequant's modules are compared under, BN state away
+from its defaults, and training on one thread."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+try:
+    import torch.ao.nn.intrinsic as nni
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.nn.qat as nnqat
+    import torch.ao.quantization as aq
+
+    HAS_AO = True
+except ImportError:  # torch.ao.quantization removed
+    nni = nniqat = nnqat = aq = None
+    HAS_AO = False
+
+needs_ao = pytest.mark.skipif(not HAS_AO, reason="this torch has no torch.ao.quantization")
+
+
+def ao_qconfig():
+    """torch.ao's per-channel symmetric min/max weight fake quant (qint8): a fakequant module and
+    its torch.ao counterpart given it run the same quantizer class, so their values must agree
+    exactly. The observer keeps the range of every call, which equals the current weight's while
+    the weight does not change."""
+    weight = aq.FakeQuantize.with_args(observer=aq.PerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                       dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    return aq.QConfig(activation=aq.FakeQuantize.with_args(observer=aq.MovingAverageMinMaxObserver), weight=weight)
+
+
+def randomize_bn(bn, gen=None):
+    """BN parameters and running statistics away from their defaults (drawn from ``gen``, or
+    torch's default generator)."""
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.bias.copy_(torch.randn(bn.num_features, generator=gen))
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch runs on one thread inside the block, and on as many as before after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
