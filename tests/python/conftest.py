@@ -22,3 +22,16 @@ def fresh_seed():
     np.random.seed(seed)  # the tests draw magnitudes with numpy too
     print(f"seed={seed}")
     yield
+
+
+def saved_for_backward(fn):
+    """fn()'s result and the tensors autograd saved for backward while it ran."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, saved

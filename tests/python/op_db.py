@@ -16,6 +16,7 @@ import torch
 
 import fakequant
 from reference import (
+    make_input,
     fake_quant_formula,
     fake_quant_per_channel_formula,
     random_channel_qparams,
@@ -68,22 +69,6 @@ class OpInfo:
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-def make_input(shape, dtype, device, layout="contiguous", spread=3.0):
-    """Random data with two values far outside any quantisation range (finite in every dtype)."""
-    x = torch.randn(shape, device=device) * spread
-    if x.numel() > 2:
-        x.view(-1)[0] = 3.0e4
-        x.view(-1)[1] = -3.0e4
-    x = x.to(dtype)
-    if layout == "transposed" and x.dim() >= 2:
-        x = x.transpose(0, -1)
-    elif layout == "strided":
-        x = torch.stack([x, x.neg()], dim=-1)[..., 0]  # every other element: not dense
-    elif layout == "channels_last" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def random_seed(device):

@@ -5,9 +5,26 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def make_input(shape, dtype, device, layout="contiguous", spread=3.0):
+    """Random data with two values far outside any quantisation range (finite in every dtype)."""
+    x = torch.randn(shape, device=device) * spread
+    if x.numel() > 2:
+        x.view(-1)[0] = 3.0e4
+        x.view(-1)[1] = -3.0e4
+    x = x.to(dtype)
+    if layout == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1)
+    elif layout == "strided":
+        x = torch.stack([x, x.neg()], dim=-1)[..., 0]  # every other element: not dense
+    elif layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def fake_quant_formula(x, scale, zero_point, quant_min, quant_max, rounding="half_even"):
@@ -98,6 +115,24 @@ def weight_abs_max_formula(w, axis, qmin, qmax, rounding="half_even", eps=FLOAT3
     zeros = torch.zeros(c, dtype=torch.int32, device=w.device)
     y, mask = fake_quant_per_channel_formula(w, scale, zeros, ax, qmin, qmax, rounding)
     return y, mask, scale
+
+
+def range_abs_max_update(window, it, scale, cur):
+    """Paddle's FindRangeAbsMaxFunctor for one step with the batch's abs-max `cur` (float32
+    values; window: a list): the window slot it % size takes cur; the scale grows to cur, or,
+    when the value leaving the window was the scale, becomes the window's maximum."""
+    f32 = np.float32
+    w = len(window)
+    idx = it % w
+    removed = window[idx]
+    window[idx] = cur
+    if scale < cur:
+        scale = cur
+    elif abs(float(f32(removed - scale))) < 1e-6:
+        size = min(it, w)
+        if size > 0:
+            scale = max([f32(0)] + [abs(v) for v in window[:size]])
+    return window, it + 1, scale
 
 
 def random_channel_qparams(x, axis, quant_min, quant_max, float_zero_point=False):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from reference import fake_quant_formula, moving_average_reference, unpack_mask
+from reference import fake_quant_formula, moving_average_reference, range_abs_max_update, unpack_mask
 
 ops = torch.ops.fakequant
 f32 = np.float32
@@ -81,21 +81,6 @@ def test_moving_average_abs_max_overflowing_accum_is_not_applied(device):
     assert torch.isfinite(y).all() and torch.isfinite(scale).all()
 
 
-def range_reference(window, it, scale, cur):
-    """Paddle's FindRangeAbsMaxFunctor for a finite abs-max, in float32 (window: list)."""
-    W = len(window)
-    idx = it % W
-    removed = window[idx]
-    window[idx] = cur
-    if scale < cur:
-        scale = cur
-    elif abs(float(f32(removed - scale))) < 1e-6:
-        size = min(it, W)
-        if size > 0:
-            scale = max([f32(0)] + [abs(v) for v in window[:size]])
-    return window, it + 1, scale
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", ["nan", "inf"])
 def test_range_abs_max_skips_a_non_finite_batch(device, bad):
@@ -111,7 +96,7 @@ def test_range_abs_max_skips_a_non_finite_batch(device, bad):
             assert_poisoned(y, mask)
             assert all(torch.equal(a, b) for a, b in zip((scale, window, it), before))
             continue
-        ref_window, ref_it, ref_scale = range_reference(ref_window, ref_it, ref_scale, f32(x.abs().max().item()))
+        ref_window, ref_it, ref_scale = range_abs_max_update(ref_window, ref_it, ref_scale, f32(x.abs().max().item()))
         assert it.item() == ref_it and scale.item() == float(ref_scale)
         assert window.cpu().tolist() == [float(v) for v in ref_window]
         step_size = max(f32(ref_scale / f32(127)), np.finfo(np.float32).tiny)

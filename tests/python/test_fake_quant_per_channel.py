@@ -7,24 +7,11 @@ import torch
 
 import fakequant
 from conftest import DEVICES, HAS_CUDA
-from reference import fake_quant_per_channel_formula, random_channel_qparams, unpack_mask
+from reference import fake_quant_per_channel_formula, make_input, random_channel_qparams, unpack_mask
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 3), (-32768, 32767)]
 ATEN_HAS_PER_CHANNEL = hasattr(torch, "fake_quantize_per_channel_affine")
-
-
-def make_input(shape, dtype, device, layout):
-    x = torch.randn(shape, device=device) * 3.0
-    x.view(-1)[0] = 3.0e4  # far outside any range, finite in every dtype
-    x = x.to(dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed":
-        x = x.transpose(0, -1)
-    elif layout == "strided":
-        x = torch.stack([x, x], dim=-1)[..., 1]
-    return x
 
 
 def check(x, scale, zp, axis, qmin, qmax, rounding="half_even"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fakequant
-from conftest import DEVICES, HAS_CUDA
-from reference import fake_quant_formula, random_qparams, unpack_mask
+from conftest import DEVICES, HAS_CUDA, saved_for_backward
+from reference import fake_quant_formula, make_input, random_qparams, unpack_mask
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (quant_min, quant_max) for 2..16 bits, signed and unsigned, plus narrow ranges.
@@ -19,21 +19,6 @@ SHAPES = [(1,), (7,), (8,), (9,), (3, 5, 7), (2, 3, 17, 19), (1031,), (0,), (4, 
 
 ATEN_HAS_PER_TENSOR = hasattr(torch, "fake_quantize_per_tensor_affine")
 needs_aten = pytest.mark.skipif(not ATEN_HAS_PER_TENSOR, reason="ATen fake_quantize_per_tensor_affine is gone")
-
-
-def make_input(shape, dtype, device, layout="contiguous"):
-    x = torch.randn(shape, device=device) * 3.0
-    if x.numel() > 2:  # a few values far outside any range, still finite in every dtype
-        x.view(-1)[0] = 3.0e4
-        x.view(-1)[1] = -3.0e4
-    x = x.to(dtype)
-    if layout == "transposed" and x.dim() >= 2:
-        x = x.transpose(0, -1)
-    elif layout == "strided":
-        x = torch.stack([x, x.neg()], dim=-1)[..., 0]  # every other element: not dense
-    elif layout == "channels_last" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def assert_bit_exact(actual, expected):
@@ -147,14 +132,7 @@ def test_gradient_with_differently_strided_grad(device):
 def test_saved_mask_is_one_bit_per_element():
     x = torch.randn(1000, 64, requires_grad=True)
     scale, zp = random_qparams(x, -128, 127)
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fakequant.fake_quantize_per_tensor(x, scale, zp, -128, 127)
+    y, saved = saved_for_backward(lambda: fakequant.fake_quantize_per_tensor(x, scale, zp, -128, 127))
     assert sum(t.numel() * t.element_size() for t in saved) == x.numel() // 8  # the mask, nothing else
     (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert_bit_exact(dx, fake_quant_formula(x.detach(), scale, zp, -128, 127)[1].float())

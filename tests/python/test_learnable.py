@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fakequant
-from conftest import DEVICES, HAS_CUDA
+from conftest import DEVICES, HAS_CUDA, saved_for_backward
+from reference import make_input
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-2, 1), (-32768, 32767), (0, 65535)]
@@ -122,21 +123,6 @@ def assert_aten_sum_close(actual, aten, ref_abs):
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def make_input(shape, dtype, device, layout="contiguous", spread=3.0):
-    x = torch.randn(shape, device=device) * spread
-    if x.numel() > 2:  # far outside any range, finite in every dtype
-        x.view(-1)[0] = 3.0e4
-        x.view(-1)[1] = -3.0e4
-    x = x.to(dtype)
-    if layout == "channels_last" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed" and x.dim() >= 2:
-        x = x.transpose(0, -1)
-    elif layout == "strided":
-        x = torch.stack([x, x], dim=-1)[..., 1]  # every other element: not dense
-    return x
 
 
 def tensor_qparams(x, qmin, qmax, zero_point=None):
@@ -495,14 +481,7 @@ def test_saves_input_and_qparams_by_reference():
     x = torch.randn(1000, 64, requires_grad=True)
     scale, zp = tensor_qparams(x, -128, 127)
     scale.requires_grad_(), zp.requires_grad_()
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fakequant.fake_quantize_learnable_per_tensor(x, scale, zp, -128, 127)
+    y, saved = saved_for_backward(lambda: fakequant.fake_quantize_learnable_per_tensor(x, scale, zp, -128, 127))
     # Exactly the three inputs, the same storage: nothing full-size is created for backward.
     assert len(saved) == 3
     assert {t.data_ptr() for t in saved} == {x.data_ptr(), scale.data_ptr(), zp.data_ptr()}
@@ -581,14 +560,6 @@ BAD_PER_TENSOR = [
 ]
 
 
-@pytest.mark.parametrize("over,message", BAD_PER_TENSOR)
-def test_bad_per_tensor_input_raises_naming_the_argument(over, message):
-    a = _pt_args(**over)
-    for call in _pt_calls(a):
-        with pytest.raises(RuntimeError, match=r"fakequant\.fake_quant_learnable_per_tensor(_backward)?: .*" + message):
-            call()
-
-
 BAD_PER_CHANNEL = [
     (dict(axis=3), r"axis must lie in \[-3, 2\] for a 3-d input, got 3"),
     (dict(axis=-4), r"axis must lie in \[-3, 2\]"),
@@ -605,11 +576,16 @@ BAD_PER_CHANNEL = [
 ]
 
 
-@pytest.mark.parametrize("over,message", BAD_PER_CHANNEL)
-def test_bad_per_channel_input_raises_naming_the_argument(over, message):
-    a = _pc_args(**over)
-    for call in _pc_calls(a):
-        with pytest.raises(RuntimeError, match=r"fakequant\.fake_quant_learnable_per_channel(_backward)?: .*" + message):
+BAD_INPUTS = ([("per_tensor", over, message) for over, message in BAD_PER_TENSOR]
+              + [("per_channel", over, message) for over, message in BAD_PER_CHANNEL])
+
+
+@pytest.mark.parametrize("kind,over,message", BAD_INPUTS)
+def test_bad_input_raises_naming_the_op_and_argument(kind, over, message):
+    """Forward and backward op alike name themselves and the argument."""
+    calls = _pt_calls(_pt_args(**over)) if kind == "per_tensor" else _pc_calls(_pc_args(**over))
+    for call in calls:
+        with pytest.raises(RuntimeError, match=rf"fakequant\.fake_quant_learnable_{kind}(_backward)?: .*" + message):
             call()
 
 

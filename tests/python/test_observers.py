@@ -14,6 +14,7 @@ from reference import (
     fake_quant_formula,
     fake_quant_per_channel_formula,
     moving_average_reference,
+    range_abs_max_update,
     unpack_mask,
 )
 
@@ -327,18 +328,7 @@ def range_reference(x, scale, window, it, bits, training, rounding):
     """Paddle's FindRangeAbsMaxFunctor, then quant-dequant with step scale / bin_cnt."""
     window = list(window)
     if training:
-        cur = f32(x.float().abs().max().item())
-        w = len(window)
-        idx = it % w
-        removed = window[idx]
-        window[idx] = cur
-        if scale < cur:
-            scale = cur
-        elif abs(float(f32(removed - scale))) < 1e-6:
-            size = min(it, w)
-            if size > 0:
-                scale = max(abs(v) for v in window[:size])
-        it += 1
+        window, it, scale = range_abs_max_update(window, it, scale, f32(x.float().abs().max().item()))
     bin_cnt = 2 ** (bits - 1) - 1
     step = max(f32(scale / f32(bin_cnt)), np.finfo(np.float32).tiny)
     y, mask = fake_quant_formula(x.cpu(), torch.tensor([float(step)]), torch.tensor([0]), -bin_cnt, bin_cnt, rounding)

@@ -12,7 +12,7 @@ import torch
 
 import fakequant
 from conftest import DEVICES, HAS_CUDA
-from reference import unpack_mask
+from reference import make_input, unpack_mask
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "transposed", "strided", "channels_last"]
@@ -94,21 +94,6 @@ def stochastic_formula(x, y_like, scale, zero_point, quant_min, quant_max, seed,
 
 def random_seed(device) -> torch.Tensor:
     return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
-
-
-def make_input(shape, dtype, device, layout="contiguous"):
-    x = torch.randn(shape, device=device) * 3.0
-    if x.numel() > 2:
-        x.view(-1)[0] = 3.0e4  # far outside any range, finite in every dtype
-        x.view(-1)[1] = -3.0e4
-    x = x.to(dtype)
-    if layout == "transposed" and x.dim() >= 2:
-        x = x.transpose(0, -1)
-    elif layout == "strided":
-        x = torch.stack([x, x.neg()], dim=-1)[..., 0]  # not dense: made contiguous by the op
-    elif layout == "channels_last" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def per_tensor_qparams(device, scale=0.05, zp=3):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fakequant
-from conftest import DEVICES, HAS_CUDA
+from conftest import DEVICES, HAS_CUDA, saved_for_backward
 from reference import unpack_mask, weight_abs_max_formula
 
 OP = torch.ops.fakequant.fake_quant_weight_abs_max
@@ -265,9 +265,7 @@ def test_gradient_is_straight_through_with_mask(device, dtype, layout):
 
 def test_saved_for_backward_is_the_one_bit_mask():
     w = torch.randn(256, 64, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y, _ = fakequant.fake_quantize_weight_abs_max(w)
+    (y, _), saved = saved_for_backward(lambda: fakequant.fake_quantize_weight_abs_max(w))
     assert sum(t.numel() * t.element_size() for t in saved) == w.numel() // 8
     (dw,) = torch.autograd.grad(y, w, torch.ones_like(y))
     assert torch.equal(dw, weight_abs_max_formula(w.detach(), 0, -127, 127)[1].float())
