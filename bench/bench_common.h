@@ -1,8 +1,9 @@
 // Shared pieces of the fakequant microbenchmarks: device selection, timing (CUDA events
 // with manual time on the GPU, real time on the CPU), input rotation so that small sizes
 // do not measure a warm cache, cached random inputs, the size sweep and the layer shapes
-// every family uses (so that the copy baseline exists at each size), and decimal GB/s
-// counters.
+// every family uses (so that the copy baseline exists at each size), decimal GB/s counters,
+// the frame that times one op, and the registration of each fakequant / ATen pair under the
+// names the report pairs them by.
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <tuple>
@@ -173,6 +175,18 @@ inline std::vector<torch::Tensor> random_sets(int64_t n, torch::ScalarType dtype
   return entry;
 }
 
+// The input set of a rotation that iteration `i` uses.
+template <typename T>
+const T& rotate(const std::vector<T>& sets, int64_t i) {
+  return sets[i % sets.size()];
+}
+
+// random_sets with as many sets as an op that reads `n` elements and writes as many needs to
+// rotate through rotation_bytes().
+inline std::vector<torch::Tensor> rotating_inputs(int64_t n, torch::ScalarType dtype, double scale) {
+  return random_sets(n, dtype, rotation_sets(2 * n * torch::elementSize(dtype)), scale);
+}
+
 // Runs `body(i)` once per benchmark iteration, timed the right way for the device.
 inline void run_timed(benchmark::State& state, const std::function<void(int64_t)>& body) {
   int64_t i = 0;
@@ -206,6 +220,40 @@ inline void set_bandwidth(benchmark::State& state, double bytes_per_iteration, i
   state.counters["numel"] = static_cast<double>(numel);
 }
 
+// The per-tensor int8 quantization of the quant-dequant benchmarks: range, scale, zero point.
+constexpr int64_t kQuantMin = -128;
+constexpr int64_t kQuantMax = 127;
+constexpr double kScale = 0.02;
+constexpr int64_t kZeroPoint = 3;
+
+// kScale and kZeroPoint as the one-element tensors fakequant's per-tensor ops take (fp32 scale,
+// int32 zero point), on the bench device.
+struct QParams {
+  torch::Tensor scale, zero_point;
+};
+inline QParams per_tensor_qparams() {
+  const auto opts = torch::TensorOptions().device(bench_device());
+  return {torch::full({1}, kScale, opts.dtype(torch::kFloat)), torch::full({1}, kZeroPoint, opts.dtype(torch::kInt))};
+}
+
+// Bytes a quant-dequant must move: its input read and its output written, plus its mask,
+// fakequant's packed one (1 bit per element) or ATen's bool one (1 byte per element).
+enum class Mask { kPacked, kBool };
+inline double quant_dequant_bytes(int64_t n, torch::ScalarType dtype, Mask mask) {
+  return static_cast<double>(2 * n * torch::elementSize(dtype) + (mask == Mask::kPacked ? (n + 7) / 8 : n));
+}
+
+// Times `step(i)` (its result kept from the optimizer) once per iteration with run_timed and
+// counts `bytes_per_iteration` over `numel` elements: the frame of every op benchmark.
+template <typename Step>
+void time_op(benchmark::State& state, double bytes_per_iteration, int64_t numel, const Step& step) {
+  run_timed(state, [&](int64_t i) {
+    auto out = step(i);
+    benchmark::DoNotOptimize(out);
+  });
+  set_bandwidth(state, bytes_per_iteration, numel);
+}
+
 // Registers a benchmark with the timing mode of the device and the run's repetitions.
 inline benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMicrosecond)->MinWarmUpTime(0.05);
@@ -228,6 +276,13 @@ inline torch::ScalarType dtype_arg(int64_t code) {
   }
 }
 
+// The arguments of a size-sweep run (sweep_args): numel and dtype.
+struct SweepPoint {
+  int64_t n;
+  torch::ScalarType dtype;
+};
+inline SweepPoint sweep_point(const benchmark::State& state) { return {state.range(0), dtype_arg(state.range(1))}; }
+
 // Registers the size sweep over `dtypes` (codes of dtype_arg) as {numel, dtype}.
 inline void sweep_args(benchmark::internal::Benchmark* b, const std::vector<int64_t>& dtypes) {
   for (const int64_t dtype : dtypes)
@@ -242,6 +297,27 @@ inline void layer_args(benchmark::internal::Benchmark* b, const std::vector<int6
     for (const int64_t s : layer_indices(weights_only)) b->Args({numel_of(layer_shapes()[s].sizes), dtype, s});
   b->ArgNames({"numel", "dtype", "shape"});
   configure(b);
+}
+
+// A benchmark pair: fakequant's benchmark of `op` and the ATen benchmark doing the same job,
+// with the same arguments.
+using BenchmarkFn = void (*)(benchmark::State&);
+using ArgsFn = void (*)(benchmark::internal::Benchmark*);
+struct Pair {
+  const char* op;
+  BenchmarkFn fakequant, aten;
+  ArgsFn args;
+};
+
+// Registers each pair under the names bench/render_report.py pairs them by: BM_<op>_fakequant
+// and BM_<op>_aten. Returns true, so that a file calls it from the initializer of a variable at
+// namespace scope, as BENCHMARK does.
+inline bool register_pairs(std::initializer_list<Pair> pairs) {
+  for (const Pair& p : pairs) {
+    benchmark::RegisterBenchmark(("BM_" + std::string(p.op) + "_fakequant").c_str(), p.fakequant)->Apply(p.args);
+    benchmark::RegisterBenchmark(("BM_" + std::string(p.op) + "_aten").c_str(), p.aten)->Apply(p.args);
+  }
+  return true;
 }
 
 }  // namespace fakequant_bench

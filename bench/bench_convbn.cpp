@@ -85,12 +85,6 @@ double forward_bytes(const ConvBnShape& s, torch::ScalarType act) {
 }
 double step_bytes(const ConvBnShape& s, torch::ScalarType act) { return 2.0 * forward_bytes(s, act); }
 
-void set_counters(benchmark::State& state, const ConvBnShape& s, torch::ScalarType act, bool step, int convs) {
-  fb::set_bandwidth(state, step ? step_bytes(s, act) : forward_bytes(s, act), fb::numel_of(input_shape(s)));
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(convs * conv_flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
 struct Layer {
   std::vector<torch::Tensor> x, grad_out;  // rotation sets, activation dtype
   torch::Tensor weight, gamma, beta;       // float32
@@ -254,65 +248,59 @@ std::pair<torch::Tensor, Grads> aten_step(AtenLayerFn fn, const Layer& l, const 
 
 // --- benchmarks -----------------------------------------------------------------------------
 
-const ConvBnShape& setup(benchmark::State& state, torch::ScalarType* act) {
-  const ConvBnShape& s = kShapes[state.range(2)];
-  *act = fb::dtype_arg(state.range(1));
-  state.SetLabel(layer_label(s));
-  return s;
-}
+// What every ConvBN benchmark runs on: the layer of its `shape` argument with activations of its
+// `dtype` argument (the run labelled with the layer), and running statistics of its own.
+struct LayerRun {
+  const ConvBnShape& s;
+  torch::ScalarType act;
+  const Layer& l;
+  RunningStats rs;
+  explicit LayerRun(benchmark::State& state)
+      : s(kShapes[state.range(2)]),
+        act(fb::dtype_arg(state.range(1))),
+        l(layer_for(state.range(2), act)),
+        rs(s.c_out) {
+    state.SetLabel(layer_label(s));
+  }
+
+  // Times `body(i)` with the counters of a forward or a step (`step`) of `convs` convolutions.
+  template <typename Body>
+  void time(benchmark::State& state, bool step, int convs, const Body& body) {
+    fb::time_op(state, step ? step_bytes(s, act) : forward_bytes(s, act), fb::numel_of(input_shape(s)), body);
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(convs * conv_flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  }
+};
 
 void BM_ConvBnForward_fakequant(benchmark::State& state) {
-  torch::ScalarType act;
-  const ConvBnShape& s = setup(state, &act);
-  const Layer& l = layer_for(state.range(2), act);
-  RunningStats rs(s.c_out);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = ours_forward(l, l.x[i % l.x.size()], rs, "running");
-    benchmark::DoNotOptimize(out);
-  });
-  set_counters(state, s, act, /*step=*/false, 1);
+  LayerRun r(state);
+  r.time(state, /*step=*/false, 1, [&](int64_t i) { return ours_forward(r.l, fb::rotate(r.l.x, i), r.rs, "running"); });
 }
 
 void BM_ConvBnForward_aten(benchmark::State& state) {
-  torch::ScalarType act;
-  const ConvBnShape& s = setup(state, &act);
-  const Layer& l = layer_for(state.range(2), act);
-  RunningStats rs(s.c_out);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = aten_running(l, l.x[i % l.x.size()], l.weight, l.gamma, l.beta, rs);
-    benchmark::DoNotOptimize(out);
+  LayerRun r(state);
+  r.time(state, /*step=*/false, 1, [&](int64_t i) {
+    return aten_running(r.l, fb::rotate(r.l.x, i), r.l.weight, r.l.gamma, r.l.beta, r.rs);
   });
-  set_counters(state, s, act, /*step=*/false, 1);
 }
 
 // Running mode: forward, data and weight gradient convolutions. Batch mode: two forward
 // convolutions and the two gradient ones.
 template <bool kBatch>
 void BM_ConvBnStep_fakequant(benchmark::State& state) {
-  torch::ScalarType act;
-  const ConvBnShape& s = setup(state, &act);
-  const Layer& l = layer_for(state.range(2), act);
-  RunningStats rs(s.c_out);
-  fb::run_timed(state, [&](int64_t i) {
-    const size_t set = i % l.x.size();
-    auto out = ours_step(l, l.x[set], l.grad_out[set], rs, kBatch ? "batch" : "running");
-    benchmark::DoNotOptimize(out);
+  LayerRun r(state);
+  r.time(state, /*step=*/true, kBatch ? 4 : 3, [&](int64_t i) {
+    const size_t set = i % r.l.x.size();
+    return ours_step(r.l, r.l.x[set], r.l.grad_out[set], r.rs, kBatch ? "batch" : "running");
   });
-  set_counters(state, s, act, /*step=*/true, kBatch ? 4 : 3);
 }
 
 template <bool kBatch>
 void BM_ConvBnStep_aten(benchmark::State& state) {
-  torch::ScalarType act;
-  const ConvBnShape& s = setup(state, &act);
-  const Layer& l = layer_for(state.range(2), act);
-  const Leaves p(l);
-  RunningStats rs(s.c_out);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = aten_step(kBatch ? aten_batch : aten_running, l, p, i % l.x.size(), rs);
-    benchmark::DoNotOptimize(out);
-  });
-  set_counters(state, s, act, /*step=*/true, kBatch ? 4 : 3);
+  LayerRun r(state);
+  const Leaves p(r.l);
+  r.time(state, /*step=*/true, kBatch ? 4 : 3,
+         [&](int64_t i) { return aten_step(kBatch ? aten_batch : aten_running, r.l, p, i % r.l.x.size(), r.rs); });
 }
 
 // Layers of the mode (full or quick) within FAKEQUANT_BENCH_MAX_NUMEL, fp32 and bf16.
@@ -330,11 +318,10 @@ void convbn_args(benchmark::internal::Benchmark* b) {
   fb::configure(b);
 }
 
-}  // namespace
+[[maybe_unused]] const bool kRegistered = fb::register_pairs({
+    {"ConvBnForward", BM_ConvBnForward_fakequant, BM_ConvBnForward_aten, convbn_args},
+    {"ConvBnStep", BM_ConvBnStep_fakequant<false>, BM_ConvBnStep_aten<false>, convbn_args},
+    {"ConvBnBatchStep", BM_ConvBnStep_fakequant<true>, BM_ConvBnStep_aten<true>, convbn_args},
+});
 
-BENCHMARK(BM_ConvBnForward_fakequant)->Apply(convbn_args);
-BENCHMARK(BM_ConvBnForward_aten)->Apply(convbn_args);
-BENCHMARK(BM_ConvBnStep_fakequant<false>)->Name("BM_ConvBnStep_fakequant")->Apply(convbn_args);
-BENCHMARK(BM_ConvBnStep_aten<false>)->Name("BM_ConvBnStep_aten")->Apply(convbn_args);
-BENCHMARK(BM_ConvBnStep_fakequant<true>)->Name("BM_ConvBnBatchStep_fakequant")->Apply(convbn_args);
-BENCHMARK(BM_ConvBnStep_aten<true>)->Name("BM_ConvBnBatchStep_aten")->Apply(convbn_args);
+}  // namespace

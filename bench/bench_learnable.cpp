@@ -62,79 +62,56 @@ using BackwardPerChannel = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
 constexpr double kGradFactor = 0.01;
 const c10::List<bool> kAllGrads({true, true, true});  // bool[3] in the schema
 
-void BM_LearnablePerTensor_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  LearnableInputs in = make_inputs(n, dtype, false);
-  const auto fwd = fb::op<ForwardPerTensor>("fakequant::fake_quant_learnable_per_tensor");
-  const auto bwd = fb::op<BackwardPerTensor>("fakequant::fake_quant_learnable_per_tensor_backward");
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& x = in.x[i % in.x.size()];
-    auto y = fwd.call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor);
-    auto grads = bwd.call(in.dy[i % in.dy.size()], x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor,
-                          kAllGrads);
-    benchmark::DoNotOptimize(y);
-    benchmark::DoNotOptimize(grads);
-  });
-  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+// One training step on input x and grad_output dy: the forward's output and the backward's
+// (grad_input, grad_scale, grad_zero_point). Forward first: a braced list runs its calls in order.
+using Step = std::pair<at::Tensor, std::tuple<at::Tensor, at::Tensor, at::Tensor>>;
+
+Step ours_per_tensor(const LearnableInputs& in, const at::Tensor& x, const at::Tensor& dy) {
+  static const auto fwd = fb::op<ForwardPerTensor>("fakequant::fake_quant_learnable_per_tensor");
+  static const auto bwd = fb::op<BackwardPerTensor>("fakequant::fake_quant_learnable_per_tensor_backward");
+  return {fwd.call(x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor),
+          bwd.call(dy, x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor, kAllGrads)};
 }
 
-void BM_LearnablePerTensor_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  LearnableInputs in = make_inputs(n, dtype, false);
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& x = in.x[i % in.x.size()];
-    auto y = at::_fake_quantize_learnable_per_tensor_affine(x, in.scale, in.zero_point, kQuantMin, kQuantMax,
-                                                            kGradFactor);
-    auto grads = at::_fake_quantize_learnable_per_tensor_affine_backward(in.dy[i % in.dy.size()], x, in.scale,
-                                                                         in.zero_point, kQuantMin, kQuantMax,
-                                                                         kGradFactor);
-    benchmark::DoNotOptimize(y);
-    benchmark::DoNotOptimize(grads);
-  });
-  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+Step aten_per_tensor(const LearnableInputs& in, const at::Tensor& x, const at::Tensor& dy) {
+  return {at::_fake_quantize_learnable_per_tensor_affine(x, in.scale, in.zero_point, kQuantMin, kQuantMax, kGradFactor),
+          at::_fake_quantize_learnable_per_tensor_affine_backward(dy, x, in.scale, in.zero_point, kQuantMin, kQuantMax,
+                                                                  kGradFactor)};
 }
 
-void BM_LearnablePerChannel_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  LearnableInputs in = make_inputs(n, dtype, true);
-  const auto fwd = fb::op<ForwardPerChannel>("fakequant::fake_quant_learnable_per_channel");
-  const auto bwd = fb::op<BackwardPerChannel>("fakequant::fake_quant_learnable_per_channel_backward");
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& x = in.x[i % in.x.size()];
-    auto y = fwd.call(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor);
-    auto grads = bwd.call(in.dy[i % in.dy.size()], x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor,
-                          kAllGrads);
-    benchmark::DoNotOptimize(y);
-    benchmark::DoNotOptimize(grads);
-  });
-  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+Step ours_per_channel(const LearnableInputs& in, const at::Tensor& x, const at::Tensor& dy) {
+  static const auto fwd = fb::op<ForwardPerChannel>("fakequant::fake_quant_learnable_per_channel");
+  static const auto bwd = fb::op<BackwardPerChannel>("fakequant::fake_quant_learnable_per_channel_backward");
+  return {fwd.call(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor),
+          bwd.call(dy, x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax, kGradFactor, kAllGrads)};
 }
 
-void BM_LearnablePerChannel_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  LearnableInputs in = make_inputs(n, dtype, true);
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& x = in.x[i % in.x.size()];
-    auto y = at::_fake_quantize_learnable_per_channel_affine(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax,
-                                                             kGradFactor);
-    auto grads = at::_fake_quantize_learnable_per_channel_affine_backward(in.dy[i % in.dy.size()], x, in.scale,
-                                                                          in.zero_point, 0, kQuantMin, kQuantMax,
-                                                                          kGradFactor);
-    benchmark::DoNotOptimize(y);
-    benchmark::DoNotOptimize(grads);
-  });
-  fb::set_bandwidth(state, step_bytes(n, dtype), n);
+Step aten_per_channel(const LearnableInputs& in, const at::Tensor& x, const at::Tensor& dy) {
+  return {at::_fake_quantize_learnable_per_channel_affine(x, in.scale, in.zero_point, 0, kQuantMin, kQuantMax,
+                                                          kGradFactor),
+          at::_fake_quantize_learnable_per_channel_affine_backward(dy, x, in.scale, in.zero_point, 0, kQuantMin,
+                                                                   kQuantMax, kGradFactor)};
 }
+
+// A benchmark of `step` on the inputs of the run's numel and dtype.
+void time_step(benchmark::State& state, bool per_channel, Step (*step)(const LearnableInputs&, const at::Tensor&,
+                                                                        const at::Tensor&)) {
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const LearnableInputs in = make_inputs(p.n, p.dtype, per_channel);
+  fb::time_op(state, step_bytes(p.n, p.dtype), p.n,
+              [&](int64_t i) { return step(in, fb::rotate(in.x, i), fb::rotate(in.dy, i)); });
+}
+
+void BM_LearnablePerTensor_fakequant(benchmark::State& state) { time_step(state, false, ours_per_tensor); }
+void BM_LearnablePerTensor_aten(benchmark::State& state) { time_step(state, false, aten_per_tensor); }
+void BM_LearnablePerChannel_fakequant(benchmark::State& state) { time_step(state, true, ours_per_channel); }
+void BM_LearnablePerChannel_aten(benchmark::State& state) { time_step(state, true, aten_per_channel); }
 
 void learnable_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
-}  // namespace
+[[maybe_unused]] const bool kRegistered = fb::register_pairs({
+    {"LearnablePerTensor", BM_LearnablePerTensor_fakequant, BM_LearnablePerTensor_aten, learnable_sizes},
+    {"LearnablePerChannel", BM_LearnablePerChannel_fakequant, BM_LearnablePerChannel_aten, learnable_sizes},
+});
 
-BENCHMARK(BM_LearnablePerTensor_fakequant)->Apply(learnable_sizes);
-BENCHMARK(BM_LearnablePerTensor_aten)->Apply(learnable_sizes);
-BENCHMARK(BM_LearnablePerChannel_fakequant)->Apply(learnable_sizes);
-BENCHMARK(BM_LearnablePerChannel_aten)->Apply(learnable_sizes);
+}  // namespace

@@ -170,6 +170,18 @@ def op_calls(device: torch.device) -> list[tuple[str, object, object, str]]:
 # (b) FakeQuantize module steps
 
 
+def ao_baselines(observer, qparams: dict, fused_observer=None, note: str = "") -> dict:
+    """torch.ao's modules for the job: FakeQuantize over `observer` and FusedMovingAvgObsFakeQuantize
+    over `fused_observer` (the same observer unless given), named with `note` where given."""
+    fused_observer = fused_observer or observer
+    return {
+        f"FakeQuantize({observer.__name__}{', ' + note if note else ''})":
+            lambda: tq.FakeQuantize(observer=observer, **qparams),
+        f"FusedMovingAvgObsFakeQuantize{f'({note})' if note else ''}":
+            lambda: tq.FusedMovingAvgObsFakeQuantize(observer=fused_observer, **qparams),
+    }
+
+
 def module_pairs():
     """(fakequant module factory, {torch.ao name: factory}, kind of input)."""
     mm = tq.MovingAverageMinMaxObserver
@@ -178,24 +190,15 @@ def module_pairs():
     wpc = dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
     sym = dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     pairs = [
-        ("MovingAverageMinMaxFakeQuantize", lambda: fqnn.MovingAverageMinMaxFakeQuantize(**act), {
-            "FakeQuantize(MovingAverageMinMaxObserver)": lambda: tq.FakeQuantize(observer=mm, **act),
-            "FusedMovingAvgObsFakeQuantize": lambda: tq.FusedMovingAvgObsFakeQuantize(observer=mm, **act),
-        }, "activation"),
-        ("MovingAveragePerChannelMinMaxFakeQuantize", lambda: fqnn.MovingAveragePerChannelMinMaxFakeQuantize(), {
-            "FakeQuantize(MovingAveragePerChannelMinMaxObserver)": lambda: tq.FakeQuantize(observer=pc, **wpc),
-            "FusedMovingAvgObsFakeQuantize": lambda: tq.FusedMovingAvgObsFakeQuantize(observer=pc, **wpc),
-        }, "weight"),
-        ("AbsMaxWeightFakeQuantize", lambda: fqnn.AbsMaxWeightFakeQuantize(), {
-            "FakeQuantize(PerChannelMinMaxObserver)": lambda: tq.FakeQuantize(observer=tq.PerChannelMinMaxObserver,
-                                                                               **wpc),
-            "FusedMovingAvgObsFakeQuantize": lambda: tq.FusedMovingAvgObsFakeQuantize(observer=pc, **wpc),
-        }, "weight"),
+        ("MovingAverageMinMaxFakeQuantize", lambda: fqnn.MovingAverageMinMaxFakeQuantize(**act),
+         ao_baselines(mm, act), "activation"),
+        ("MovingAveragePerChannelMinMaxFakeQuantize", lambda: fqnn.MovingAveragePerChannelMinMaxFakeQuantize(),
+         ao_baselines(pc, wpc), "weight"),
+        ("AbsMaxWeightFakeQuantize", lambda: fqnn.AbsMaxWeightFakeQuantize(),
+         ao_baselines(tq.PerChannelMinMaxObserver, wpc, fused_observer=pc), "weight"),
         # Paddle's abs-max activation quantizer; torch.ao's nearest: symmetric moving-average min/max.
-        ("MovingAverageAbsMaxFakeQuantize", lambda: fqnn.MovingAverageAbsMaxFakeQuantize(), {
-            "FakeQuantize(MovingAverageMinMaxObserver, symmetric)": lambda: tq.FakeQuantize(observer=mm, **sym),
-            "FusedMovingAvgObsFakeQuantize(symmetric)": lambda: tq.FusedMovingAvgObsFakeQuantize(observer=mm, **sym),
-        }, "activation"),
+        ("MovingAverageAbsMaxFakeQuantize", lambda: fqnn.MovingAverageAbsMaxFakeQuantize(),
+         ao_baselines(mm, sym, note="symmetric"), "activation"),
     ]
     if _LearnableFakeQuantize is not None:
         def ao_learnable():

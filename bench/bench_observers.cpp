@@ -12,18 +12,20 @@ namespace fb = fakequant_bench;
 
 namespace {
 
+using fb::Mask;
+
 constexpr int64_t kChannels = 64;
 
-double must_move(int64_t n, torch::ScalarType dtype, int64_t mask_bytes) {
-  return static_cast<double>(2 * n * torch::elementSize(dtype) + mask_bytes);
-}
-
-std::vector<torch::Tensor> inputs(int64_t n, torch::ScalarType dtype, bool per_channel) {
+// Rotating inputs of the run's numel and dtype, [numel] or (per channel) [64, numel / 64].
+std::vector<torch::Tensor> inputs(const fb::SweepPoint& p, bool per_channel) {
   std::vector<torch::Tensor> x;
-  for (const auto& t : fb::random_sets(n, dtype, fb::rotation_sets(2 * n * torch::elementSize(dtype)), 2.0))
-    x.push_back(per_channel ? t.view({kChannels, n / kChannels}) : t);
+  for (const auto& t : fb::rotating_inputs(p.n, p.dtype, 2.0))
+    x.push_back(per_channel ? t.view({kChannels, p.n / kChannels}) : t);
   return x;
 }
+
+// The bytes of an observer with fake quant (fb::quant_dequant_bytes: its input, output and mask).
+double quant_dequant_bytes(const fb::SweepPoint& p, Mask mask) { return fb::quant_dequant_bytes(p.n, p.dtype, mask); }
 
 torch::TensorOptions opts(torch::ScalarType t) { return torch::TensorOptions().dtype(t).device(fb::bench_device()); }
 
@@ -47,100 +49,137 @@ using FusedObserverOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, co
 
 template <bool kPerChannel>
 void BM_FusedObserver_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, kPerChannel);
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, kPerChannel);
   MinMaxState s(kPerChannel ? kChannels : 1);
   static const auto op = fb::op<FusedObserverOp>("fakequant::fused_moving_avg_obs_fake_quant");
   const std::optional<int64_t> axis = kPerChannel ? std::optional<int64_t>(0) : std::nullopt;
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], s.observer_on, s.fake_quant_on, s.running_min, s.running_max, s.scale,
-                       s.zero_point, 0.01, 0, 255, axis, false, false, "half_even");
-    benchmark::DoNotOptimize(out);
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kPacked), p.n, [&](int64_t i) {
+    return op.call(fb::rotate(x, i), s.observer_on, s.fake_quant_on, s.running_min, s.running_max, s.scale,
+                   s.zero_point, 0.01, 0, 255, axis, false, false, "half_even");
   });
-  fb::set_bandwidth(state, must_move(n, dtype, (n + 7) / 8), n);
 }
 
 template <bool kPerChannel>
 void BM_FusedObserver_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, kPerChannel);
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, kPerChannel);
   MinMaxState s(kPerChannel ? kChannels : 1);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = at::_fused_moving_avg_obs_fq_helper(x[i % x.size()], s.observer_on, s.fake_quant_on, s.running_min,
-                                                   s.running_max, s.scale, s.zero_point, 0.01, 0, 255, 0,
-                                                   kPerChannel, false);
-    benchmark::DoNotOptimize(out);
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kBool), p.n, [&](int64_t i) {
+    return at::_fused_moving_avg_obs_fq_helper(fb::rotate(x, i), s.observer_on, s.fake_quant_on, s.running_min,
+                                               s.running_max, s.scale, s.zero_point, 0.01, 0, 255, 0, kPerChannel,
+                                               false);
   });
-  fb::set_bandwidth(state, must_move(n, dtype, n), n);
 }
 
-// --- Paddle moving_average_abs_max --------------------------------------------------------
+// --- Paddle abs-max observers ---------------------------------------------------------------
 
+// The end of the ATen composites of Paddle's abs-max observers: the tensor-qparam fake quant in
+// [-127, 127] with step = scale / 127 (at least the smallest normal float) and zero point 0.
+struct AtenAbsMaxFakeQuant {
+  torch::Tensor zero_point = torch::zeros({1}, opts(torch::kInt));
+  torch::Tensor enabled = torch::ones({1}, opts(torch::kLong));
+  std::tuple<at::Tensor, at::Tensor> operator()(const torch::Tensor& x, const torch::Tensor& scale) const {
+    auto step = (scale / 127.0).clamp_min(1.17549435e-38f);
+    return at::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(x, step, zero_point, enabled, -127, 127);
+  }
+};
+
+// Paddle moving_average_abs_max.
 using MovingAverageAbsMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::Tensor&, at::Tensor&,
                                                                  at::Tensor&, double, int64_t, bool, c10::string_view);
 
 void BM_MovingAverageAbsMax_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, false);
   auto scale = torch::zeros({1}, opts(torch::kFloat)), st = scale.clone(), accum = scale.clone();
   static const auto op = fb::op<MovingAverageAbsMaxOp>("fakequant::fake_quant_moving_average_abs_max");
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], scale, st, accum, 0.9, 8, true, "half_even");
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, must_move(n, dtype, (n + 7) / 8), n);
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kPacked), p.n,
+              [&](int64_t i) { return op.call(fb::rotate(x, i), scale, st, accum, 0.9, 8, true, "half_even"); });
 }
 
 // The same job from ATen ops (what a Paddle-style observer written in PyTorch runs): abs-max,
 // the state update as tensor ops, then the tensor-qparam fake quant.
 void BM_MovingAverageAbsMax_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, false);
   auto scale = torch::zeros({1}, opts(torch::kFloat)), st = scale.clone(), accum = scale.clone();
-  auto zero_point = torch::zeros({1}, opts(torch::kInt));
-  auto enabled = torch::ones({1}, opts(torch::kLong));
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& xi = x[i % x.size()];
+  const AtenAbsMaxFakeQuant fake_quant;
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kBool), p.n, [&](int64_t i) {
+    const auto& xi = fb::rotate(x, i);
     auto cur = xi.abs().amax().to(torch::kFloat);
     st.mul_(0.9).add_(1.0);
     accum.mul_(0.9).add_(cur);
     at::div_out(scale, accum, st);
-    auto step = (scale / 127.0).clamp_min(1.17549435e-38f);
-    auto out = at::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(xi, step, zero_point, enabled, -127, 127);
-    benchmark::DoNotOptimize(out);
+    return fake_quant(xi, scale);
   });
-  fb::set_bandwidth(state, must_move(n, dtype, n), n);
+}
+
+// Paddle range_abs_max.
+constexpr int64_t kWindow = 10000;  // Paddle's default window_size
+
+using RangeAbsMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
+                                                         int64_t, bool, c10::string_view);
+
+// Its state: the scale, the window of abs-maxes and the iteration count.
+struct RangeState {
+  torch::Tensor scale = torch::zeros({1}, opts(torch::kFloat));
+  torch::Tensor window = torch::zeros({kWindow}, opts(torch::kFloat));
+  torch::Tensor iter = torch::zeros({1}, opts(torch::kLong));
+};
+
+void BM_RangeAbsMax_fakequant(benchmark::State& state) {
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, false);
+  RangeState s;
+  static const auto op = fb::op<RangeAbsMaxOp>("fakequant::fake_quant_range_abs_max");
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kPacked), p.n,
+              [&](int64_t i) { return op.call(fb::rotate(x, i), s.scale, s.window, s.iter, 8, true, "half_even"); });
+}
+
+// The same job from ATen ops without a host read: abs-max, written into the window at
+// iter % window_size, scale = max over the window (what Paddle's rule keeps: the window starts
+// at zero and holds non-negative values), iter + 1, then the tensor-qparam fake quant.
+void BM_RangeAbsMax_aten(benchmark::State& state) {
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, false);
+  RangeState s;
+  const AtenAbsMaxFakeQuant fake_quant;
+  fb::time_op(state, quant_dequant_bytes(p, Mask::kBool), p.n, [&](int64_t i) {
+    const auto& xi = fb::rotate(x, i);
+    auto cur = xi.abs().amax().to(torch::kFloat).view({1});
+    s.window.index_copy_(0, at::remainder(s.iter, kWindow), cur);
+    at::amax_out(s.scale, s.window, {0}, true);
+    s.iter.add_(1);
+    return fake_quant(xi, s.scale);
+  });
 }
 
 // --- Reductions ----------------------------------------------------------------------------
 
+// A reduction benchmark: `reduce(x)` timed on the run's inputs, which it reads once (the
+// output is a few bytes).
+template <typename Reduce>
+void reduction(benchmark::State& state, bool per_channel, const Reduce& reduce) {
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const auto x = inputs(p, per_channel);
+  fb::time_op(state, static_cast<double>(p.n * torch::elementSize(p.dtype)), p.n,
+              [&](int64_t i) { return reduce(fb::rotate(x, i)); });
+}
+
 using MinMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::optional<int64_t>);
 
-void BM_MinMax_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
+std::tuple<at::Tensor, at::Tensor> ours_min_max(const torch::Tensor& x, std::optional<int64_t> axis) {
   static const auto op = fb::op<MinMaxOp>("fakequant::min_max");
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], std::nullopt);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+  return op.call(x, axis);
+}
+
+void BM_MinMax_fakequant(benchmark::State& state) {
+  reduction(state, false, [](const torch::Tensor& x) { return ours_min_max(x, std::nullopt); });
 }
 
 void BM_MinMax_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = at::aminmax(x[i % x.size()]);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+  reduction(state, false, [](const torch::Tensor& x) { return at::aminmax(x); });
 }
 
 // abs_max: ATen has no abs-max reduction; the fastest ATen way differs by device. On the GPU
@@ -156,119 +195,41 @@ using AbsMaxOp = at::Tensor(const at::Tensor&, std::optional<int64_t>);
 
 template <bool kPerChannel>
 void BM_AbsMax_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, kPerChannel);
   static const auto op = fb::op<AbsMaxOp>("fakequant::abs_max");
   const std::optional<int64_t> axis = kPerChannel ? std::optional<int64_t>(0) : std::nullopt;
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], axis);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+  reduction(state, kPerChannel, [&](const torch::Tensor& x) { return op.call(x, axis); });
 }
 
 template <bool kPerChannel>
 void BM_AbsMax_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, kPerChannel);
   const std::vector<int64_t> rows{1};
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = kPerChannel ? aten_abs_max(x[i % x.size()], rows) : aten_abs_max(x[i % x.size()], std::nullopt);
-    benchmark::DoNotOptimize(out);
+  reduction(state, kPerChannel, [&](const torch::Tensor& x) {
+    return kPerChannel ? aten_abs_max(x, rows) : aten_abs_max(x, std::nullopt);
   });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
 }
 
 // Per-channel min/max along axis 0 of [64, numel/64] against at::aminmax over dim 1.
 void BM_MinMaxPerChannel_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, true);
-  static const auto op = fb::op<MinMaxOp>("fakequant::min_max");
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], 0);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
+  reduction(state, true, [](const torch::Tensor& x) { return ours_min_max(x, 0); });
 }
 
 void BM_MinMaxPerChannel_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, true);
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = at::aminmax(x[i % x.size()], 1);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, static_cast<double>(n * torch::elementSize(dtype)), n);
-}
-
-// --- Paddle range_abs_max -------------------------------------------------------------------
-
-constexpr int64_t kWindow = 10000;  // Paddle's default window_size
-
-using RangeAbsMaxOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
-                                                         int64_t, bool, c10::string_view);
-
-void BM_RangeAbsMax_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
-  auto scale = torch::zeros({1}, opts(torch::kFloat)), window = torch::zeros({kWindow}, opts(torch::kFloat));
-  auto iter = torch::zeros({1}, opts(torch::kLong));
-  static const auto op = fb::op<RangeAbsMaxOp>("fakequant::fake_quant_range_abs_max");
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(x[i % x.size()], scale, window, iter, 8, true, "half_even");
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, must_move(n, dtype, (n + 7) / 8), n);
-}
-
-// The same job from ATen ops without a host read: abs-max, written into the window at
-// iter % window_size, scale = max over the window (what Paddle's rule keeps: the window starts
-// at zero and holds non-negative values), iter + 1, then the tensor-qparam fake quant.
-void BM_RangeAbsMax_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  auto x = inputs(n, dtype, false);
-  auto scale = torch::zeros({1}, opts(torch::kFloat)), window = torch::zeros({kWindow}, opts(torch::kFloat));
-  auto iter = torch::zeros({1}, opts(torch::kLong));
-  auto zero_point = torch::zeros({1}, opts(torch::kInt));
-  auto enabled = torch::ones({1}, opts(torch::kLong));
-  fb::run_timed(state, [&](int64_t i) {
-    const auto& xi = x[i % x.size()];
-    auto cur = xi.abs().amax().to(torch::kFloat).view({1});
-    window.index_copy_(0, at::remainder(iter, kWindow), cur);
-    at::amax_out(scale, window, {0}, true);
-    iter.add_(1);
-    auto step = (scale / 127.0).clamp_min(1.17549435e-38f);
-    auto out = at::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(xi, step, zero_point, enabled, -127, 127);
-    benchmark::DoNotOptimize(out);
-  });
-  fb::set_bandwidth(state, must_move(n, dtype, n), n);
+  reduction(state, true, [](const torch::Tensor& x) { return at::aminmax(x, 1); });
 }
 
 // ATen's fused observer takes float32 only.
 void fp32_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0}); }
 void all_sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
-}  // namespace
+[[maybe_unused]] const bool kRegistered = fb::register_pairs({
+    {"FusedObserverPerTensor", BM_FusedObserver_fakequant<false>, BM_FusedObserver_aten<false>, fp32_sizes},
+    {"FusedObserverPerChannel", BM_FusedObserver_fakequant<true>, BM_FusedObserver_aten<true>, fp32_sizes},
+    {"MovingAverageAbsMax", BM_MovingAverageAbsMax_fakequant, BM_MovingAverageAbsMax_aten, all_sizes},
+    {"MinMax", BM_MinMax_fakequant, BM_MinMax_aten, all_sizes},
+    {"AbsMax", BM_AbsMax_fakequant<false>, BM_AbsMax_aten<false>, all_sizes},
+    {"AbsMaxPerChannel", BM_AbsMax_fakequant<true>, BM_AbsMax_aten<true>, all_sizes},
+    {"MinMaxPerChannel", BM_MinMaxPerChannel_fakequant, BM_MinMaxPerChannel_aten, all_sizes},
+    {"RangeAbsMax", BM_RangeAbsMax_fakequant, BM_RangeAbsMax_aten, all_sizes},
+});
 
-BENCHMARK(BM_FusedObserver_fakequant<false>)->Name("BM_FusedObserverPerTensor_fakequant")->Apply(fp32_sizes);
-BENCHMARK(BM_FusedObserver_aten<false>)->Name("BM_FusedObserverPerTensor_aten")->Apply(fp32_sizes);
-BENCHMARK(BM_FusedObserver_fakequant<true>)->Name("BM_FusedObserverPerChannel_fakequant")->Apply(fp32_sizes);
-BENCHMARK(BM_FusedObserver_aten<true>)->Name("BM_FusedObserverPerChannel_aten")->Apply(fp32_sizes);
-BENCHMARK(BM_MovingAverageAbsMax_fakequant)->Apply(all_sizes);
-BENCHMARK(BM_MovingAverageAbsMax_aten)->Apply(all_sizes);
-BENCHMARK(BM_MinMax_fakequant)->Apply(all_sizes);
-BENCHMARK(BM_MinMax_aten)->Apply(all_sizes);
-BENCHMARK(BM_AbsMax_fakequant<false>)->Name("BM_AbsMax_fakequant")->Apply(all_sizes);
-BENCHMARK(BM_AbsMax_aten<false>)->Name("BM_AbsMax_aten")->Apply(all_sizes);
-BENCHMARK(BM_AbsMax_fakequant<true>)->Name("BM_AbsMaxPerChannel_fakequant")->Apply(all_sizes);
-BENCHMARK(BM_AbsMax_aten<true>)->Name("BM_AbsMaxPerChannel_aten")->Apply(all_sizes);
-BENCHMARK(BM_MinMaxPerChannel_fakequant)->Apply(all_sizes);
-BENCHMARK(BM_MinMaxPerChannel_aten)->Apply(all_sizes);
-BENCHMARK(BM_RangeAbsMax_fakequant)->Apply(all_sizes);
-BENCHMARK(BM_RangeAbsMax_aten)->Apply(all_sizes);
+}  // namespace

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bench_common.h"
@@ -17,64 +18,44 @@ namespace fb = fakequant_bench;
 
 namespace {
 
-constexpr int64_t kQuantMin = -128;
-constexpr int64_t kQuantMax = 127;
-constexpr double kScale = 0.02;
-constexpr int64_t kZeroPoint = 3;
 constexpr int64_t kSeedHigh = int64_t{1} << 62;  // fakequant.ops.SEED_HIGH
-
-// Bytes each must move: input and output, plus fakequant's 1-bit mask (its 16-byte seed is
-// negligible) or the composite's bool mask. The composite's intermediates (the uniforms,
-// x / scale + u, q, ...) are extra traffic it chooses to make, not counted.
-double fakequant_bytes(int64_t n, torch::ScalarType dtype) {
-  return static_cast<double>(2 * n * torch::elementSize(dtype) + (n + 7) / 8);
-}
-double aten_bytes(int64_t n, torch::ScalarType dtype) {
-  return static_cast<double>(2 * n * torch::elementSize(dtype) + n);
-}
-
-std::vector<torch::Tensor> make_inputs(int64_t n, torch::ScalarType dtype) {
-  return fb::random_sets(n, dtype, fb::rotation_sets(2 * n * torch::elementSize(dtype)), 2.0);
-}
 
 using FakeQuantOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                        int64_t, int64_t, c10::string_view,
                                                        const std::optional<at::Tensor>&);
 
+// Bytes each must move (fb::quant_dequant_bytes): input and output, plus fakequant's 1-bit mask
+// (its 16-byte seed is negligible) or the composite's bool mask. The composite's intermediates
+// (the uniforms, x / scale + u, q, ...) are extra traffic it chooses to make, not counted.
 void BM_FakeQuantPerTensorStochastic_fakequant(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  const std::vector<torch::Tensor> x = make_inputs(n, dtype);
-  const auto opts = torch::TensorOptions().device(fb::bench_device());
-  const torch::Tensor scale = torch::full({1}, kScale, opts.dtype(torch::kFloat));
-  const torch::Tensor zero_point = torch::full({1}, kZeroPoint, opts.dtype(torch::kInt));
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const std::vector<torch::Tensor> x = fb::rotating_inputs(p.n, p.dtype, 2.0);
+  const fb::QParams q = fb::per_tensor_qparams();
+  const auto seed_opts = torch::TensorOptions().device(fb::bench_device()).dtype(torch::kLong);
   static const auto op = fb::op<FakeQuantOp>("fakequant::fake_quant_per_tensor");
-  fb::run_timed(state, [&](int64_t i) {
-    const torch::Tensor seed = torch::randint(0, kSeedHigh, {2}, opts.dtype(torch::kLong));
-    auto out = op.call(x[i % x.size()], scale, zero_point, kQuantMin, kQuantMax, "stochastic", seed);
-    benchmark::DoNotOptimize(out);
+  fb::time_op(state, fb::quant_dequant_bytes(p.n, p.dtype, fb::Mask::kPacked), p.n, [&](int64_t i) {
+    const torch::Tensor seed = torch::randint(0, kSeedHigh, {2}, seed_opts);
+    return op.call(fb::rotate(x, i), q.scale, q.zero_point, fb::kQuantMin, fb::kQuantMax, "stochastic", seed);
   });
-  fb::set_bandwidth(state, fakequant_bytes(n, dtype), n);
 }
 
 void BM_FakeQuantPerTensorStochastic_aten(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const auto dtype = fb::dtype_arg(state.range(1));
-  const std::vector<torch::Tensor> x = make_inputs(n, dtype);
-  fb::run_timed(state, [&](int64_t i) {
-    const torch::Tensor& xi = x[i % x.size()];
-    const torch::Tensor q = torch::floor(xi / kScale + torch::rand_like(xi)) + kZeroPoint;
-    const torch::Tensor mask = (q >= kQuantMin).logical_and_(q <= kQuantMax);
-    const torch::Tensor y = (q.clamp(kQuantMin, kQuantMax) - kZeroPoint) * kScale;
-    benchmark::DoNotOptimize(y);
-    benchmark::DoNotOptimize(mask);
+  const fb::SweepPoint p = fb::sweep_point(state);
+  const std::vector<torch::Tensor> x = fb::rotating_inputs(p.n, p.dtype, 2.0);
+  fb::time_op(state, fb::quant_dequant_bytes(p.n, p.dtype, fb::Mask::kBool), p.n, [&](int64_t i) {
+    const torch::Tensor& xi = fb::rotate(x, i);
+    const torch::Tensor q = torch::floor(xi / fb::kScale + torch::rand_like(xi)) + fb::kZeroPoint;
+    torch::Tensor mask = (q >= fb::kQuantMin).logical_and_(q <= fb::kQuantMax);
+    torch::Tensor y = (q.clamp(fb::kQuantMin, fb::kQuantMax) - fb::kZeroPoint) * fb::kScale;
+    return std::make_pair(std::move(y), std::move(mask));
   });
-  fb::set_bandwidth(state, aten_bytes(n, dtype), n);
 }
 
 void sizes(benchmark::internal::Benchmark* b) { fb::sweep_args(b, {0, 1}); }
 
-}  // namespace
+[[maybe_unused]] const bool kRegistered = fb::register_pairs({
+    {"FakeQuantPerTensorStochastic", BM_FakeQuantPerTensorStochastic_fakequant, BM_FakeQuantPerTensorStochastic_aten,
+     sizes},
+});
 
-BENCHMARK(BM_FakeQuantPerTensorStochastic_fakequant)->Apply(sizes);
-BENCHMARK(BM_FakeQuantPerTensorStochastic_aten)->Apply(sizes);
+}  // namespace

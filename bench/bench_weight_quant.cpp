@@ -19,70 +19,66 @@ constexpr int64_t kQuantMin = -127;
 constexpr int64_t kQuantMax = 127;
 constexpr double kEps = 1.1920928955078125e-07;
 
+// The weights of a run's shape and dtype: rotating sets, the dims other than axis 0 and the int32
+// zero points [C] of the ATen composite.
 struct WeightInputs {
+  std::vector<int64_t> shape;
+  int64_t n;
+  torch::ScalarType dtype;
   std::vector<torch::Tensor> w;
   std::vector<int64_t> other_dims;
-  torch::Tensor zero_points;  // for the ATen composite (int32 zeros [C])
+  torch::Tensor zero_points;
 };
 
-WeightInputs make_weights(const std::vector<int64_t>& shape, torch::ScalarType dtype) {
-  const int64_t n = fb::numel_of(shape);
+WeightInputs make_weights(benchmark::State& state) {
   WeightInputs in;
-  const int sets = fb::rotation_sets(2 * n * torch::elementSize(dtype));
+  in.shape = fb::layer_shapes()[state.range(2)].sizes;
+  in.n = fb::numel_of(in.shape);
+  in.dtype = fb::dtype_arg(state.range(1));
+  state.SetLabel(fb::shape_label(in.shape, 0));
+  for (const auto& t : fb::rotating_inputs(in.n, in.dtype, 0.05)) in.w.push_back(t.view(in.shape));
+  for (int64_t d = 1; d < static_cast<int64_t>(in.shape.size()); ++d) in.other_dims.push_back(d);
   const auto opts = torch::TensorOptions().device(fb::bench_device());
-  for (const auto& t : fb::random_sets(n, dtype, sets, 0.05)) in.w.push_back(t.view(shape));
-  for (int64_t d = 1; d < static_cast<int64_t>(shape.size()); ++d) in.other_dims.push_back(d);
-  in.zero_points = torch::zeros({shape[0]}, opts.dtype(torch::kInt));
+  in.zero_points = torch::zeros({in.shape[0]}, opts.dtype(torch::kInt));
   return in;
 }
 
 // Bytes each must move: fakequant reads the weight once, writes output, 1-bit mask and
 // scales; the composite reads it twice (amax, then the quant-dequant) and writes a bool mask.
-double weight_fakequant_bytes(int64_t n, int64_t c, torch::ScalarType dtype) {
-  return static_cast<double>(2 * n * torch::elementSize(dtype) + (n + 7) / 8 + 4 * c);
+double weight_fakequant_bytes(const WeightInputs& in) {
+  return static_cast<double>(2 * in.n * torch::elementSize(in.dtype) + (in.n + 7) / 8 + 4 * in.shape[0]);
 }
-double weight_aten_bytes(int64_t n, int64_t c, torch::ScalarType dtype) {
-  return static_cast<double>(3 * n * torch::elementSize(dtype) + n + 4 * c);
+double weight_aten_bytes(const WeightInputs& in) {
+  return static_cast<double>(3 * in.n * torch::elementSize(in.dtype) + in.n + 4 * in.shape[0]);
 }
 
 using WeightOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, int64_t,
                                                                 c10::string_view, double);
 
 void BM_WeightAbsMax_fakequant(benchmark::State& state) {
-  const auto& shape = fb::layer_shapes()[state.range(2)].sizes;
-  const int64_t n = fb::numel_of(shape);
-  state.SetLabel(fb::shape_label(shape, 0));
-  const auto dtype = fb::dtype_arg(state.range(1));
-  WeightInputs in = make_weights(shape, dtype);
+  const WeightInputs in = make_weights(state);
   static const auto op = fb::op<WeightOp>("fakequant::fake_quant_weight_abs_max");
-  fb::run_timed(state, [&](int64_t i) {
-    auto out = op.call(in.w[i % in.w.size()], 0, kQuantMin, kQuantMax, "half_even", kEps);
-    benchmark::DoNotOptimize(out);
+  fb::time_op(state, weight_fakequant_bytes(in), in.n, [&](int64_t i) {
+    return op.call(fb::rotate(in.w, i), 0, kQuantMin, kQuantMax, "half_even", kEps);
   });
-  fb::set_bandwidth(state, weight_fakequant_bytes(n, shape[0], dtype), n);
 }
 
 void BM_WeightAbsMax_aten(benchmark::State& state) {
-  const auto& shape = fb::layer_shapes()[state.range(2)].sizes;
-  const int64_t n = fb::numel_of(shape);
-  state.SetLabel(fb::shape_label(shape, 0));
-  const auto dtype = fb::dtype_arg(state.range(1));
-  WeightInputs in = make_weights(shape, dtype);
+  const WeightInputs in = make_weights(state);
   const double half = static_cast<double>(kQuantMax - kQuantMin) / 2.0;
-  fb::run_timed(state, [&](int64_t i) {
-    const torch::Tensor& w = in.w[i % in.w.size()];
+  fb::time_op(state, weight_aten_bytes(in), in.n, [&](int64_t i) {
+    const torch::Tensor& w = fb::rotate(in.w, i);
     const torch::Tensor absmax = at::amax(at::abs(w), in.other_dims).to(torch::kFloat);
     const torch::Tensor scale = at::clamp_min(absmax / half, kEps);
-    auto out = at::fake_quantize_per_channel_affine_cachemask(w, scale, in.zero_points, 0, kQuantMin, kQuantMax);
-    benchmark::DoNotOptimize(out);
+    return at::fake_quantize_per_channel_affine_cachemask(w, scale, in.zero_points, 0, kQuantMin, kQuantMax);
   });
-  fb::set_bandwidth(state, weight_aten_bytes(n, shape[0], dtype), n);
 }
 
 // Weight shapes of bench_common.h's layer table: [64, 64], ResNet-50 conv weights, Linear.
 void weight_args(benchmark::internal::Benchmark* b) { fb::layer_args(b, {0, 1}, /*weights_only=*/true); }
 
-}  // namespace
+[[maybe_unused]] const bool kRegistered = fb::register_pairs({
+    {"WeightAbsMax", BM_WeightAbsMax_fakequant, BM_WeightAbsMax_aten, weight_args},
+});
 
-BENCHMARK(BM_WeightAbsMax_fakequant)->Apply(weight_args);
-BENCHMARK(BM_WeightAbsMax_aten)->Apply(weight_args);
+}  // namespace

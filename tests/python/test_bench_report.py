@@ -7,6 +7,7 @@ import importlib.util
 import json
 import pathlib
 import random
+import re
 
 import pytest
 
@@ -98,6 +99,42 @@ def test_derived_json_adds_counters_to_the_median_entries(run):
     assert "%copy" not in by_name["BM_MinMax_fakequant/numel:65536/dtype:1"]
     titles = [p["fakequant"] for p in out["derived"]["pairs"]]
     assert titles == ["BM_FakeQuantPerTensor_fakequant", "BM_MinMax_fakequant", "BM_WeightAbsMax_fakequant"]
+
+
+def test_pairs_come_from_the_names(run, capsys):
+    """BM_<op>_fakequant pairs with BM_<op>_aten: described ops in DESCRIPTIONS' order, then the
+    others under their names in the run's order; a family outside the rule is named on stderr."""
+    path, _ = run
+    data = json.loads(path.read_text())
+    data["benchmarks"][:0] = [entry("BM_Zeta_fakequant/numel:4096/dtype:0", 2.0, 8.0),
+                              entry("BM_Zeta_aten/numel:4096/dtype:0", 5.0, 4.0),
+                              entry("BM_Alpha_fakequant/numel:4096/dtype:0", 1.0, 9.0),
+                              entry("BM_Unpaired_aten/numel:4096/dtype:0", 1.0, 1.0),
+                              entry("BM_Odd/numel:4096/dtype:0", 1.0, 1.0)]
+    path.write_text(json.dumps(data))
+    _, rows, _ = rr.load(path)
+    got = [(title, ours, aten) for title, ours, aten, _ in rr.pairs(rows)]
+    assert got == [(rr.DESCRIPTIONS[op][0], f"BM_{op}_fakequant", f"BM_{op}_aten")
+                   for op in ("FakeQuantPerTensor", "MinMax", "WeightAbsMax")] + [
+        ("Zeta", "BM_Zeta_fakequant", "BM_Zeta_aten"), ("Alpha", "BM_Alpha_fakequant", "BM_Alpha_aten")]
+    (zeta,) = rr.pair_rows(rows, "BM_Zeta_fakequant", "BM_Zeta_aten")
+    assert zeta["speedup_vs_aten"] == pytest.approx(2.5)
+    assert rr.off_rule(rows) == ["BM_Unpaired_aten", "BM_Odd"]
+    text = rr.tables(rows)
+    assert "**Zeta** — ATen: `BM_Zeta_aten`" in text and text.index("**Zeta**") < text.index("**Alpha**")
+    rr.report(path, None, None)
+    assert "BM_Unpaired_aten, BM_Odd" in capsys.readouterr().err
+
+
+def test_every_registered_pair_is_described():
+    """The ops bench/*.cpp register (fb::register_pairs rows) and the renderer's DESCRIPTIONS are
+    the same set, so no pair of a new run is reported without its title."""
+    registered = set()
+    for cpp in sorted((ROOT / "bench").glob("bench_*.cpp")):
+        text = cpp.read_text()
+        for block in re.findall(r"register_pairs\(\{(.*?)\}\);", text, re.S):
+            registered.update(re.findall(r'\{"(\w+)",', block))
+    assert registered == set(rr.DESCRIPTIONS)
 
 
 def test_report_fails_clearly_without_matplotlib(run, monkeypatch, tmp_path):
