@@ -15,6 +15,7 @@ from ._common import (
     check_rounding_and_seed,
     draw_seed,
     mask_bytes,
+    op,
     quant_dequant_outputs,
 )
 
@@ -27,6 +28,10 @@ __all__ = [
     "fake_quantize_per_tensor_with_mask",
     "masked_grad",
 ]
+
+_FAKE_QUANT_MASK_BACKWARD = op("fake_quant_mask_backward")
+_FAKE_QUANT_PER_CHANNEL = op("fake_quant_per_channel")
+_FAKE_QUANT_PER_TENSOR = op("fake_quant_per_tensor")
 
 
 def fake_quantize_per_tensor_with_mask(
@@ -53,7 +58,7 @@ def fake_quantize_per_tensor_with_mask(
     other modes.
     """
     seed = draw_seed(input, rounding, generator)
-    return torch.ops.fakequant.fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed)
+    return _FAKE_QUANT_PER_TENSOR(input, scale, zero_point, quant_min, quant_max, rounding, seed)
 
 
 def fake_quantize_per_tensor(
@@ -92,7 +97,7 @@ def fake_quantize_per_channel_with_mask(
     ``C = input.size(axis)``, on ``input``'s device.
     """
     seed = draw_seed(input, rounding, generator)
-    return torch.ops.fakequant.fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding,
+    return _FAKE_QUANT_PER_CHANNEL(input, scale, zero_point, axis, quant_min, quant_max, rounding,
                                                       seed)
 
 
@@ -118,7 +123,7 @@ def fake_quantize_per_channel(
 def masked_grad(grad_output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Clipped straight-through backward: ``grad_output`` where the packed ``mask`` bit is
     set, else 0. ``grad_output`` must be laid out like the forward output."""
-    return torch.ops.fakequant.fake_quant_mask_backward(grad_output, mask)
+    return _FAKE_QUANT_MASK_BACKWARD(grad_output, mask)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LIB, check_devices, check_output_mask, dense_or_contiguous
+from ._common import LIB, check_devices, check_output_mask, dense_or_contiguous, op
 
 __all__ = ["fake_quantize_learnable_per_channel", "fake_quantize_learnable_per_tensor"]
+
+_FAKE_QUANT_LEARNABLE_PER_CHANNEL = op("fake_quant_learnable_per_channel")
+_FAKE_QUANT_LEARNABLE_PER_TENSOR = op("fake_quant_learnable_per_tensor")
 
 
 def fake_quantize_learnable_per_tensor(
@@ -41,7 +44,7 @@ def fake_quantize_learnable_per_tensor(
     only the input, scale and zero point are saved for backward, nothing is synchronised
     with the host on CUDA. Bad qparam values raise on the CPU and give NaN on CUDA.
     """
-    return torch.ops.fakequant.fake_quant_learnable_per_tensor(input, scale, zero_point, quant_min, quant_max,
+    return _FAKE_QUANT_LEARNABLE_PER_TENSOR(input, scale, zero_point, quant_min, quant_max,
                                                                grad_factor)
 
 
@@ -62,7 +65,7 @@ def fake_quantize_learnable_per_channel(
     ``grad_scale`` / ``grad_zero_point`` are summed per channel; otherwise as
     :func:`fake_quantize_learnable_per_tensor`.
     """
-    return torch.ops.fakequant.fake_quant_learnable_per_channel(input, scale, zero_point, axis, quant_min,
+    return _FAKE_QUANT_LEARNABLE_PER_CHANNEL(input, scale, zero_point, axis, quant_min,
                                                                 quant_max, grad_factor)
 
 

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LIB, channel_shape
+from ._common import LIB, channel_shape, op
 
 __all__ = ["abs_max", "min_max"]
+
+_ABS_MAX = op("abs_max")
+_MIN_MAX = op("min_max")
 
 
 def abs_max(input: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     """``max |input|`` in float32: over the whole tensor (0-d result) or per channel along
     ``axis`` (``[input.size(axis)]``). NaN propagates (as ``torch.amax``); an empty
     reduction gives 0. Computed on ``input``'s device without host synchronisation."""
-    return torch.ops.fakequant.abs_max(input, axis)
+    return _ABS_MAX(input, axis)
 
 
 def min_max(input: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(min, max)`` of ``input`` in float32, whole tensor or per channel along ``axis``, as
     ``torch.aminmax`` (NaN propagates); an empty reduction gives ``(+inf, -inf)``."""
-    return torch.ops.fakequant.min_max(input, axis)
+    return _MIN_MAX(input, axis)
 
 
 @torch.library.register_fake(f"{LIB}::abs_max")
