@@ -58,9 +58,14 @@ struct LearnableBackwardArgs {
 // The qparams the forward quantises with: the integer zero point (learnable_zero_point_forward)
 // and the scale, NaN for a channel whose qparams are out of contract (learnable_qparams_valid),
 // which makes the ordinary quant-dequant poison that channel. Writes `channels` entries each.
-// The forward itself is then fake_quant_per_tensor_cpu(_range) / fake_quant_per_channel_cpu(_range)
-// with these qparams and no mask.
+// The forward itself is then fake_quant_learnable_cpu_range with these qparams.
 void learnable_forward_qparams(const LearnableQParams& qp, float* scale_out, int32_t* zero_point_out);
+
+// The forward of the mask groups [group_begin, group_end) (fake_quant_per_tensor_cpu_range for
+// one channel, else fake_quant_per_channel_cpu_range, with no mask), quantising with the
+// `scale` / `zero_point` that learnable_forward_qparams wrote.
+void fake_quant_learnable_cpu_range(const LearnableForwardArgs& args, const LearnableQParams& qp, const float* scale,
+                                    const int32_t* zero_point, int64_t group_begin, int64_t group_end);
 
 // The whole forward, single-threaded.
 void fake_quant_learnable_cpu(const LearnableForwardArgs& args, const LearnableQParams& qp);

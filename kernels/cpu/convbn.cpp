@@ -55,6 +55,19 @@ void dispatch(ConvBnDType dtype, F f) {
   }
 }
 
+// f(has_mask, has_z) with both flags as std::true_type / std::false_type, so that each
+// combination of an optional ReLU mask and an optional pre-BN input is a loop of its own.
+template <typename F>
+void with_mask_and_z(bool has_mask, bool has_z, F&& f) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (has_mask) {
+    has_z ? f(Yes{}, Yes{}) : f(Yes{}, No{});
+  } else {
+    has_z ? f(No{}, Yes{}) : f(No{}, No{});
+  }
+}
+
 // f(c, b, e) for the runs of one channel covering [begin, end) in memory order.
 template <typename F>
 void for_each_run(const ActivationLayout& l, int64_t begin, int64_t end, F f) {
@@ -170,13 +183,7 @@ void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, in
         sums[C + c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
       });
     };
-    using Yes = std::true_type;
-    using No = std::false_type;
-    if (mask != nullptr) {
-      z != nullptr ? sum_runs(Yes{}, Yes{}) : sum_runs(Yes{}, No{});
-    } else {
-      z != nullptr ? sum_runs(No{}, Yes{}) : sum_runs(No{}, No{});
-    }
+    with_mask_and_z(mask != nullptr, z != nullptr, sum_runs);
   });
 }
 
@@ -252,13 +259,7 @@ void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin,
         }
       });
     };
-    using Yes = std::true_type;
-    using No = std::false_type;
-    if (mask != nullptr) {
-      z != nullptr ? backward_runs(Yes{}, Yes{}) : backward_runs(Yes{}, No{});
-    } else {
-      z != nullptr ? backward_runs(No{}, Yes{}) : backward_runs(No{}, No{});
-    }
+    with_mask_and_z(mask != nullptr, z != nullptr, backward_runs);
   });
 }
 

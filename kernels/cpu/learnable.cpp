@@ -190,25 +190,31 @@ void learnable_forward_qparams(const LearnableQParams& qp, float* scale_out, int
   }
 }
 
-void fake_quant_learnable_cpu(const LearnableForwardArgs& a, const LearnableQParams& qp) {
-  if (a.numel == 0) return;
-  std::vector<float> scale(qp.channels);
-  std::vector<int32_t> zero_point(qp.channels);
-  learnable_forward_qparams(qp, scale.data(), zero_point.data());
+void fake_quant_learnable_cpu_range(const LearnableForwardArgs& a, const LearnableQParams& qp, const float* scale,
+                                    const int32_t* zero_point, int64_t group_begin, int64_t group_end) {
   const FakeQuantArgs args{a.dtype, a.input, a.output, nullptr, a.numel};
   if (qp.channels == 1) {
-    fake_quant_per_tensor_cpu(args, {scale.data(), zero_point.data(), qp.quant_min, qp.quant_max, Rounding::kHalfEven});
+    const PerTensorQParams pt{scale, zero_point, qp.quant_min, qp.quant_max, Rounding::kHalfEven};
+    fake_quant_per_tensor_cpu_range(args, pt, group_begin, group_end);
   } else {
     PerChannelQParams pc;
-    pc.scale = scale.data();
-    pc.zero_point = zero_point.data();
+    pc.scale = scale;
+    pc.zero_point = zero_point;
     pc.zero_point_type = ZeroPointType::kInt32;
     pc.channels = qp.channels;
     pc.channel_stride = qp.channel_stride;
     pc.quant_min = qp.quant_min;
     pc.quant_max = qp.quant_max;
-    fake_quant_per_channel_cpu(args, pc);
+    fake_quant_per_channel_cpu_range(args, pc, group_begin, group_end);
   }
+}
+
+void fake_quant_learnable_cpu(const LearnableForwardArgs& a, const LearnableQParams& qp) {
+  if (a.numel == 0) return;
+  std::vector<float> scale(qp.channels);
+  std::vector<int32_t> zero_point(qp.channels);
+  learnable_forward_qparams(qp, scale.data(), zero_point.data());
+  fake_quant_learnable_cpu_range(a, qp, scale.data(), zero_point.data(), 0, mask_bytes(a.numel));
 }
 
 LearnableBackwardPlan plan_learnable_backward_cpu(const LearnableBackwardArgs& a, const LearnableQParams& qp) {

@@ -51,30 +51,35 @@ std::string check_zero_point_value(int64_t zero_point, int64_t quant_min, int64_
   return os.str();
 }
 
+namespace {
+
+// The rounding modes' names, for both directions.
+struct RoundingName {
+  Rounding mode;
+  const char* name;
+};
+constexpr RoundingName kRoundingNames[] = {
+    {Rounding::kHalfEven, "half_even"},
+    {Rounding::kHalfAway, "half_away"},
+    {Rounding::kStochastic, "stochastic"},
+};
+
+}  // namespace
+
 bool parse_rounding(const std::string& name, Rounding* out) {
-  if (name == "half_even") {
-    *out = Rounding::kHalfEven;
-    return true;
-  }
-  if (name == "half_away") {
-    *out = Rounding::kHalfAway;
-    return true;
-  }
-  if (name == "stochastic") {
-    *out = Rounding::kStochastic;
-    return true;
+  for (const RoundingName& r : kRoundingNames) {
+    if (name == r.name) {
+      *out = r.mode;
+      return true;
+    }
   }
   return false;
 }
 
+// An out-of-range value reads as the default mode.
 const char* rounding_name(Rounding rounding) {
-  switch (rounding) {
-    case Rounding::kHalfAway:
-      return "half_away";
-    case Rounding::kStochastic:
-      return "stochastic";
-    case Rounding::kHalfEven:
-      break;
+  for (const RoundingName& r : kRoundingNames) {
+    if (r.mode == rounding) return r.name;
   }
   return "half_even";
 }

@@ -26,27 +26,12 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
-  uint64_t key = 0, offset = 0;
-  if constexpr (kMode == Rounding::kStochastic) {
-    key = static_cast<uint64_t>(seed[0]);
-    offset = static_cast<uint64_t>(seed[1]);
-  }
-  const int64_t full_groups = numel / kMaskGroup;
-  const int64_t groups = mask_bytes(numel);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
-    const int64_t base = g * kMaskGroup;
+  const PhiloxSeed philox = philox_seed<kMode>(seed);
+  for_each_group(numel, [&](int64_t g, int64_t base, bool full) {
     const int64_t run = base / channel_stride;
     int64_t within = base - run * channel_stride;  // position inside the run of one channel
     int64_t c = run % channels;
-    const bool full = g < full_groups;
-    Group<T> x;
-    if (full) {
-      x = load_group<T, kVector>(in + base);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kMaskGroup; ++j) x.v[j] = base + j < numel ? in[base + j] : from_float<T>(0.0f);
-    }
+    const Group<T> x = load_group_padded<T, kVector>(in, base, full, numel);
     // The channel's qparams, reloaded (and 1/scale recomputed) only when the channel changes.
     float s = 0.0f, inv = 0.0f, z = 0.0f;
     bool valid = false;
@@ -63,8 +48,7 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
       }
     };
     load_channel(c);
-    GroupRandom rnd{};
-    if constexpr (kMode == Rounding::kStochastic) rnd = group_random(g, key, offset);
+    const GroupRandom rnd = group_random_for<kMode>(g, philox);
     Group<T> y;
     uint8_t bits = 0;
 #pragma unroll
@@ -81,16 +65,9 @@ __global__ void fake_quant_per_channel_kernel(const T* __restrict__ in, T* __res
       const bool exists = full || base + j < numel;  // padding of the last group: bit 0
       bits |= static_cast<uint8_t>((valid && r.in_range && exists) ? 1u : 0u) << j;
     }
-    if (full) {
-      store_group<T, kVector>(out + base, y);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kMaskGroup; ++j) {
-        if (base + j < numel) out[base + j] = y.v[j];
-      }
-    }
+    store_group_padded<T, kVector>(out, y, base, full, numel);
     if (mask != nullptr) mask[g] = bits;
-  }
+  });
 }
 
 template <typename T, Rounding kMode, bool kFloatZeroPoint>

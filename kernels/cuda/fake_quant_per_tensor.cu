@@ -36,22 +36,11 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const float poison = __uint_as_float(0x7FC00000u);
-  uint64_t key = 0, offset = 0;
-  if constexpr (kMode == Rounding::kStochastic) {
-    key = static_cast<uint64_t>(seed[0]);
-    offset = static_cast<uint64_t>(seed[1]);
-  }
-
-  const int64_t full_groups = numel / kMaskGroup;
-  const int64_t groups = mask_bytes(numel);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += stride) {
-    const int64_t base = g * kMaskGroup;
+  const PhiloxSeed philox = philox_seed<kMode>(seed);
+  for_each_group(numel, [&](int64_t g, int64_t base, bool full) {
     uint8_t bits = 0;
-    GroupRandom rnd{};
-    if constexpr (kMode == Rounding::kStochastic) rnd = group_random(g, key, offset);
-    if (g < full_groups) {
+    const GroupRandom rnd = group_random_for<kMode>(g, philox);
+    if (full) {
       const Group<T> x = load_group<T, kVector>(in + base);
       Group<T> y;
 #pragma unroll
@@ -72,21 +61,16 @@ __global__ void fake_quant_per_tensor_kernel(const T* __restrict__ in, T* __rest
       }
     }
     if (mask != nullptr) mask[g] = bits;
-  }
+  });
 }
 
 template <typename T, bool kVector>
 __global__ void masked_grad_kernel(const T* __restrict__ grad, const uint8_t* __restrict__ mask,
                                    T* __restrict__ grad_in, int64_t numel) {
   const T zero = from_float<T>(0.0f);
-  const int64_t full_groups = numel / kMaskGroup;
-  const int64_t groups = mask_bytes(numel);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += stride) {
-    const int64_t base = g * kMaskGroup;
+  for_each_group(numel, [&](int64_t g, int64_t base, bool full) {
     const uint32_t bits = mask[g];
-    if (g < full_groups) {
+    if (full) {
       Group<T> d = load_group<T, kVector>(grad + base);
 #pragma unroll
       for (int j = 0; j < kMaskGroup; ++j) d.v[j] = ((bits >> j) & 1u) ? d.v[j] : zero;
@@ -94,7 +78,7 @@ __global__ void masked_grad_kernel(const T* __restrict__ grad, const uint8_t* __
     } else {
       for (int j = 0; base + j < numel; ++j) grad_in[base + j] = ((bits >> j) & 1u) ? grad[base + j] : zero;
     }
-  }
+  });
 }
 
 template <typename T>

@@ -126,13 +126,9 @@ __global__ void learnable_forward_kernel(const T* __restrict__ in, T* __restrict
                                          int32_t quant_max) {
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
-  const int64_t full_groups = numel / kMaskGroup;
-  const int64_t groups = mask_bytes(numel);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   ChannelParams p{};
   if constexpr (!kPerChannel) p = forward_params(scales, zero_points, 0, qmin, qmax);
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
-    const int64_t base = g * kMaskGroup;
+  for_each_group(numel, [&](int64_t, int64_t base, bool full) {
     int64_t within = 0, c = 0;
     if constexpr (kPerChannel) {
       const int64_t run = base / channel_stride;
@@ -140,14 +136,7 @@ __global__ void learnable_forward_kernel(const T* __restrict__ in, T* __restrict
       c = run % channels;
       p = forward_params(scales, zero_points, c, qmin, qmax);
     }
-    const bool full = g < full_groups;
-    Group<T> x;
-    if (full) {
-      x = load_group<T, kVector>(in + base);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kMaskGroup; ++j) x.v[j] = base + j < numel ? in[base + j] : from_float<T>(0.0f);
-    }
+    const Group<T> x = load_group_padded<T, kVector>(in, base, full, numel);
     Group<T> y;
 #pragma unroll
     for (int j = 0; j < kMaskGroup; ++j) {
@@ -162,15 +151,8 @@ __global__ void learnable_forward_kernel(const T* __restrict__ in, T* __restrict
           quant_dequant(to_float(x.v[j]), p.scale, p.inv, p.zero_point, qmin, qmax, Rounding::kHalfEven);
       y.v[j] = from_float<T>(p.valid ? r.value : poison_value());
     }
-    if (full) {
-      store_group<T, kVector>(out + base, y);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kMaskGroup; ++j) {
-        if (base + j < numel) out[base + j] = y.v[j];
-      }
-    }
-  }
+    store_group_padded<T, kVector>(out, y, base, full, numel);
+  });
 }
 
 template <typename T>
@@ -204,13 +186,9 @@ __global__ void __launch_bounds__(kThreads)
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
   const ChannelParams p = backward_params(scale, zero_point, 0, per_tensor_rule, qmin, qmax);
-  const int64_t full_groups = numel / kMaskGroup;
-  const int64_t groups = mask_bytes(numel);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   Sums acc{0.0, 0.0};
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
-    const int64_t base = g * kMaskGroup;
-    if (g < full_groups) {
+  for_each_group(numel, [&](int64_t, int64_t base, bool full) {
+    if (full) {
       const Group<T> xv = load_group<T, kVector>(x + base);
       const Group<T> dv = load_group<T, kVector>(dy + base);
       Group<T> out;
@@ -227,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
         if constexpr (kGradInput) dx[base + j] = from_float<T>(r);
       }
     }
-  }
+  });
   if constexpr (kReduce) {
     using BlockReduce = cub::BlockReduce<Sums, kThreads>;
     __shared__ typename BlockReduce::TempStorage temp;

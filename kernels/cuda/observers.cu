@@ -195,6 +195,26 @@ cudaError_t quant_dequant_with_step(const FakeQuantArgs& fq, const ObserverWorks
   return launch_fake_quant_per_tensor(fq, qp, stream);
 }
 
+// The abs-max observers, once their arguments are checked: in training the reduction's
+// epilogue updates the state and writes the step, in eval the step comes from the stored
+// scale; then the quant-dequant.
+template <typename Epilogue, typename State>
+cudaError_t abs_max_observer(const FakeQuantArgs& fq, const State& s, int32_t bits, Rounding rounding, bool training,
+                             void* workspace, cudaStream_t stream) {
+  if (fq.numel == 0) return cudaSuccess;
+  const ReduceArgs args = whole_tensor(fq);
+  const ObserverWorkspace w = carve(args, workspace);
+  const int32_t bin_cnt = abs_max_bin_cnt(bits);
+  if (training) {
+    const Epilogue epilogue{s, bin_cnt, w.step, w.zero_point};
+    const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
+    if (e != cudaSuccess) return e;
+  } else {
+    abs_max_qparams_kernel<<<1, 1, 0, stream>>>(s.scale, bin_cnt, w.step, w.zero_point);
+  }
+  return quant_dequant_with_step(fq, w, bin_cnt, rounding, stream);
+}
+
 }  // namespace
 
 ReducePath reduce_path(const ReduceArgs& args) { return reduce_plan(args).path; }
@@ -221,18 +241,7 @@ cudaError_t launch_fake_quant_moving_average_abs_max(const FakeQuantArgs& fq, co
                                                      int32_t bits, Rounding rounding, bool training, void* workspace,
                                                      cudaStream_t stream) {
   if (!fake_quant_args_valid(fq) || !abs_max_bits_valid(bits) || !deterministic(rounding)) return cudaErrorInvalidValue;
-  if (fq.numel == 0) return cudaSuccess;
-  const ReduceArgs args = whole_tensor(fq);
-  const ObserverWorkspace w = carve(args, workspace);
-  const int32_t bin_cnt = abs_max_bin_cnt(bits);
-  if (training) {
-    const MovingAverageAbsMaxEpilogue epilogue{s, bin_cnt, w.step, w.zero_point};
-    const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
-    if (e != cudaSuccess) return e;
-  } else {
-    abs_max_qparams_kernel<<<1, 1, 0, stream>>>(s.scale, bin_cnt, w.step, w.zero_point);
-  }
-  return quant_dequant_with_step(fq, w, bin_cnt, rounding, stream);
+  return abs_max_observer<MovingAverageAbsMaxEpilogue>(fq, s, bits, rounding, training, workspace, stream);
 }
 
 cudaError_t launch_fake_quant_range_abs_max(const FakeQuantArgs& fq, const RangeAbsMaxState& s, int32_t bits,
@@ -240,18 +249,7 @@ cudaError_t launch_fake_quant_range_abs_max(const FakeQuantArgs& fq, const Range
   if (!fake_quant_args_valid(fq) || !abs_max_bits_valid(bits) || !deterministic(rounding) || s.window_size <= 0) {
     return cudaErrorInvalidValue;
   }
-  if (fq.numel == 0) return cudaSuccess;
-  const ReduceArgs args = whole_tensor(fq);
-  const ObserverWorkspace w = carve(args, workspace);
-  const int32_t bin_cnt = abs_max_bin_cnt(bits);
-  if (training) {
-    const RangeAbsMaxEpilogue epilogue{s, bin_cnt, w.step, w.zero_point};
-    const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
-    if (e != cudaSuccess) return e;
-  } else {
-    abs_max_qparams_kernel<<<1, 1, 0, stream>>>(s.scale, bin_cnt, w.step, w.zero_point);
-  }
-  return quant_dequant_with_step(fq, w, bin_cnt, rounding, stream);
+  return abs_max_observer<RangeAbsMaxEpilogue>(fq, s, bits, rounding, training, workspace, stream);
 }
 
 cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const MovingAverageMinMaxState& s,

@@ -13,7 +13,6 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <tuple>
@@ -33,10 +32,26 @@ using PerChannelOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const
                                                         int64_t, int64_t, int64_t, c10::string_view,
                                                         const std::optional<at::Tensor>&);
 
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Whether a call must record a node: grad mode on and a tensor argument requiring grad. When
+// not, the Autograd kernels below call the op under the autograd keys directly, as ATen's own
+// kernels do: no node, no saved tensors (a forward in no_grad, eval, or of tensors that do not
+// require grad pays only this check).
+bool needs_graph(std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
 at::Tensor mask_backward(const at::Tensor& grad, const at::Tensor& mask) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fakequant::fake_quant_mask_backward", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("fakequant::fake_quant_mask_backward");
   return op.call(grad, mask);
 }
 
@@ -66,9 +81,7 @@ struct PerTensor : torch::autograd::Function<PerTensor> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
                                const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
                                c10::string_view rounding, const std::optional<at::Tensor>& seed) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_per_tensor", "")
-                               .typed<PerTensorOp>();
+    static const auto op = op_handle<PerTensorOp>("fakequant::fake_quant_per_tensor");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, mask] = op.call(input, scale, zero_point, quant_min, quant_max, rounding, seed);
     save_mask(ctx, output, mask);
@@ -81,9 +94,7 @@ struct PerChannel : torch::autograd::Function<PerChannel> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
                                const at::Tensor& zero_point, int64_t axis, int64_t quant_min, int64_t quant_max,
                                c10::string_view rounding, const std::optional<at::Tensor>& seed) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_per_channel", "")
-                               .typed<PerChannelOp>();
+    static const auto op = op_handle<PerChannelOp>("fakequant::fake_quant_per_channel");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, mask] = op.call(input, scale, zero_point, axis, quant_min, quant_max, rounding, seed);
     save_mask(ctx, output, mask);
@@ -98,9 +109,7 @@ using WeightAbsMaxOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::
 struct WeightAbsMax : torch::autograd::Function<WeightAbsMax> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, int64_t axis, int64_t quant_min,
                                int64_t quant_max, c10::string_view rounding, double eps) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_weight_abs_max", "")
-                               .typed<WeightAbsMaxOp>();
+    static const auto op = op_handle<WeightAbsMaxOp>("fakequant::fake_quant_weight_abs_max");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, mask, scale] = op.call(weight, axis, quant_min, quant_max, rounding, eps);
     save_mask(ctx, output, mask);
@@ -112,112 +121,71 @@ struct WeightAbsMax : torch::autograd::Function<WeightAbsMax> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) { return masked_grad(ctx, grads, 6); }
 };
 
-// LSQ / LSQ+: the backward op recomputes from the saved input, scale and zero point (the scale
-// gradient needs x itself); gradients are computed only for the inputs that need them.
+// LSQ / LSQ+, per tensor and per channel: one Function over the op's schema names and the
+// arguments that follow (input, scale, zero_point), which the backward op takes again before
+// its output mask. The backward op recomputes from the saved input, scale and zero point (the
+// scale gradient needs x itself).
 using LearnableBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-variable_list learnable_grads(AutogradContext* ctx, size_t num_inputs,
-                              const std::function<LearnableBackwardResult(const at::Tensor&, const at::Tensor&,
-                                                                          const at::Tensor&, const at::Tensor&,
-                                                                          const c10::List<bool>&)>& backward_op,
-                              const at::Tensor& grad) {
-  variable_list out(num_inputs);
-  const bool need[3] = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
-  if (!grad.defined() || !(need[0] || need[1] || need[2])) return out;
-  const variable_list saved = ctx->get_saved_variables();
-  auto [grad_input, grad_scale, grad_zero_point] =
-      backward_op(grad, saved[0], saved[1], saved[2], c10::List<bool>({need[0], need[1], need[2]}));
-  if (need[0]) out[0] = grad_input;
-  if (need[1]) out[1] = grad_scale;
-  if (need[2]) out[2] = grad_zero_point;
-  return out;
-}
-
-struct LearnablePerTensor : torch::autograd::Function<LearnablePerTensor> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
-                            const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, double grad_factor) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("fakequant::fake_quant_learnable_per_tensor", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor output = op.call(input, scale, zero_point, quant_min, quant_max, grad_factor);
-    ctx->save_for_backward({input, scale, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["grad_factor"] = grad_factor;
-    return output;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_learnable_per_tensor_backward", "")
-                               .typed<LearnableBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, int64_t, int64_t, double,
-                                                              const c10::List<bool>&)>();
-    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
-    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
-    const double grad_factor = ctx->saved_data["grad_factor"].toDouble();
-    return learnable_grads(
-        ctx, 6,
-        [&](const at::Tensor& g, const at::Tensor& x, const at::Tensor& s, const at::Tensor& z,
-            const c10::List<bool>& mask) { return op.call(g, x, s, z, quant_min, quant_max, grad_factor, mask); },
-        grads[0]);
-  }
+struct LearnablePerTensorOp {
+  static constexpr const char* kForward = "fakequant::fake_quant_learnable_per_tensor";
+  static constexpr const char* kBackward = "fakequant::fake_quant_learnable_per_tensor_backward";
+  using Params = std::tuple<int64_t, int64_t, double>;  // quant_min, quant_max, grad_factor
 };
 
-struct LearnablePerChannel : torch::autograd::Function<LearnablePerChannel> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
-                            const at::Tensor& zero_point, int64_t axis, int64_t quant_min, int64_t quant_max,
-                            double grad_factor) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_learnable_per_channel", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                 int64_t, int64_t, double)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor output = op.call(input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
-    ctx->save_for_backward({input, scale, zero_point});
-    ctx->saved_data["axis"] = axis;
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["grad_factor"] = grad_factor;
-    return output;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fakequant::fake_quant_learnable_per_channel_backward", "")
-                               .typed<LearnableBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, int64_t, int64_t, int64_t, double,
-                                                              const c10::List<bool>&)>();
-    const int64_t axis = ctx->saved_data["axis"].toInt();
-    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
-    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
-    const double grad_factor = ctx->saved_data["grad_factor"].toDouble();
-    return learnable_grads(
-        ctx, 7,
-        [&](const at::Tensor& g, const at::Tensor& x, const at::Tensor& s, const at::Tensor& z,
-            const c10::List<bool>& mask) {
-          return op.call(g, x, s, z, axis, quant_min, quant_max, grad_factor, mask);
-        },
-        grads[0]);
-  }
+struct LearnablePerChannelOp {
+  static constexpr const char* kForward = "fakequant::fake_quant_learnable_per_channel";
+  static constexpr const char* kBackward = "fakequant::fake_quant_learnable_per_channel_backward";
+  using Params = std::tuple<int64_t, int64_t, int64_t, double>;  // axis, quant_min, quant_max, grad_factor
 };
 
-// Whether a call must record a node: grad mode on and a tensor argument requiring grad. When
-// not, the Autograd kernels below call the op under the autograd keys directly, as ATen's own
-// kernels do: no node, no saved tensors (a forward in no_grad, eval, or of tensors that do not
-// require grad pays only this check).
-bool needs_graph(std::initializer_list<const at::Tensor*> tensors) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const at::Tensor* t : tensors) {
-    if (t->defined() && t->requires_grad()) return true;
-  }
-  return false;
-}
+template <typename Op, typename Params = typename Op::Params>
+struct Learnable;
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
+template <typename Op, typename... Ps>
+struct Learnable<Op, std::tuple<Ps...>> : torch::autograd::Function<Learnable<Op>> {
+  using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, Ps...);
+  using BackwardSig = LearnableBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, Ps..., const c10::List<bool>&);
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
+                            const at::Tensor& zero_point, Ps... params) {
+    static const auto op = op_handle<ForwardSig>(Op::kForward);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor output = op.call(input, scale, zero_point, params...);
+    ctx->save_for_backward({input, scale, zero_point});
+    ctx->saved_data["params"] = std::make_tuple(params...);
+    return output;
+  }
+  // Gradients are computed only for the tensors that need them.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<BackwardSig>(Op::kBackward);
+    variable_list out(3 + sizeof...(Ps));
+    const at::Tensor& grad = grads[0];
+    const bool need[3] = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+    if (!grad.defined() || !(need[0] || need[1] || need[2])) return out;
+    const variable_list saved = ctx->get_saved_variables();
+    const c10::List<bool> output_mask({need[0], need[1], need[2]});
+    auto [grad_input, grad_scale, grad_zero_point] = std::apply(
+        [&](Ps... params) { return op.call(grad, saved[0], saved[1], saved[2], params..., output_mask); },
+        ctx->saved_data["params"].to<std::tuple<Ps...>>());
+    if (need[0]) out[0] = grad_input;
+    if (need[1]) out[1] = grad_scale;
+    if (need[2]) out[2] = grad_zero_point;
+    return out;
+  }
+
+  // The op's Autograd kernel.
+  static at::Tensor autograd_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                                    Ps... params) {
+    if (!needs_graph({&input, &scale, &zero_point})) {
+      static const auto op = op_handle<ForwardSig>(Op::kForward);
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return op.call(input, scale, zero_point, params...);
+    }
+    return Learnable::apply(input, scale, zero_point, params...);
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_abs_max_autograd(const at::Tensor& weight, int64_t axis,
                                                                        int64_t quant_min, int64_t quant_max,
@@ -229,30 +197,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_abs_max_autograd(const at:
   }
   const variable_list out = WeightAbsMax::apply(weight, axis, quant_min, quant_max, rounding, eps);
   return {out[0], out[1], out[2]};
-}
-
-at::Tensor learnable_per_tensor_autograd(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
-                                         int64_t quant_min, int64_t quant_max, double grad_factor) {
-  if (!needs_graph({&input, &scale, &zero_point})) {
-    static const auto op =
-        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double)>(
-            "fakequant::fake_quant_learnable_per_tensor");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, scale, zero_point, quant_min, quant_max, grad_factor);
-  }
-  return LearnablePerTensor::apply(input, scale, zero_point, quant_min, quant_max, grad_factor);
-}
-
-at::Tensor learnable_per_channel_autograd(const at::Tensor& input, const at::Tensor& scale,
-                                          const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
-                                          int64_t quant_max, double grad_factor) {
-  if (!needs_graph({&input, &scale, &zero_point})) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                int64_t, int64_t, double)>("fakequant::fake_quant_learnable_per_channel");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
-  }
-  return LearnablePerChannel::apply(input, scale, zero_point, axis, quant_min, quant_max, grad_factor);
 }
 
 std::tuple<at::Tensor, at::Tensor> per_tensor_autograd(const at::Tensor& input, const at::Tensor& scale,
@@ -289,8 +233,8 @@ TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
   m.impl("fake_quant_per_tensor", &per_tensor_autograd);
   m.impl("fake_quant_per_channel", &per_channel_autograd);
   m.impl("fake_quant_weight_abs_max", &weight_abs_max_autograd);
-  m.impl("fake_quant_learnable_per_tensor", &learnable_per_tensor_autograd);
-  m.impl("fake_quant_learnable_per_channel", &learnable_per_channel_autograd);
+  m.impl("fake_quant_learnable_per_tensor", &Learnable<LearnablePerTensorOp>::autograd_kernel);
+  m.impl("fake_quant_learnable_per_channel", &Learnable<LearnablePerChannelOp>::autograd_kernel);
 }
 
 }  // namespace ext

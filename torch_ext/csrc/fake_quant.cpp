@@ -16,6 +16,22 @@ void check_qparam_tensor(const at::Tensor& t, const at::Tensor& input, const cha
               input.device(), "), got ", t.device());
 }
 
+// What prepare_fake_quant_per_tensor / _per_channel fill alike once the arguments are checked:
+// the outputs, the seed, the aligned qparam tensors and the qparams but their zero point and
+// channels.
+template <typename Call>
+void prepare_common(Call& call, const at::Tensor& input, DType dtype, const at::Tensor& scale,
+                    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, Rounding mode) {
+  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
+  call.qparams.seed = call.seed.defined() ? call.seed.template const_data_ptr<int64_t>() : nullptr;
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
+  call.qparams.scale = call.scale.template const_data_ptr<float>();
+  call.qparams.quant_min = static_cast<int32_t>(quant_min);
+  call.qparams.quant_max = static_cast<int32_t>(quant_max);
+  call.qparams.rounding = mode;
+}
+
 }  // namespace
 
 PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::Tensor& scale,
@@ -30,15 +46,8 @@ PerTensorCall prepare_fake_quant_per_tensor(const at::Tensor& input, const at::T
   const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
   call.seed = check_seed(op, input, mode, seed);
 
-  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
-  call.qparams.seed = call.seed.defined() ? call.seed.const_data_ptr<int64_t>() : nullptr;
-  call.scale = contiguous_aligned(scale);
-  call.zero_point = contiguous_aligned(zero_point);
-  call.qparams.scale = call.scale.const_data_ptr<float>();
+  prepare_common(call, input, dtype, scale, zero_point, quant_min, quant_max, mode);
   call.qparams.zero_point = call.zero_point.const_data_ptr<int32_t>();
-  call.qparams.quant_min = static_cast<int32_t>(quant_min);
-  call.qparams.quant_max = static_cast<int32_t>(quant_max);
-  call.qparams.rounding = mode;
   return call;
 }
 
@@ -75,20 +84,13 @@ PerChannelCall prepare_fake_quant_per_channel(const at::Tensor& input, const at:
   const Rounding mode = check_range_and_rounding(op, quant_min, quant_max, rounding);
   call.seed = check_seed(op, input, mode, seed);
 
-  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
-  call.qparams.seed = call.seed.defined() ? call.seed.const_data_ptr<int64_t>() : nullptr;
+  prepare_common(call, input, dtype, scale, zero_point, quant_min, quant_max, mode);
   // In a dense tensor the channel of memory offset i is (i / stride(axis)) % C; with one
   // channel any positive stride will do (a size-1 dimension's stride is arbitrary).
   call.qparams.channel_stride = channels > 1 ? call.input.stride(ax) : 1;
   call.qparams.channels = std::max<int64_t>(channels, 1);
-  call.scale = contiguous_aligned(scale);
-  call.zero_point = contiguous_aligned(zero_point);
-  call.qparams.scale = call.scale.const_data_ptr<float>();
   call.qparams.zero_point = call.zero_point.const_data_ptr();
   call.qparams.zero_point_type = zero_point.scalar_type() == at::kFloat ? ZeroPointType::kFloat32 : ZeroPointType::kInt32;
-  call.qparams.quant_min = static_cast<int32_t>(quant_min);
-  call.qparams.quant_max = static_cast<int32_t>(quant_max);
-  call.qparams.rounding = mode;
   return call;
 }
 

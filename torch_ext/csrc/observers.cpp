@@ -41,6 +41,20 @@ void check_bits(const char* op, int64_t bits) {
   TORCH_CHECK(bits >= 2 && bits <= 16, op, ": bits must lie in [2, 16], got ", bits);
 }
 
+// What the two abs-max observers check and fill alike once their state tensors are checked:
+// bits, the rounding (over the range [-bin_cnt, bin_cnt] the bits give), the outputs and the
+// scale they update.
+template <typename Call>
+void prepare_abs_max_common(const char* op, Call& call, const at::Tensor& input, DType dtype, const at::Tensor& scale,
+                            int64_t bits, c10::string_view rounding) {
+  check_bits(op, bits);
+  call.bits = static_cast<int32_t>(bits);
+  const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
+  call.rounding = deterministic_rounding(op, -bin_cnt, bin_cnt, rounding);
+  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
+  call.state.scale = scale.mutable_data_ptr<float>();
+}
+
 }  // namespace
 
 ReduceCall prepare_reduce(const char* op, const at::Tensor& input, c10::optional<int64_t> axis, ReduceKind kind) {
@@ -75,12 +89,7 @@ MovingAverageAbsMaxCall prepare_moving_average_abs_max(const at::Tensor& input, 
   check_no_overlap(op, {{&scale, "scale"}, {&state, "state"}, {&accum, "accum"}}, {{&input, "input"}});
   TORCH_CHECK(std::isfinite(moving_rate) && moving_rate >= 0.0 && moving_rate < 1.0, op,
               ": moving_rate must lie in [0, 1), got ", moving_rate);
-  check_bits(op, bits);
-  call.bits = static_cast<int32_t>(bits);
-  const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
-  call.rounding = deterministic_rounding(op, -bin_cnt, bin_cnt, rounding);
-  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
-  call.state.scale = scale.mutable_data_ptr<float>();
+  prepare_abs_max_common(op, call, input, dtype, scale, bits, rounding);
   call.state.state = state.mutable_data_ptr<float>();
   call.state.accum = accum.mutable_data_ptr<float>();
   call.state.moving_rate = static_cast<float>(moving_rate);
@@ -98,12 +107,7 @@ RangeAbsMaxCall prepare_range_abs_max(const at::Tensor& input, const at::Tensor&
   check_state_tensor(op, "window", window, input, at::kFloat, window.numel(), "window_size elements");
   check_state_tensor(op, "iter", iter, input, at::kLong, 1, "exactly one element");
   check_no_overlap(op, {{&scale, "scale"}, {&window, "window"}, {&iter, "iter"}}, {{&input, "input"}});
-  check_bits(op, bits);
-  call.bits = static_cast<int32_t>(bits);
-  const int32_t bin_cnt = abs_max_bin_cnt(call.bits);
-  call.rounding = deterministic_rounding(op, -bin_cnt, bin_cnt, rounding);
-  static_cast<FakeQuantBuffers&>(call) = allocate_fake_quant_buffers(input, dtype);
-  call.state.scale = scale.mutable_data_ptr<float>();
+  prepare_abs_max_common(op, call, input, dtype, scale, bits, rounding);
   call.state.window = window.mutable_data_ptr<float>();
   call.state.window_size = window.numel();
   call.state.iter = iter.mutable_data_ptr<int64_t>();

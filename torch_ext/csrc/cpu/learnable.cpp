@@ -20,25 +20,9 @@ void forward(const char* op, LearnableForwardCall& call, bool per_channel) {
   std::vector<float> scales(lq.channels);
   std::vector<int32_t> zero_points(lq.channels);
   learnable_forward_qparams(lq, scales.data(), zero_points.data());
-  const FakeQuantArgs args{call.args.dtype, call.args.input, call.args.output, nullptr, call.args.numel};
-  if (lq.channels == 1) {
-    const PerTensorQParams qp{scales.data(), zero_points.data(), lq.quant_min, lq.quant_max, Rounding::kHalfEven};
-    parallel_over_mask_groups(args.numel, [&](int64_t begin, int64_t end) {
-      fake_quant_per_tensor_cpu_range(args, qp, begin, end);
-    });
-  } else {
-    PerChannelQParams qp;
-    qp.scale = scales.data();
-    qp.zero_point = zero_points.data();
-    qp.zero_point_type = ZeroPointType::kInt32;
-    qp.channels = lq.channels;
-    qp.channel_stride = lq.channel_stride;
-    qp.quant_min = lq.quant_min;
-    qp.quant_max = lq.quant_max;
-    parallel_over_mask_groups(args.numel, [&](int64_t begin, int64_t end) {
-      fake_quant_per_channel_cpu_range(args, qp, begin, end);
-    });
-  }
+  parallel_over_mask_groups(call.args.numel, [&](int64_t begin, int64_t end) {
+    fake_quant_learnable_cpu_range(call.args, lq, scales.data(), zero_points.data(), begin, end);
+  });
 }
 
 void backward(const char* op, LearnableBackwardCall& call, bool per_channel) {
