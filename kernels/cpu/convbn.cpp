@@ -9,6 +9,18 @@
 #include <vector>
 
 #include "fakequant/convbn.h"
+#include "pack_bits.h"
+
+// The passes over every activation (moments and epilogue forward, sums and BN/ReLU backward)
+// are compiled twice (GCC target_clones): for x86-64-v3 (AVX2: 8 float / 4 double lanes,
+// 16-bit loads and stores converted in vector registers) and for the baseline; the loader
+// picks the version the CPU runs. Only the instruction set differs (no contraction, no
+// reassociation): the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FQ_CPU_AVX2_CLONES __attribute__((target_clones("default", "arch=x86-64-v3"), flatten))
+#else
+#define FQ_CPU_AVX2_CLONES
+#endif
 
 namespace fakequant {
 namespace {
@@ -87,6 +99,7 @@ void for_each_run(const ActivationLayout& l, int64_t begin, int64_t end, F f) {
 inline bool mask_bit(const uint8_t* mask, int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1u) != 0; }
 
 constexpr int kLanes = 4;
+using Double4 = double __attribute__((vector_size(kLanes * sizeof(double))));
 
 // v where the ReLU bit is set, else +0 (NaN included), by masking the bits: a select the
 // compiler could turn into a branch on random bits costs more than the rest of the loop.
@@ -107,6 +120,7 @@ inline double keep_if(double v, bool bit) {
 
 }  // namespace
 
+FQ_CPU_AVX2_CLONES
 void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t end, double* s1, double* s2) {
   end = std::min(end, a.layout.numel());
   dispatch(a.dtype, [&](auto tag) {
@@ -115,16 +129,18 @@ void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t
     const int64_t inner = a.layout.inner;
     for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
       const double shift = static_cast<double>(load_acc(x[c * inner]));
-      // Four independent partial sums per run (the double adds would otherwise wait on one
-      // dependency chain; without reassociation the compiler keeps them scalar).
-      double t1[kLanes] = {}, t2[kLanes] = {};
+      // Four independent partial sums per run, lane j taking elements j, j + 4, ... (the double
+      // adds would otherwise wait on one dependency chain). Written as one 4-wide vector: GCC
+      // does not turn four scalar lanes into vector adds by itself.
+      const Double4 sh = {shift, shift, shift, shift};
+      Double4 t1 = {}, t2 = {};
       int64_t i = b;
       for (; i + kLanes <= e; i += kLanes) {
-        for (int j = 0; j < kLanes; ++j) {
-          const double d = static_cast<double>(load_acc(x[i + j])) - shift;
-          t1[j] += d;
-          t2[j] += d * d;
-        }
+        Double4 d = {static_cast<double>(load_acc(x[i])), static_cast<double>(load_acc(x[i + 1])),
+                     static_cast<double>(load_acc(x[i + 2])), static_cast<double>(load_acc(x[i + 3]))};
+        d -= sh;
+        t1 += d;
+        t2 += d * d;
       }
       for (; i < e; ++i) {
         const double d = static_cast<double>(load_acc(x[i])) - shift;
@@ -155,6 +171,7 @@ void channel_moments_cpu(const ChannelMomentsArgs& a) {
   channel_moments_finish_cpu(a, s1.data(), s2.data());
 }
 
+FQ_CPU_AVX2_CLONES
 void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, int64_t end, double* sums) {
   end = std::min(end, a.layout.numel());
   const int64_t C = a.layout.channels;
@@ -166,19 +183,29 @@ void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, in
     auto sum_runs = [&](auto has_mask, auto has_z) {
       for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
         const double mean = has_z ? a.mean[c] : 0.0;
-        double t0[kLanes] = {}, t1[kLanes] = {};
-        auto add = [&](int64_t i, int j) {
-          // Load, then select: no branch on the (random) ReLU bits.
+        // Load, then select: no branch on the (random) ReLU bits.
+        auto grad_at = [&](int64_t i) {
           const double d = static_cast<double>(load_acc(dy[i]));
-          double g = d;
-          if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
-          t0[j] += g;
-          if constexpr (decltype(has_z)::value) t1[j] += g * (static_cast<double>(load_acc(z[i])) - mean);
+          if constexpr (decltype(has_mask)::value) return keep_if(d, mask_bit(mask, i));
+          return d;
         };
+        auto centred_at = [&](int64_t i) { return static_cast<double>(load_acc(z[i])) - mean; };
+        // Lane j takes elements j, j + 4, ... as in the moments.
+        Double4 t0 = {}, t1 = {};
         int64_t i = b;
-        for (; i + kLanes <= e; i += kLanes)
-          for (int j = 0; j < kLanes; ++j) add(i + j, j);
-        for (; i < e; ++i) add(i, 0);
+        for (; i + kLanes <= e; i += kLanes) {
+          const Double4 g = {grad_at(i), grad_at(i + 1), grad_at(i + 2), grad_at(i + 3)};
+          t0 += g;
+          if constexpr (decltype(has_z)::value) {
+            const Double4 zc = {centred_at(i), centred_at(i + 1), centred_at(i + 2), centred_at(i + 3)};
+            t1 += g * zc;
+          }
+        }
+        for (; i < e; ++i) {
+          const double g = grad_at(i);
+          t0[0] += g;
+          if constexpr (decltype(has_z)::value) t1[0] += g * centred_at(i);
+        }
         sums[c] += (t0[0] + t0[1]) + (t0[2] + t0[3]);
         sums[C + c] += (t1[0] + t1[1]) + (t1[2] + t1[3]);
       });
@@ -192,6 +219,7 @@ void channel_grad_sums_cpu(const ChannelGradSumsArgs& a) {
   channel_grad_sums_cpu_range(a, 0, a.layout.numel(), a.sums);
 }
 
+FQ_CPU_AVX2_CLONES
 void convbn_epilogue_cpu_range(const ConvBnEpilogueArgs& a, int64_t group_begin, int64_t group_end) {
   const int64_t numel = a.layout.numel();
   const int64_t begin = std::min(group_begin * kMaskGroup, numel);
@@ -217,14 +245,17 @@ void convbn_epilogue_cpu_range(const ConvBnEpilogueArgs& a, int64_t group_begin,
       }
     });
     if (!relu) return;
-    // Bit i = output > 0 (ReLU's output is positive exactly where its input was), one byte
-    // per group of 8, from the stored output.
-    for (int64_t g = group_begin; g < mask_bytes(end); ++g) {
-      const int64_t base = g * kMaskGroup;
-      const int n = static_cast<int>(std::min<int64_t>(kMaskGroup, end - base));
-      unsigned bits = 0;
-      for (int j = 0; j < n; ++j) bits |= static_cast<unsigned>(load_acc(y[base + j]) > Acc(0)) << j;
-      a.relu_mask[g] = static_cast<uint8_t>(bits);
+    // Bit i = output > 0 (ReLU's output is positive exactly where its input was), from the
+    // stored output: a block of flag bytes (a loop the compiler vectorises), then one multiply
+    // per 8 flags (pack_bits). Only the last group of the tensor can be partial.
+    constexpr int64_t kFlagBlock = 512;
+    uint8_t flags[kFlagBlock];
+    for (int64_t base = begin; base < end; base += kFlagBlock) {
+      const int64_t n = std::min(kFlagBlock, end - base);
+      for (int64_t j = 0; j < n; ++j) flags[j] = static_cast<uint8_t>(load_acc(y[base + j]) > Acc(0));
+      std::fill(flags + n, flags + mask_bytes(n) * kMaskGroup, uint8_t{0});
+      uint8_t* mask = a.relu_mask + base / kMaskGroup;
+      for (int64_t k = 0; k < mask_bytes(n); ++k) mask[k] = pack_bits(flags + k * kMaskGroup);
     }
   });
 }
@@ -233,6 +264,7 @@ void convbn_epilogue_cpu(const ConvBnEpilogueArgs& a) {
   convbn_epilogue_cpu_range(a, 0, mask_bytes(a.layout.numel()));
 }
 
+FQ_CPU_AVX2_CLONES
 void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin, int64_t group_end) {
   const int64_t numel = a.layout.numel();
   const int64_t begin = std::min(group_begin * kMaskGroup, numel);

@@ -15,19 +15,13 @@
 
 #include "fakequant/dispatch.h"
 #include "fakequant/fake_quant.h"
+#include "pack_bits.h"
 
 namespace fakequant {
 namespace {
 
 constexpr int64_t kBlockGroups = 64;  // 512 elements per block
 constexpr int64_t kBlock = kBlockGroups * kMaskGroup;
-
-// 8 bytes, each 0 or 1 (element j in byte j, little-endian load) -> bit j of the result.
-inline uint8_t pack_bits(const uint8_t* flags) {
-  uint64_t word;
-  std::memcpy(&word, flags, sizeof(word));
-  return static_cast<uint8_t>((word * 0x0102040810204080ull) >> 56);
-}
 
 // Quantization parameters of one channel (or of the whole tensor), precomputed once.
 struct QParamTable {
