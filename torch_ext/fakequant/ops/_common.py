@@ -20,11 +20,19 @@ load_library()  # the schemas must exist before a family registers its fake kern
 LIB = "fakequant"
 
 
-def op(name: str) -> torch._ops.OpOverload:
-    """``torch.ops.fakequant.<name>.default``, looked up once by the module that calls it: the
-    Python API then calls the overload itself, without the attribute chain and the overload
+class _Overloads:
+    """``torch.ops.fakequant``'s ops as their default overloads, each looked up on first use and
+    kept: the Python API calls the overload itself, without the attribute chain and the overload
     packet's resolution on every call (at small sizes the per-call cost is the op's cost)."""
-    return getattr(torch.ops.fakequant, name).default
+
+    def __getattr__(self, name: str) -> torch._ops.OpOverload:
+        overload = getattr(torch.ops.fakequant, name).default
+        setattr(self, name, overload)
+        return overload
+
+
+#: ``OPS.<name>`` is ``torch.ops.fakequant.<name>.default``.
+OPS = _Overloads()
 
 #: Rounding modes accepted by the quant-dequant ops.
 ROUNDINGS = ("half_even", "half_away", "stochastic")
@@ -136,12 +144,9 @@ def restride_like(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
     return out.copy_(grad)
 
 
-_MASK_BACKWARD = op("fake_quant_mask_backward")
-
-
 def clipped_ste(grad_output: torch.Tensor, mask: torch.Tensor, output_stride: tuple[int, ...]) -> torch.Tensor:
     """``grad_output`` where the saved 1-bit mask is set, else 0."""
-    return _MASK_BACKWARD(restride_like(grad_output, output_stride), mask)
+    return OPS.fake_quant_mask_backward(restride_like(grad_output, output_stride), mask)
 
 
 class InPlaceQuantDequant(torch.autograd.Function):

@@ -15,12 +15,10 @@ import warnings
 
 import torch
 
-from ._common import FLOAT32_EPS, LIB, check_devices, check_output_mask, mask_bytes, op
+from ._common import FLOAT32_EPS, LIB, OPS, check_devices, check_output_mask, mask_bytes
 
 __all__ = ["conv_bn_fake_quant", "conv_bn_fake_quant_with_fold_scale", "fold_weight"]
 
-_CONV_BN_FAKE_QUANT = op("conv_bn_fake_quant")
-_CONV_BN_FAKE_QUANT_BACKWARD = op("conv_bn_fake_quant_backward")
 
 _OP = "conv_bn_fake_quant"
 
@@ -210,7 +208,7 @@ class ConvBnFakeQuant(torch.autograd.Function):
     def forward(ctx, input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation,
                 groups, eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding,
                 weight_eps):
-        output, pre_bn, weight_q, weight_mask, relu_mask, state = _CONV_BN_FAKE_QUANT(
+        output, pre_bn, weight_q, weight_mask, relu_mask, state = OPS.conv_bn_fake_quant(
             input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups,
             eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding, weight_eps)
         # Batch-mode training differentiates conv(x, W): the quantised fold is not needed.
@@ -231,7 +229,7 @@ class ConvBnFakeQuant(torch.autograd.Function):
             return (None,) * 5 + none
         input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state = ctx.saved_tensors
         stride, padding, dilation, groups, fold_mode, training = ctx.conv
-        grad_input, grad_weight, grad_params = _CONV_BN_FAKE_QUANT_BACKWARD(
+        grad_input, grad_weight, grad_params = OPS.conv_bn_fake_quant_backward(
             grad_output, input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state, stride, padding,
             dilation, groups, fold_mode, training, output_mask)
         bias_dtype, gamma_dtype, beta_dtype = ctx.param_dtypes

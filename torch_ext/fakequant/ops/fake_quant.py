@@ -9,13 +9,13 @@ import torch
 
 from ._common import (
     LIB,
+    OPS,
     ROUNDINGS,
     SEED_HIGH,
     check_devices,
     check_rounding_and_seed,
     draw_seed,
     mask_bytes,
-    op,
     quant_dequant_outputs,
 )
 
@@ -29,9 +29,6 @@ __all__ = [
     "masked_grad",
 ]
 
-_FAKE_QUANT_MASK_BACKWARD = op("fake_quant_mask_backward")
-_FAKE_QUANT_PER_CHANNEL = op("fake_quant_per_channel")
-_FAKE_QUANT_PER_TENSOR = op("fake_quant_per_tensor")
 
 
 def fake_quantize_per_tensor_with_mask(
@@ -58,7 +55,7 @@ def fake_quantize_per_tensor_with_mask(
     other modes.
     """
     seed = draw_seed(input, rounding, generator)
-    return _FAKE_QUANT_PER_TENSOR(input, scale, zero_point, quant_min, quant_max, rounding, seed)
+    return OPS.fake_quant_per_tensor(input, scale, zero_point, quant_min, quant_max, rounding, seed)
 
 
 def fake_quantize_per_tensor(
@@ -97,7 +94,7 @@ def fake_quantize_per_channel_with_mask(
     ``C = input.size(axis)``, on ``input``'s device.
     """
     seed = draw_seed(input, rounding, generator)
-    return _FAKE_QUANT_PER_CHANNEL(input, scale, zero_point, axis, quant_min, quant_max, rounding,
+    return OPS.fake_quant_per_channel(input, scale, zero_point, axis, quant_min, quant_max, rounding,
                                                       seed)
 
 
@@ -123,7 +120,7 @@ def fake_quantize_per_channel(
 def masked_grad(grad_output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Clipped straight-through backward: ``grad_output`` where the packed ``mask`` bit is
     set, else 0. ``grad_output`` must be laid out like the forward output."""
-    return _FAKE_QUANT_MASK_BACKWARD(grad_output, mask)
+    return OPS.fake_quant_mask_backward(grad_output, mask)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LIB, check_devices, check_output_mask, dense_or_contiguous, op
+from ._common import LIB, OPS, check_devices, check_output_mask, dense_or_contiguous
 
 __all__ = ["fake_quantize_learnable_per_channel", "fake_quantize_learnable_per_tensor"]
 
-_FAKE_QUANT_LEARNABLE_PER_CHANNEL = op("fake_quant_learnable_per_channel")
-_FAKE_QUANT_LEARNABLE_PER_TENSOR = op("fake_quant_learnable_per_tensor")
 
 
 def fake_quantize_learnable_per_tensor(
@@ -44,7 +42,7 @@ def fake_quantize_learnable_per_tensor(
     only the input, scale and zero point are saved for backward, nothing is synchronised
     with the host on CUDA. Bad qparam values raise on the CPU and give NaN on CUDA.
     """
-    return _FAKE_QUANT_LEARNABLE_PER_TENSOR(input, scale, zero_point, quant_min, quant_max,
+    return OPS.fake_quant_learnable_per_tensor(input, scale, zero_point, quant_min, quant_max,
                                                                grad_factor)
 
 
@@ -65,7 +63,7 @@ def fake_quantize_learnable_per_channel(
     ``grad_scale`` / ``grad_zero_point`` are summed per channel; otherwise as
     :func:`fake_quantize_learnable_per_tensor`.
     """
-    return _FAKE_QUANT_LEARNABLE_PER_CHANNEL(input, scale, zero_point, axis, quant_min,
+    return OPS.fake_quant_learnable_per_channel(input, scale, zero_point, axis, quant_min,
                                                                 quant_max, grad_factor)
 
 

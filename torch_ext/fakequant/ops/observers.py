@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LIB, InPlaceQuantDequant, check_devices, op, quant_dequant_outputs
+from ._common import LIB, OPS, InPlaceQuantDequant, check_devices, quant_dequant_outputs
 
 __all__ = ["fake_quantize_moving_average_abs_max", "fake_quantize_range_abs_max", "fused_moving_avg_obs_fake_quant"]
 
-_FAKE_QUANT_MOVING_AVERAGE_ABS_MAX = op("fake_quant_moving_average_abs_max")
-_FAKE_QUANT_RANGE_ABS_MAX = op("fake_quant_range_abs_max")
-_FUSED_MOVING_AVG_OBS_FAKE_QUANT = op("fused_moving_avg_obs_fake_quant")
 
 
 def fake_quantize_moving_average_abs_max(
@@ -40,7 +37,7 @@ def fake_quantize_moving_average_abs_max(
     ``input`` (clipped straight-through estimator).
     """
     return InPlaceQuantDequant.apply(
-        _FAKE_QUANT_MOVING_AVERAGE_ABS_MAX, input, scale, state, accum, moving_rate, bits,
+        OPS.fake_quant_moving_average_abs_max, input, scale, state, accum, moving_rate, bits,
         training, rounding,
     )[0]
 
@@ -62,7 +59,7 @@ def fake_quantize_range_abs_max(
     training, with no host synchronisation even when the maximum leaves the window.
     """
     return InPlaceQuantDequant.apply(
-        _FAKE_QUANT_RANGE_ABS_MAX, input, scale, window, iter, bits, training, rounding
+        OPS.fake_quant_range_abs_max, input, scale, window, iter, bits, training, rounding
     )[0]
 
 
@@ -89,7 +86,7 @@ def fused_moving_avg_obs_fake_quant(
     ``[1]`` tensors read on the device; ``running_min``, ``running_max``, ``scale`` (float32)
     and ``zero_point`` (int32) are updated in place."""
     return InPlaceQuantDequant.apply(
-        _FUSED_MOVING_AVG_OBS_FAKE_QUANT, input, observer_on, fake_quant_on, running_min,
+        OPS.fused_moving_avg_obs_fake_quant, input, observer_on, fake_quant_on, running_min,
         running_max, scale, zero_point, averaging_const, quant_min, quant_max, axis, symmetric, reduce_range, rounding,
     )[0]
 

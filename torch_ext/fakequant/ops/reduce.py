@@ -6,25 +6,23 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LIB, channel_shape, op
+from ._common import LIB, OPS, channel_shape
 
 __all__ = ["abs_max", "min_max"]
 
-_ABS_MAX = op("abs_max")
-_MIN_MAX = op("min_max")
 
 
 def abs_max(input: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     """``max |input|`` in float32: over the whole tensor (0-d result) or per channel along
     ``axis`` (``[input.size(axis)]``). NaN propagates (as ``torch.amax``); an empty
     reduction gives 0. Computed on ``input``'s device without host synchronisation."""
-    return _ABS_MAX(input, axis)
+    return OPS.abs_max(input, axis)
 
 
 def min_max(input: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(min, max)`` of ``input`` in float32, whole tensor or per channel along ``axis``, as
     ``torch.aminmax`` (NaN propagates); an empty reduction gives ``(+inf, -inf)``."""
-    return _MIN_MAX(input, axis)
+    return OPS.min_max(input, axis)
 
 
 @torch.library.register_fake(f"{LIB}::abs_max")

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FLOAT32_EPS, LIB, channel_shape, op, quant_dequant_outputs
+from ._common import FLOAT32_EPS, LIB, OPS, channel_shape, quant_dequant_outputs
 
 __all__ = ["FLOAT32_EPS", "fake_quantize_weight_abs_max", "fake_quantize_weight_abs_max_with_mask"]
 
-_FAKE_QUANT_WEIGHT_ABS_MAX = op("fake_quant_weight_abs_max")
 
 _OP = "fake_quant_weight_abs_max"
 
@@ -40,7 +39,7 @@ def fake_quantize_weight_abs_max_with_mask(
     A channel holding NaN gets a NaN scale (as ``torch.amax``) and a NaN output, mask 0; an
     empty channel gets ``scale = eps``.
     """
-    return _FAKE_QUANT_WEIGHT_ABS_MAX(weight, axis, quant_min, quant_max, rounding, eps)
+    return OPS.fake_quant_weight_abs_max(weight, axis, quant_min, quant_max, rounding, eps)
 
 
 def fake_quantize_weight_abs_max(
