@@ -46,9 +46,8 @@ inline bool use_cuda() {
 inline torch::Device bench_device() { return use_cuda() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU); }
 
 // Bytes the rotating input sets should span: twice the GPU's L2, or 1 GB on the CPU. The
-// CPU figure is measured, not the reported cache size: on the 2-core AMD EPYC VM the reports
-// come from, which reports a 32 MB L3, BM_Copy of 1M fp32 elements ran at 143 GB/s rotating
-// over 64 MB and at 38 GB/s over 1 GB (the host's cache is larger than the VM is told).
+// CPU figure was measured, not taken from the reported cache size: a virtual machine's host
+// cache can be larger than the VM is told (docs/perf-notes.md, "Method").
 // FAKEQUANT_BENCH_ROTATION_MB overrides it.
 inline int64_t rotation_bytes() {
   if (const char* mb = std::getenv("FAKEQUANT_BENCH_ROTATION_MB")) {

@@ -53,8 +53,8 @@ const std::vector<ConvBnShape> kShapes = {
     {256, 64, 1, 56, false}, {16, 16, 3, 14, true},    {32, 16, 1, 8, true},
 };
 
-// Batch 32 on CUDA; 8 on the CPU, where a step takes 9-37 ms on two cores and the 60 ConvBN
-// rows of a full report (5 repetitions of 0.2 s) take about 90 s.
+// Batch 32 on CUDA; 8 on the CPU, so that the ConvBN rows keep a full CPU report's run time
+// reasonable (docs/perf-notes.md, "Method").
 int64_t batch_of(const ConvBnShape& s) {
   if (s.quick) return 2;
   return fb::use_cuda() ? 32 : 8;
