@@ -17,14 +17,9 @@ from torch import nn
 
 import fakequant
 from conftest import DEVICES, HAS_CUDA
-from fakequant.nn import (
-    AbsMaxWeightFakeQuantize,
-    LearnableFakeQuantize,
-    MovingAverageAbsMaxFakeQuantize,
-    MovingAverageMinMaxFakeQuantize,
-    MovingAveragePerChannelMinMaxFakeQuantize,
-    RangeAbsMaxFakeQuantize,
-)
+from fakequant.nn import (AbsMaxWeightFakeQuantize, LearnableFakeQuantize, MovingAverageAbsMaxFakeQuantize,
+                          MovingAverageMinMaxFakeQuantize, MovingAveragePerChannelMinMaxFakeQuantize,
+                          RangeAbsMaxFakeQuantize)
 from fakequant.qconfig import get_qat_qconfig, get_torchao_qat_quantizer
 from reference import fake_quant_formula, fake_quant_per_channel_formula
 

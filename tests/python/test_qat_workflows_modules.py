@@ -16,15 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakequant
-from fakequant.nn import (
-    AbsMaxWeightFakeQuantize,
-    LearnableFakeQuantize,
-    MovingAverageAbsMaxFakeQuantize,
-    MovingAverageMinMaxFakeQuantize,
-    MovingAveragePerChannelMinMaxFakeQuantize,
-    RangeAbsMaxFakeQuantize,
-    qat,
-)
+from fakequant.nn import (AbsMaxWeightFakeQuantize, LearnableFakeQuantize, MovingAverageAbsMaxFakeQuantize,
+                          MovingAverageMinMaxFakeQuantize, MovingAveragePerChannelMinMaxFakeQuantize,
+                          RangeAbsMaxFakeQuantize, qat)
 from fakequant.qconfig import get_qat_qconfig
 from qat_helpers import aq, needs_ao, nniqat, randomize_bn
 
