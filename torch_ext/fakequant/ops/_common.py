@@ -9,6 +9,8 @@ real kernels do. ``register_fake`` also serves the Meta dispatch key.
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false
 
@@ -20,19 +22,18 @@ load_library()  # the schemas must exist before a family registers its fake kern
 LIB = "fakequant"
 
 
-class _Overloads:
-    """``torch.ops.fakequant``'s ops as their default overloads, each looked up on first use and
-    kept: the Python API calls the overload itself, without the attribute chain and the overload
-    packet's resolution on every call (at small sizes the per-call cost is the op's cost)."""
-
-    def __getattr__(self, name: str) -> torch._ops.OpOverload:
-        overload = getattr(torch.ops.fakequant, name).default
-        setattr(self, name, overload)
-        return overload
+def _default_overloads() -> types.SimpleNamespace:
+    """Every op of the library as its default overload, looked up once at import: the Python
+    API calls the overload itself, without the attribute chain and the overload packet's
+    resolution on every call (at small sizes the per-call cost is the op's cost). Filled here,
+    not on first use, so that torch.compile only ever reads a plain attribute."""
+    names = {n.split("::", 1)[1].split(".", 1)[0] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith(f"{LIB}::")}
+    return types.SimpleNamespace(**{n: getattr(torch.ops.fakequant, n).default for n in sorted(names)})
 
 
 #: ``OPS.<name>`` is ``torch.ops.fakequant.<name>.default``.
-OPS = _Overloads()
+OPS = _default_overloads()
 
 #: Rounding modes accepted by the quant-dequant ops.
 ROUNDINGS = ("half_even", "half_away", "stochastic")
