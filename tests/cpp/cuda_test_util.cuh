@@ -1,6 +1,7 @@
 // Pieces every CUDA GoogleTest file shares: GPU detection and skipping, a device buffer and
 // a poisoned, guarded device span, the DType of a storage type, bitwise comparison with the
-// first difference reported, and test data with the special values of each dtype.
+// first difference reported, test data with the special values of each dtype, and the
+// per-tensor and per-channel quant-dequant checks against the CPU reference (every rounding).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,11 +12,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "fakequant/cuda/launch.h"
 #include "fakequant/fake_quant.h"
 
 // Evaluates expr once (a launch is not repeated to print its error).
@@ -236,6 +239,130 @@ inline ::testing::AssertionResult mask_as_launched(const std::vector<uint8_t>& w
     if (b != kMaskPoison) return ::testing::AssertionFailure() << "mask written although null";
   }
   return ::testing::AssertionSuccess();
+}
+
+struct TensorQParams {
+  float scale;
+  int32_t zero_point, quant_min, quant_max;
+};
+
+// The per-tensor launch against the CPU reference on the same qparams, bit for bit, the input
+// left alone. seed: the two seed words on the host for Rounding::kStochastic, else null.
+// enabled: the `enabled` switch (none: no switch). with_mask: whether the launch gets a mask.
+template <typename T>
+void check_per_tensor_against_cpu(int64_t n, Placement at, const TensorQParams& q, fakequant::Rounding mode,
+                                  const int64_t* seed, std::optional<int64_t> enabled, bool with_mask) {
+  namespace fq = fakequant;
+  const float spread = static_cast<float>(q.quant_max - q.quant_min) * q.scale * 0.4f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 7 + at.in * 3 + at.out), spread, q.scale);
+  const int64_t enabled_value = enabled.value_or(1);
+  std::vector<T> y_cpu(n);
+  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+  fq::fake_quant_per_tensor_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n},
+                                {&q.scale, &q.zero_point, q.quant_min, q.quant_max, mode, seed,
+                                 enabled ? &enabled_value : nullptr});
+
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(std::vector<float>{q.scale});
+  DeviceSpan<int32_t> dz(std::vector<int32_t>{q.zero_point});
+  DeviceSpan<int64_t> dseed(seed ? std::vector<int64_t>(seed, seed + 2) : std::vector<int64_t>{});
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor(
+      {dtype_of<T>(), dx.ptr(), dy.ptr(), with_mask ? dm.ptr() : nullptr, n},
+      {ds.ptr(), dz.ptr(), q.quant_min, q.quant_max, mode, seed ? dseed.ptr() : nullptr, enabled ? de.ptr() : nullptr},
+      nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const auto where = [&] {
+    ::testing::Message m;
+    m << fq::dtype_name(dtype_of<T>()) << " n=" << n << " offsets=" << at.in << "/" << at.out << " "
+      << fq::rounding_name(mode) << " scale=" << q.scale << " zp=" << q.zero_point << " range=[" << q.quant_min
+      << "," << q.quant_max << "]";
+    if (seed) m << " seed=" << seed[0] << "," << seed[1];
+    return m << " enabled=" << (enabled ? std::to_string(*enabled) : "none") << " with_mask=" << with_mask;
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), with_mask)) << where();
+  ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();  // the input is left alone
+}
+
+// Memory [outer][channels][inner]: channel_stride = inner. outer 1 is the channel axis
+// outermost; inner 1 the channel innermost (channels_last along C); both > 1 a middle axis.
+struct ChannelLayout {
+  int64_t outer, channels, inner;
+};
+
+// One per-channel quant-dequant case. seed: the two seed words on the host for
+// Rounding::kStochastic, else null. bad_int_zp: where set, the first channels are out of
+// contract (make_bad_channels) with this int zero point. with_mask: whether the launch gets a
+// mask to write.
+struct PerChannelCase {
+  ChannelLayout layout;
+  Placement at;
+  fakequant::Rounding rounding;
+  const int64_t* seed;
+  bool float_zp;
+  int32_t qmin, qmax;
+  std::optional<int64_t> enabled;
+  std::optional<int32_t> bad_int_zp;
+  bool with_mask;
+};
+
+// The per-channel launch against the CPU reference on the same qparams, bit for bit.
+template <typename T>
+void check_per_channel_against_cpu(const PerChannelCase& c) {
+  namespace fq = fakequant;
+  const ChannelLayout l = c.layout;
+  const Placement at = c.at;
+  const int64_t n = l.outer * l.channels * l.inner;
+  const int64_t channels = l.channels;
+  ChannelQParams q =
+      random_channel_qparams(channels, static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out), c.qmin, c.qmax);
+  if (c.bad_int_zp) make_bad_channels(q, *c.bad_int_zp);
+  const float spread = static_cast<float>(c.qmax - c.qmin) * 0.02f;
+  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
+  const int64_t enabled_value = c.enabled.value_or(1);
+
+  fq::PerChannelQParams qp;
+  qp.scale = q.scales.data();
+  qp.zero_point = c.float_zp ? static_cast<const void*>(q.zps_f.data()) : static_cast<const void*>(q.zps_i.data());
+  qp.zero_point_type = c.float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
+  qp.channels = channels;
+  qp.channel_stride = l.inner;
+  qp.quant_min = c.qmin;
+  qp.quant_max = c.qmax;
+  qp.rounding = c.rounding;
+  qp.seed = c.seed;
+  qp.enabled = c.enabled ? &enabled_value : nullptr;
+  std::vector<T> y_cpu(n);
+  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
+  fq::fake_quant_per_channel_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
+
+  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
+  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
+  DeviceSpan<float> ds(q.scales), dzf(q.zps_f);
+  DeviceSpan<int32_t> dzi(q.zps_i);
+  DeviceSpan<int64_t> dseed(c.seed ? std::vector<int64_t>(c.seed, c.seed + 2) : std::vector<int64_t>{});
+  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
+  fq::PerChannelQParams dqp = qp;
+  dqp.scale = ds.ptr();
+  dqp.zero_point = c.float_zp ? static_cast<const void*>(dzf.ptr()) : static_cast<const void*>(dzi.ptr());
+  dqp.seed = c.seed ? dseed.ptr() : nullptr;
+  dqp.enabled = c.enabled ? de.ptr() : nullptr;
+  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel(
+      {dtype_of<T>(), dx.ptr(), dy.ptr(), c.with_mask ? dm.ptr() : nullptr, n}, dqp, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const auto where = [&] {
+    ::testing::Message m;
+    m << fq::dtype_name(dtype_of<T>()) << " " << l.outer << "x" << l.channels << "x" << l.inner
+      << " offsets=" << at.in << "/" << at.out << " " << fq::rounding_name(c.rounding);
+    if (c.seed) m << " seed=" << c.seed[0] << "," << c.seed[1];
+    return m << " float_zp=" << c.float_zp << " range=[" << c.qmin << "," << c.qmax << "]"
+             << " enabled=" << (c.enabled ? std::to_string(*c.enabled) : "none")
+             << " bad_channels=" << c.bad_int_zp.has_value() << " with_mask=" << c.with_mask;
+  };
+  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
+  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), c.with_mask)) << where();
 }
 
 }  // namespace fakequant_test

@@ -39,47 +39,13 @@ Seed random_seed(uint64_t s) {
 // ----------------------------------------------------------------------------------------
 // Per-tensor.
 
-struct TensorQParams {
-  float scale;
-  int32_t zero_point, quant_min, quant_max;
-};
-
 const TensorQParams kTensorQParams[] = {
     {0.0173f, 0, -128, 127}, {0.002f, -300, -32768, 32767}, {0.25f, 3, -8, 7}, {0.125f, 17, 0, 255}};
 
 template <typename T>
 void check_per_tensor(int64_t n, Placement at, const TensorQParams& q, const Seed& seed,
                       std::optional<int64_t> enabled = std::nullopt, bool with_mask = true) {
-  const float spread = static_cast<float>(q.quant_max - q.quant_min) * q.scale * 0.4f;
-  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 7 + at.in * 3 + at.out), spread, q.scale);
-  const int64_t enabled_value = enabled.value_or(1);
-  std::vector<T> y_cpu(n);
-  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
-  fq::fake_quant_per_tensor_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n},
-                                {&q.scale, &q.zero_point, q.quant_min, q.quant_max, fq::Rounding::kStochastic,
-                                 seed.data(), enabled ? &enabled_value : nullptr});
-
-  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
-  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
-  DeviceSpan<float> ds(std::vector<float>{q.scale});
-  DeviceSpan<int32_t> dz(std::vector<int32_t>{q.zero_point});
-  DeviceSpan<int64_t> dseed(std::vector<int64_t>(seed.begin(), seed.end()));
-  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_tensor(
-      {dtype_of<T>(), dx.ptr(), dy.ptr(), with_mask ? dm.ptr() : nullptr, n},
-      {ds.ptr(), dz.ptr(), q.quant_min, q.quant_max, fq::Rounding::kStochastic, dseed.ptr(),
-       enabled ? de.ptr() : nullptr},
-      nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const auto where = [&] {
-    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " n=" << n << " offsets=" << at.in << "/" << at.out
-                                << " scale=" << q.scale << " zp=" << q.zero_point << " range=[" << q.quant_min << ","
-                                << q.quant_max << "] seed=" << seed[0] << "," << seed[1]
-                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none");
-  };
-  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
-  ASSERT_TRUE(mask_as_launched(m_cpu, dm.download("mask"), with_mask)) << where();
-  ASSERT_TRUE(same_bits(x, dx.download("input"))) << where();
+  check_per_tensor_against_cpu<T>(n, at, q, fq::Rounding::kStochastic, seed.data(), enabled, with_mask);
 }
 
 class StochasticCuda : public ::testing::TestWithParam<int64_t> {};
@@ -183,63 +149,13 @@ TEST(StochasticCudaEdges, LevelsStayFractionsRoundUpInProportionAndTheSeedIsRead
 // ----------------------------------------------------------------------------------------
 // Per-channel.
 
-// Memory [outer][channels][inner]: channel_stride = inner.
-struct ChannelLayout {
-  int64_t outer, channels, inner;
-};
-
 template <typename T>
 void check_per_channel(ChannelLayout l, Placement at, bool float_zp, int32_t qmin, int32_t qmax, const Seed& seed,
                        std::optional<int64_t> enabled = std::nullopt, bool bad_channels = false) {
-  const int64_t n = l.outer * l.channels * l.inner;
-  const int64_t channels = l.channels;
-  ChannelQParams q =
-      random_channel_qparams(channels, static_cast<uint32_t>(channels * 31 + n + at.in * 5 + at.out), qmin, qmax);
-  if (bad_channels) make_bad_channels(q, qmin - 1);  // below the range (the deterministic tests take above)
-  const std::vector<float>& scales = q.scales;
-  const std::vector<float>& zps_f = q.zps_f;
-  const std::vector<int32_t>& zps_i = q.zps_i;
-  const float spread = static_cast<float>(qmax - qmin) * 0.02f;
-  const std::vector<T> x = test_values<T>(n, static_cast<uint32_t>(n * 3 + channels + at.in), spread, 0.125f);
-  const int64_t enabled_value = enabled.value_or(1);
-
-  fq::PerChannelQParams qp;
-  qp.scale = scales.data();
-  qp.zero_point = float_zp ? static_cast<const void*>(zps_f.data()) : static_cast<const void*>(zps_i.data());
-  qp.zero_point_type = float_zp ? fq::ZeroPointType::kFloat32 : fq::ZeroPointType::kInt32;
-  qp.channels = channels;
-  qp.channel_stride = l.inner;
-  qp.quant_min = qmin;
-  qp.quant_max = qmax;
-  qp.rounding = fq::Rounding::kStochastic;
-  qp.seed = seed.data();
-  qp.enabled = enabled ? &enabled_value : nullptr;
-  std::vector<T> y_cpu(n);
-  std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
-  fq::fake_quant_per_channel_cpu({dtype_of<T>(), x.data(), y_cpu.data(), m_cpu.data(), n}, qp);
-
-  DeviceSpan<T> dx(x, at.in), dy(n, at.out);
-  DeviceSpan<uint8_t> dm(fq::mask_bytes(n), 0, kMaskPoison);
-  DeviceSpan<float> ds(scales), dzf(zps_f);
-  DeviceSpan<int32_t> dzi(zps_i);
-  DeviceSpan<int64_t> dseed(std::vector<int64_t>(seed.begin(), seed.end()));
-  DeviceSpan<int64_t> de(std::vector<int64_t>{enabled_value});
-  fq::PerChannelQParams dqp = qp;
-  dqp.scale = ds.ptr();
-  dqp.zero_point = float_zp ? static_cast<const void*>(dzf.ptr()) : static_cast<const void*>(dzi.ptr());
-  dqp.seed = dseed.ptr();
-  dqp.enabled = enabled ? de.ptr() : nullptr;
-  ASSERT_CUDA(fq::cuda::launch_fake_quant_per_channel({dtype_of<T>(), dx.ptr(), dy.ptr(), dm.ptr(), n}, dqp, nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const auto where = [&] {
-    return ::testing::Message() << fq::dtype_name(dtype_of<T>()) << " " << l.outer << "x" << l.channels << "x"
-                                << l.inner << " offsets=" << at.in << "/" << at.out << " float_zp=" << float_zp
-                                << " range=[" << qmin << "," << qmax << "] seed=" << seed[0] << "," << seed[1]
-                                << " enabled=" << (enabled ? std::to_string(*enabled) : "none")
-                                << " bad_channels=" << bad_channels;
-  };
-  ASSERT_TRUE(same_bits(y_cpu, dy.download("output"))) << where();
-  ASSERT_TRUE(same_bits(m_cpu, dm.download("mask"))) << where();
+  // Bad channels take an int zero point below the range (the deterministic tests take above).
+  const std::optional<int32_t> bad_int_zp = bad_channels ? std::optional<int32_t>(qmin - 1) : std::nullopt;
+  check_per_channel_against_cpu<T>(
+      {l, at, fq::Rounding::kStochastic, seed.data(), float_zp, qmin, qmax, enabled, bad_int_zp, true});
 }
 
 const ChannelLayout kChannelLayouts[] = {
