@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fakequant/dispatch.h"
 #include "fakequant/fake_quant.h"
 
 namespace fakequant {
@@ -30,6 +31,28 @@ namespace fakequant {
 // Activation element types. float64 exists for gradient checks; 16-bit types compute in
 // float32, float64 in double ("Acc" below: float, or double for kFloat64).
 enum class ConvBnDType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// f(T{}) with T the storage type of `dtype` (float, Half, BFloat16, double): the ConvBN kernels'
+// dtype switch, on the CPU and in the CUDA launchers; fallback for a value outside the enum.
+template <typename Result, typename F>
+Result dispatch_convbn_dtype(ConvBnDType dtype, Result fallback, F&& f) {
+  switch (dtype) {
+    case ConvBnDType::kFloat32:
+      return f(float{});
+    case ConvBnDType::kFloat16:
+      return f(Half{});
+    case ConvBnDType::kBFloat16:
+      return f(BFloat16{});
+    case ConvBnDType::kFloat64:
+      return f(double{});
+  }
+  return fallback;
+}
+
+template <typename F>
+void dispatch_convbn_dtype(ConvBnDType dtype, F&& f) {
+  dispatch_convbn_dtype(dtype, 0, discard_result(f));
+}
 
 struct ActivationLayout {
   int64_t outer = 0;
@@ -126,6 +149,22 @@ struct ConvBnBackwardArgs {
   void* grad_pre_bn = nullptr;
   ActivationLayout layout;
 };
+
+// A ConvBnBackwardArgs' buffers in storage type T, the coefficients in T's compute type
+// (AccOf): what the CPU and CUDA backward kernels read and write.
+template <typename T>
+struct ConvBnBackwardBuffers {
+  const T* grad_output;
+  const T* pre_bn;
+  T* grad_pre_bn;
+  const typename AccOf<T>::type* coef;
+};
+
+template <typename T>
+inline ConvBnBackwardBuffers<T> typed_buffers(const ConvBnBackwardArgs& a) {
+  return {static_cast<const T*>(a.grad_output), static_cast<const T*>(a.pre_bn), static_cast<T*>(a.grad_pre_bn),
+          static_cast<const typename AccOf<T>::type*>(a.coef)};
+}
 
 // folded[c, j] = weight[c, j] * s[c]: float32 for float32/16-bit weights (s rounded to
 // float32 first, one float32 product), double for float64 weights.

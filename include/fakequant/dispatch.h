@@ -38,12 +38,18 @@ Result dispatch_dtype(DType dtype, Result fallback, F&& f) {
   return fallback;
 }
 
+// f with its result dropped (0 instead): the void forms of the dispatchers call the value forms.
+template <typename F>
+auto discard_result(F& f) {
+  return [&f](auto tag) {
+    f(tag);
+    return 0;
+  };
+}
+
 template <typename F>
 void dispatch_dtype(DType dtype, F&& f) {
-  dispatch_dtype(dtype, 0, [&](auto t) {
-    f(t);
-    return 0;
-  });
+  dispatch_dtype(dtype, 0, discard_result(f));
 }
 
 template <typename Result, typename F>
@@ -61,10 +67,7 @@ Result dispatch_rounding(Rounding rounding, Result fallback, F&& f) {
 
 template <typename F>
 void dispatch_rounding(Rounding rounding, F&& f) {
-  dispatch_rounding(rounding, 0, [&](auto r) {
-    f(r);
-    return 0;
-  });
+  dispatch_rounding(rounding, 0, discard_result(f));
 }
 
 }  // namespace fakequant

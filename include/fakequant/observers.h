@@ -103,4 +103,35 @@ struct MovingAverageMinMaxState {
 void moving_average_min_max_update_cpu(const MovingAverageMinMaxState& s, const float* current_min,
                                        const float* current_max, bool observe, uint8_t* rejected = nullptr);
 
+// The quant-dequant of the fused moving-average min/max observer, with the state's range and
+// switch: per tensor (s.channels == 1) or per channel along channel_stride, reading the scale
+// and the integer zero point given (the state's or a step's own copy of them).
+template <typename QParams>
+QParams min_max_qparams(const MovingAverageMinMaxState& s, const float* scale, const int32_t* zero_point,
+                        Rounding rounding) {
+  QParams qp;
+  qp.scale = scale;
+  qp.zero_point = zero_point;
+  qp.quant_min = s.quant_min;
+  qp.quant_max = s.quant_max;
+  qp.rounding = rounding;
+  qp.enabled = s.fake_quant_on;
+  return qp;
+}
+
+inline PerTensorQParams min_max_per_tensor_qparams(const MovingAverageMinMaxState& s, const float* scale,
+                                                   const int32_t* zero_point, Rounding rounding) {
+  return min_max_qparams<PerTensorQParams>(s, scale, zero_point, rounding);
+}
+
+inline PerChannelQParams min_max_per_channel_qparams(const MovingAverageMinMaxState& s, const float* scale,
+                                                     const int32_t* zero_point, int64_t channel_stride,
+                                                     Rounding rounding) {
+  PerChannelQParams qp = min_max_qparams<PerChannelQParams>(s, scale, zero_point, rounding);
+  qp.zero_point_type = ZeroPointType::kInt32;
+  qp.channels = s.channels;
+  qp.channel_stride = channel_stride;
+  return qp;
+}
+
 }  // namespace fakequant

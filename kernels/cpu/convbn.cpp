@@ -25,48 +25,6 @@
 namespace fakequant {
 namespace {
 
-// Element access in the compute type: float for float32/16-bit storage, double for double.
-inline float load_acc(float v) { return v; }
-inline float load_acc(Half v) { return to_float(v); }
-inline float load_acc(BFloat16 v) { return to_float(v); }
-inline double load_acc(double v) { return v; }
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-template <typename T, typename Acc>
-inline T store_as(Acc v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return from_float<T>(v);
-  }
-}
-
-template <typename F>
-void dispatch(ConvBnDType dtype, F f) {
-  switch (dtype) {
-    case ConvBnDType::kFloat32:
-      f(float{});
-      break;
-    case ConvBnDType::kFloat16:
-      f(Half{});
-      break;
-    case ConvBnDType::kBFloat16:
-      f(BFloat16{});
-      break;
-    case ConvBnDType::kFloat64:
-      f(double{});
-      break;
-  }
-}
-
 // f(has_mask, has_z) with both flags as std::true_type / std::false_type, so that each
 // combination of an optional ReLU mask and an optional pre-BN input is a loop of its own.
 template <typename F>
@@ -123,7 +81,7 @@ inline double keep_if(double v, bool bit) {
 FQ_CPU_AVX2_CLONES
 void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t end, double* s1, double* s2) {
   end = std::min(end, a.layout.numel());
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.input);
     const int64_t inner = a.layout.inner;
@@ -155,7 +113,7 @@ void channel_moment_sums_cpu(const ChannelMomentsArgs& a, int64_t begin, int64_t
 
 void channel_moments_finish_cpu(const ChannelMomentsArgs& a, const double* s1, const double* s2) {
   const double n = static_cast<double>(a.layout.per_channel());
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.input);
     for (int64_t c = 0; c < a.layout.channels; ++c) {
@@ -175,7 +133,7 @@ FQ_CPU_AVX2_CLONES
 void channel_grad_sums_cpu_range(const ChannelGradSumsArgs& a, int64_t begin, int64_t end, double* sums) {
   end = std::min(end, a.layout.numel());
   const int64_t C = a.layout.channels;
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* dy = static_cast<const T*>(a.grad_output);
     const T* z = static_cast<const T*>(a.pre_bn);
@@ -226,7 +184,7 @@ void convbn_epilogue_cpu_range(const ConvBnEpilogueArgs& a, int64_t group_begin,
   const int64_t end = std::min(group_end * kMaskGroup, numel);
   if (begin >= end) return;
   const int64_t C = a.layout.channels;
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     const T* x = static_cast<const T*>(a.input);
@@ -270,28 +228,26 @@ void convbn_backward_cpu_range(const ConvBnBackwardArgs& a, int64_t group_begin,
   const int64_t begin = std::min(group_begin * kMaskGroup, numel);
   const int64_t end = std::min(group_end * kMaskGroup, numel);
   const int64_t C = a.layout.channels;
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
-    const T* dy = static_cast<const T*>(a.grad_output);
-    const T* z = static_cast<const T*>(a.pre_bn);
-    T* dz = static_cast<T*>(a.grad_pre_bn);
-    const Acc* coef = static_cast<const Acc*>(a.coef);
+    const ConvBnBackwardBuffers<T> buf = typed_buffers<T>(a);
     const uint8_t* mask = a.relu_mask;
     auto backward_runs = [&](auto has_mask, auto has_z) {
       for_each_run(a.layout, begin, end, [&](int64_t c, int64_t b, int64_t e) {
+        const Acc* coef = buf.coef;
         const Acc K = coef[c], MG = coef[C + c], M = coef[2 * C + c], AX = coef[3 * C + c];
         for (int64_t i = b; i < e; ++i) {
-          const Acc d = load_acc(dy[i]);
+          const Acc d = load_acc(buf.grad_output[i]);
           Acc g = d;
           if constexpr (decltype(has_mask)::value) g = keep_if(d, mask_bit(mask, i));
           Acc centered = Acc(0);
-          if constexpr (decltype(has_z)::value) centered = (load_acc(z[i]) - M) * AX;
-          dz[i] = store_as<T, Acc>(K * ((g - MG) - centered));
+          if constexpr (decltype(has_z)::value) centered = (load_acc(buf.pre_bn[i]) - M) * AX;
+          buf.grad_pre_bn[i] = store_as<T, Acc>(K * ((g - MG) - centered));
         }
       });
     };
-    with_mask_and_z(mask != nullptr, z != nullptr, backward_runs);
+    with_mask_and_z(mask != nullptr, buf.pre_bn != nullptr, backward_runs);
   });
 }
 
@@ -301,7 +257,7 @@ void convbn_backward_cpu(const ConvBnBackwardArgs& a) {
 
 void fold_weight_cpu_range(const FoldWeightArgs& a, int64_t c_begin, int64_t c_end) {
   const int64_t L = a.channel_length;
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     const T* w = static_cast<const T*>(a.weight);
@@ -317,7 +273,7 @@ void fold_weight_cpu(const FoldWeightArgs& a) { fold_weight_cpu_range(a, 0, a.ch
 
 void weight_grad_cpu_range(const WeightGradArgs& a, int64_t c_begin, int64_t c_end) {
   const int64_t L = a.channel_length;
-  dispatch(a.dtype, [&](auto tag) {
+  dispatch_convbn_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     const T* gc = static_cast<const T*>(a.grad_conv);

@@ -46,29 +46,6 @@ __device__ __forceinline__ double to_double(Half v) { return to_float(v); }
 __device__ __forceinline__ double to_double(BFloat16 v) { return to_float(v); }
 __device__ __forceinline__ double to_double(double v) { return v; }
 
-__device__ __forceinline__ float load_acc(float v) { return v; }
-__device__ __forceinline__ float load_acc(Half v) { return to_float(v); }
-__device__ __forceinline__ float load_acc(BFloat16 v) { return to_float(v); }
-__device__ __forceinline__ double load_acc(double v) { return v; }
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-template <typename T, typename Acc>
-__device__ __forceinline__ T store_as(Acc v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return from_float<T>(v);
-  }
-}
-
 // a * b rounded on its own: nvcc contracts a * b + c into an FMA by default, which the CPU
 // reference (built with -ffp-contract=off) does not compute.
 __device__ __forceinline__ float mul_uncontracted(float a, float b) { return __fmul_rn(a, b); }
@@ -257,21 +234,6 @@ cudaError_t launch_sums(const ActivationLayout& l, Element element, Finish finis
       static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(l.channels, current_sm_count() * 8LL)));
   sums_finish_kernel<<<blocks, kThreads, 0, stream>>>(partials, l.channels, splits, finish);
   return cudaGetLastError();
-}
-
-template <typename F>
-cudaError_t dispatch(ConvBnDType dtype, F f) {
-  switch (dtype) {
-    case ConvBnDType::kFloat32:
-      return f(float{});
-    case ConvBnDType::kFloat16:
-      return f(Half{});
-    case ConvBnDType::kBFloat16:
-      return f(BFloat16{});
-    case ConvBnDType::kFloat64:
-      return f(double{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 // --- elementwise passes ------------------------------------------------------------------
@@ -493,7 +455,7 @@ size_t channel_sums_workspace_bytes(const ActivationLayout& layout) {
 }
 
 cudaError_t launch_channel_moments(const ChannelMomentsArgs& a, void* workspace, cudaStream_t stream) {
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.input);
     return launch_sums(a.layout, MomentsElement<T>{x, a.layout.inner}, MomentsFinish<T>{x, a.layout, a.mean, a.var},
@@ -502,7 +464,7 @@ cudaError_t launch_channel_moments(const ChannelMomentsArgs& a, void* workspace,
 }
 
 cudaError_t launch_channel_grad_sums(const ChannelGradSumsArgs& a, void* workspace, cudaStream_t stream) {
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     const GradSumsElement<T> element{static_cast<const T*>(a.grad_output), static_cast<const T*>(a.pre_bn),
                                      a.relu_mask, a.mean};
@@ -514,7 +476,7 @@ cudaError_t launch_convbn_epilogue(const ConvBnEpilogueArgs& a, cudaStream_t str
   const int64_t groups = mask_bytes(a.layout.numel());
   if (groups == 0) return cudaSuccess;
   const LaunchShape shape = elementwise_grid(groups);
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     const T* in = static_cast<const T*>(a.input);
@@ -533,13 +495,13 @@ cudaError_t launch_convbn_backward(const ConvBnBackwardArgs& a, cudaStream_t str
   const int64_t groups = mask_bytes(a.layout.numel());
   if (groups == 0) return cudaSuccess;
   const LaunchShape shape = elementwise_grid(groups);
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
-    using Acc = typename AccOf<T>::type;
-    const T* dy = static_cast<const T*>(a.grad_output);
-    const T* z = static_cast<const T*>(a.pre_bn);
-    T* dz = static_cast<T*>(a.grad_pre_bn);
-    const Acc* coef = static_cast<const Acc*>(a.coef);
+    const ConvBnBackwardBuffers<T> b = typed_buffers<T>(a);
+    const T* dy = b.grad_output;
+    const T* z = b.pre_bn;
+    T* dz = b.grad_pre_bn;
+    const auto* coef = b.coef;
     if (vector_ok({dy, z, dz})) {
       backward_kernel<T, true><<<shape.blocks, shape.threads, 0, stream>>>(dy, z, a.relu_mask, coef, dz, a.layout);
     } else {
@@ -553,7 +515,7 @@ cudaError_t launch_fold_weight(const FoldWeightArgs& a, cudaStream_t stream) {
   const int64_t numel = a.channels * a.channel_length;
   if (numel == 0) return cudaSuccess;
   const LaunchShape shape = grid_for(numel, kThreads);
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename AccOf<T>::type;
     fold_kernel<T><<<shape.blocks, shape.threads, 0, stream>>>(static_cast<const T*>(a.weight), static_cast<Acc*>(a.folded),
@@ -566,7 +528,7 @@ cudaError_t launch_weight_grad(const WeightGradArgs& a, cudaStream_t stream) {
   if (a.channels == 0) return cudaSuccess;
   const unsigned int blocks =
       static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(a.channels, current_sm_count() * 8LL)));
-  return dispatch(a.dtype, [&](auto tag) {
+  return dispatch_convbn_dtype(a.dtype, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     weight_grad_kernel<T><<<blocks, kThreads, 0, stream>>>(
         static_cast<const T*>(a.grad_conv), static_cast<const T*>(a.weight), a.mask, a.scale,

@@ -271,26 +271,10 @@ cudaError_t launch_fused_moving_average_min_max(const FakeQuantArgs& fq, const M
       args, w.partials, MovingAverageMinMaxEpilogue{s, w.step, w.zero_point}, stream);
   if (e != cudaSuccess) return e;
   if (s.channels == 1) {
-    PerTensorQParams qp;
-    qp.scale = w.step;
-    qp.zero_point = w.zero_point;
-    qp.quant_min = s.quant_min;
-    qp.quant_max = s.quant_max;
-    qp.rounding = rounding;
-    qp.enabled = s.fake_quant_on;
-    return launch_fake_quant_per_tensor(fq, qp, stream);
+    return launch_fake_quant_per_tensor(fq, min_max_per_tensor_qparams(s, w.step, w.zero_point, rounding), stream);
   }
-  PerChannelQParams qp;
-  qp.scale = w.step;
-  qp.zero_point = w.zero_point;
-  qp.zero_point_type = ZeroPointType::kInt32;
-  qp.channels = s.channels;
-  qp.channel_stride = channel_stride;
-  qp.quant_min = s.quant_min;
-  qp.quant_max = s.quant_max;
-  qp.rounding = rounding;
-  qp.enabled = s.fake_quant_on;
-  return launch_fake_quant_per_channel(fq, qp, stream);
+  return launch_fake_quant_per_channel(
+      fq, min_max_per_channel_qparams(s, w.step, w.zero_point, channel_stride, rounding), stream);
 }
 
 }  // namespace cuda

@@ -1,7 +1,7 @@
 // Autograd kernels of the functional ops, in C++. A Python autograd formula
-// (torch.library.register_autograd) runs a Python function on every call, grad or not: about
-// 3 us per call on a CPU, more than the op itself at small sizes and more than ATen's whole
-// call (docs/perf-notes.md, "CPU findings"). These ops sit on every activation and weight of a
+// (torch.library.register_autograd) runs a Python function on every call, grad or not: at
+// small sizes more than the op itself and more than ATen's whole call (docs/perf-notes.md,
+// "Per-call host cost"). These ops sit on every activation and weight of a
 // QAT model, so their Autograd kernel is C++: below it the call redispatches to the backend
 // kernel; with grad it records a node whose backward is an op (traced like any op by
 // torch.compile): the clipped STE (fake_quant_mask_backward on the saved 1-bit mask) for the

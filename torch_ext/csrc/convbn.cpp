@@ -276,24 +276,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return at::empty({relu ? mask_bytes(out.numel()) : 0}, opts.dtype(at::kByte));
   };
 
+  // Fold with the per-channel values of `phase`, quantise the fold, convolve with it.
+  auto folded_conv = [&](ConvBnPhase phase) {
+    ch.phase = phase;
+    backend.channels(ch);
+    auto [wq, weight_mask] = fold_and_quantize();
+    at::Tensor u = conv(wq);
+    return std::make_tuple(u, wq, weight_mask);
+  };
+
   if (training && batch) {
     // z = conv(x, W) for the batch statistics, then the fused convolution.
     const at::Tensor z = conv(w);
     run_moments(z);
-    ch.phase = ConvBnPhase::kBatchStats;
-    backend.channels(ch);
-    auto [wq, weight_mask] = fold_and_quantize();
-    const at::Tensor u = conv(wq);
+    auto [u, wq, weight_mask] = folded_conv(ConvBnPhase::kBatchStats);
     const at::Tensor relu_mask = relu_mask_for(u);
     epilogue(u, u, relu_mask);
     return {u, z, wq, weight_mask, relu_mask, rows};
   }
   if (training) {
     // Running mode: fold with the running variance, one convolution, BN on its output.
-    ch.phase = ConvBnPhase::kRunningPreFold;
-    backend.channels(ch);
-    auto [wq, weight_mask] = fold_and_quantize();
-    const at::Tensor u = conv(wq);
+    auto [u, wq, weight_mask] = folded_conv(ConvBnPhase::kRunningPreFold);
     run_moments(u);
     ch.phase = ConvBnPhase::kRunningStats;
     backend.channels(ch);
@@ -303,10 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return {y, u, wq, weight_mask, relu_mask, rows};
   }
   // Eval / frozen BN: fold with the running statistics, one convolution, no statistics.
-  ch.phase = ConvBnPhase::kEval;
-  backend.channels(ch);
-  auto [wq, weight_mask] = fold_and_quantize();
-  const at::Tensor u = conv(wq);
+  auto [u, wq, weight_mask] = folded_conv(ConvBnPhase::kEval);
   const at::Tensor relu_mask = relu_mask_for(u);
   epilogue(u, u, relu_mask);
   return {u, at::empty({0}, opts), wq, weight_mask, relu_mask, rows};

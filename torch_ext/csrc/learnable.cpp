@@ -61,6 +61,17 @@ int64_t channel_stride_of(const at::Tensor& dense, int64_t ax, int64_t channels)
   return (ax >= 0 && channels > 1) ? dense.stride(ax) : 1;
 }
 
+// The call's float32 qparams, contiguous and aligned, and the kernel's view of them; needs
+// call.input (the dense input) already set.
+template <typename Call>
+void bind_qparams(Call& call, const at::Tensor& scale, const at::Tensor& zero_point, int64_t ax) {
+  call.scale = contiguous_aligned(scale);
+  call.zero_point = contiguous_aligned(zero_point);
+  call.qparams.scale = call.scale.template const_data_ptr<float>();
+  call.qparams.zero_point = call.zero_point.template const_data_ptr<float>();
+  call.qparams.channel_stride = channel_stride_of(call.input, ax, call.qparams.channels);
+}
+
 }  // namespace
 
 LearnableForwardCall prepare_learnable_forward(const char* op, const at::Tensor& input, const at::Tensor& scale,
@@ -72,11 +83,7 @@ LearnableForwardCall prepare_learnable_forward(const char* op, const at::Tensor&
       check_common(op, input, scale, zero_point, axis, quant_min, quant_max, grad_factor, &call.qparams, &dtype);
   call.input = dense_or_contiguous(input);
   call.output = at::empty_like(call.input);
-  call.scale = contiguous_aligned(scale);
-  call.zero_point = contiguous_aligned(zero_point);
-  call.qparams.scale = call.scale.const_data_ptr<float>();
-  call.qparams.zero_point = call.zero_point.const_data_ptr<float>();
-  call.qparams.channel_stride = channel_stride_of(call.input, ax, call.qparams.channels);
+  bind_qparams(call, scale, zero_point, ax);
   call.args.dtype = dtype;
   call.args.input = call.input.const_data_ptr();
   call.args.output = call.output.mutable_data_ptr();
@@ -104,15 +111,11 @@ LearnableBackwardCall prepare_learnable_backward(const char* op, const at::Tenso
   call.grad_output = grad_output.strides() == call.input.strides() && is_aligned(grad_output)
                          ? grad_output
                          : at::empty_like(call.input).copy_(grad_output);
-  call.scale = contiguous_aligned(scale);
-  call.zero_point = contiguous_aligned(zero_point);
+  bind_qparams(call, scale, zero_point, ax);
   const auto f32 = call.input.options().dtype(at::kFloat);
   call.grad_input = output_mask[0] ? at::empty_like(call.input) : at::empty({0}, call.input.options());
   call.grad_scale = output_mask[1] ? at::empty(scale.sizes(), f32) : at::empty({0}, f32);
   call.grad_zero_point = output_mask[2] ? at::empty(zero_point.sizes(), f32) : at::empty({0}, f32);
-  call.qparams.scale = call.scale.const_data_ptr<float>();
-  call.qparams.zero_point = call.zero_point.const_data_ptr<float>();
-  call.qparams.channel_stride = channel_stride_of(call.input, ax, call.qparams.channels);
   call.args.dtype = dtype;
   call.args.grad_output = call.grad_output.const_data_ptr();
   call.args.input = call.input.const_data_ptr();

@@ -2,6 +2,8 @@
 // Part of fakequant's scalar math (fakequant/quant_math.h); the contract is docs/numerics.md.
 #pragma once
 
+#include <type_traits>
+
 #include "fakequant/math/config.h"
 
 namespace fakequant {
@@ -123,6 +125,31 @@ FQ_HD Half from_float<Half>(float v) {
 #else
   return Half{float_to_half_bits(v)};
 #endif
+}
+
+// The compute type of a storage type: float for float32 and the 16-bit floats, double for
+// double. load_acc widens an element to it, store_as rounds a computed value back.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+FQ_HD float load_acc(float v) { return v; }
+FQ_HD float load_acc(Half v) { return to_float(v); }
+FQ_HD float load_acc(BFloat16 v) { return to_float(v); }
+FQ_HD double load_acc(double v) { return v; }
+
+template <typename T, typename Acc>
+FQ_HD T store_as(Acc v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return from_float<T>(v);
+  }
 }
 
 }  // namespace fakequant

@@ -102,25 +102,12 @@ void moving_average_min_max(MovingAverageMinMaxCall& call, bool per_tensor) {
     if (rejected[c]) use_scale[c] = std::numeric_limits<float>::quiet_NaN();
   }
   if (s.channels == 1 && per_tensor) {
-    PerTensorQParams qp;
-    qp.scale = use_scale.data();
-    qp.zero_point = s.zero_point;
-    qp.quant_min = s.quant_min;
-    qp.quant_max = s.quant_max;
-    qp.rounding = call.rounding;
-    qp.enabled = s.fake_quant_on;
-    quant_dequant_parallel(call.args, qp, fake_quant_per_tensor_cpu_range);
+    quant_dequant_parallel(call.args, min_max_per_tensor_qparams(s, use_scale.data(), s.zero_point, call.rounding),
+                           fake_quant_per_tensor_cpu_range);
   } else if (call.args.numel > 0) {
-    PerChannelQParams qp;
-    qp.scale = use_scale.data();
-    qp.zero_point = s.zero_point;
-    qp.channels = s.channels;
-    qp.channel_stride = call.channel_stride;
-    qp.quant_min = s.quant_min;
-    qp.quant_max = s.quant_max;
-    qp.rounding = call.rounding;
-    qp.enabled = s.fake_quant_on;
-    quant_dequant_parallel(call.args, qp, fake_quant_per_channel_cpu_range);
+    quant_dequant_parallel(
+        call.args, min_max_per_channel_qparams(s, use_scale.data(), s.zero_point, call.channel_stride, call.rounding),
+        fake_quant_per_channel_cpu_range);
   }
 }
 

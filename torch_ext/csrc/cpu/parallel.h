@@ -12,10 +12,10 @@
 namespace fakequant {
 namespace ext {
 
-// Elements per parallel chunk: 32K. at::parallel_for runs a range no longer than its grain on
-// one thread, so 64K elements is the smallest size that uses two; with a 64K grain it ran on
-// one thread and the masked backward was 0.79x ATen there (ATen splits at 32K;
-// docs/perf-notes.md, "CPU findings").
+// Elements per parallel chunk: 32K, as ATen splits. at::parallel_for runs a range no longer
+// than its grain on one thread, so 64K elements is the smallest size that uses two; a 64K
+// grain kept 64K-element calls on one thread, behind ATen (docs/perf-notes.md, "How the CPU
+// numbers got here").
 constexpr int64_t kChunkElements = 32768;
 constexpr int64_t kChunkGroups = kChunkElements / kMaskGroup;
 
