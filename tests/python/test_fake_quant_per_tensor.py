@@ -28,9 +28,8 @@ def assert_bit_exact(actual, expected):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("qrange", RANGES)
-def test_matches_formula_and_aten_every_range(device, dtype, qrange):
-    qmin, qmax = qrange
+@pytest.mark.parametrize("qmin,qmax", RANGES)
+def test_matches_formula_and_aten_every_range(device, dtype, qmin, qmax):
     x = make_input((5, 301), dtype, device)
     scale, zp = random_qparams(x, qmin, qmax)
     y, packed = fakequant.fake_quantize_per_tensor_with_mask(x, scale, zp, qmin, qmax)

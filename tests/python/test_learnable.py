@@ -219,9 +219,8 @@ def includes_zero(qmin, qmax):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("qrange", RANGES)
-def test_per_tensor_matches_formula_and_aten(device, dtype, qrange):
-    qmin, qmax = qrange
+@pytest.mark.parametrize("qmin,qmax", RANGES)
+def test_per_tensor_matches_formula_and_aten(device, dtype, qmin, qmax):
     x = make_input((7, 301), dtype, device)
     scale, zp = tensor_qparams(x, qmin, qmax)
     grad_factor = float(torch.empty(()).uniform_(0.1, 2.0))
@@ -354,9 +353,8 @@ def test_per_channel_matches_formula_and_aten(device, dtype, axis, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("qrange", RANGES)
-def test_per_channel_ranges(device, qrange):
-    qmin, qmax = qrange
+@pytest.mark.parametrize("qmin,qmax", RANGES)
+def test_per_channel_ranges(device, qmin, qmax):
     x = make_input((4, 33, 9), torch.float32, device)
     scale, zp = channel_qparams(x, 1, qmin, qmax)
     dy, ours, abs_sums = check_against_formula(x, scale, zp, 1, qmin, qmax, 0.7)

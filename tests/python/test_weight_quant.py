@@ -123,9 +123,8 @@ def test_abs_max_element_lands_on_the_range_end(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [0, 1, -1])
-@pytest.mark.parametrize("qrange", RANGES)
-def test_scale_equals_pytorch_per_channel_symmetric_observer(device, dtype, axis, qrange):
-    qmin, qmax = qrange
+@pytest.mark.parametrize("qmin,qmax", RANGES)
+def test_scale_equals_pytorch_per_channel_symmetric_observer(device, dtype, axis, qmin, qmax):
     w = make_weight((16, 8, 3, 3), dtype, device)
     obs = PerChannelMinMaxObserver(ch_axis=axis % w.dim(), dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                    quant_min=qmin, quant_max=qmax)
