@@ -48,24 +48,29 @@ __device__ __forceinline__ void write_abs_max_qparams(float scale, int32_t bin_c
   *zp = 0;
 }
 
-// Non-finite statistics (quant_math.h): an update that is not applied leaves the state and
-// gives the quant-dequant a NaN step (a poisoned output), as the CPU reference does.
-struct MovingAverageAbsMaxEpilogue {
-  static constexpr bool kCooperative = false;
-  MovingAverageAbsMaxState s;
+// Where an abs-max observer's epilogue writes the quant-dequant's qparams (step, zero point).
+struct AbsMaxQParamsOut {
   int32_t bin_cnt;
   float* step;
   int32_t* zp;
+  __device__ __forceinline__ void write(float scale) const { write_abs_max_qparams(scale, bin_cnt, step, zp); }
+};
+
+// Non-finite statistics (quant_math.h): an update that is not applied leaves the state and
+// gives the quant-dequant a NaN step (a poisoned output), as the CPU reference does.
+struct MovingAverageAbsMaxEpilogue : AbsMaxQParamsOut {
+  static constexpr bool kCooperative = false;
+  MovingAverageAbsMaxState s;
   __device__ void operator()(int64_t, float abs_max, float) const {
     const MovingAverageAbsMaxUpdate u = moving_average_abs_max(*s.state, *s.accum, abs_max, s.moving_rate);
     if (!moving_average_abs_max_accepted(abs_max, u)) {
-      write_abs_max_qparams(__uint_as_float(0x7FC00000u), bin_cnt, step, zp);
+      write(__uint_as_float(0x7FC00000u));
       return;
     }
     *s.state = u.state;
     *s.accum = u.accum;
     *s.scale = u.scale;
-    write_abs_max_qparams(u.scale, bin_cnt, step, zp);
+    write(u.scale);
   }
 };
 
@@ -79,12 +84,9 @@ struct NanMaxOp {
 // negative iter (out of contract, which only the device sees) would index before the window,
 // and a non-finite abs-max would enter it: in both cases the state is left as it is and the
 // step is NaN, so the quant-dequant poisons its output.
-struct RangeAbsMaxEpilogue {
+struct RangeAbsMaxEpilogue : AbsMaxQParamsOut {
   static constexpr bool kCooperative = true;
   RangeAbsMaxState s;
-  int32_t bin_cnt;
-  float* step;
-  int32_t* zp;
   __device__ void operator()(int64_t, float abs_max, float) const {
     using BlockReduce = cub::BlockReduce<float, kReduceThreads>;
     __shared__ typename BlockReduce::TempStorage temp;
@@ -119,7 +121,7 @@ struct RangeAbsMaxEpilogue {
     }
     if (threadIdx.x == 0) {
       if (state_valid) *s.scale = scale;
-      write_abs_max_qparams(scale, bin_cnt, step, zp);
+      write(scale);
     }
   }
 };
@@ -206,7 +208,7 @@ cudaError_t abs_max_observer(const FakeQuantArgs& fq, const State& s, int32_t bi
   const ObserverWorkspace w = carve(args, workspace);
   const int32_t bin_cnt = abs_max_bin_cnt(bits);
   if (training) {
-    const Epilogue epilogue{s, bin_cnt, w.step, w.zero_point};
+    const Epilogue epilogue{{bin_cnt, w.step, w.zero_point}, s};
     const cudaError_t e = launch_reduce_with<ReduceKind::kAbsMax>(args, w.partials, epilogue, stream);
     if (e != cudaSuccess) return e;
   } else {
