@@ -191,13 +191,11 @@ def _paddle_range(input=None, scale=None, window=None, iter=None):
 
 
 def _min_max(channels=4, **over):
-    args = dict(input=torch.randn(3, channels) * 2, observer_on=torch.ones(1, dtype=torch.long),
+    return dict(input=torch.randn(3, channels) * 2, observer_on=torch.ones(1, dtype=torch.long),
                 fake_quant_on=torch.ones(1, dtype=torch.long), running_min=-torch.rand(channels),
                 running_max=torch.rand(channels), scale=torch.rand(channels) + 0.1,
                 zero_point=torch.zeros(channels, dtype=torch.int32), averaging_const=0.1, quant_min=-128,
-                quant_max=127, axis=1, symmetric=False, reduce_range=False, rounding="half_even")
-    args.update(over)
-    return args
+                quant_max=127, axis=1, symmetric=False, reduce_range=False, rounding="half_even") | over
 
 
 def _aliased_paddle_ma_state():
@@ -283,13 +281,11 @@ def test_disjoint_views_of_one_buffer_are_accepted():
 
 
 def _convbn_forward_args(**over):
-    args = dict(input=torch.randn(2, 4, 5, 5), weight=torch.randn(4, 4, 3, 3) * 0.3, bias=None,
+    return dict(input=torch.randn(2, 4, 5, 5), weight=torch.randn(4, 4, 3, 3) * 0.3, bias=None,
                 bn_weight=torch.rand(4) + 0.5, bn_bias=torch.randn(4), running_mean=torch.randn(4) * 0.1,
                 running_var=torch.rand(4) + 0.5, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1, eps=1e-5,
                 momentum=0.1, fold_mode="batch", training=True, relu=False, quantize_weight=True, quant_min=-128,
-                quant_max=127, rounding="half_even", weight_eps=1.1920928955078125e-07)
-    args.update(over)
-    return args
+                quant_max=127, rounding="half_even", weight_eps=1.1920928955078125e-07) | over
 
 
 def _aliased_running_stats():
