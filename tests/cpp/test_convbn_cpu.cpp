@@ -37,10 +37,7 @@ TEST_P(ConvBnCpu, MomentsMatchTwoPassVariance) {
   const std::vector<float> x = random_values(l.numel(), 7, 1000.0f, 0.5f);
   std::vector<double> mean(k.c), var(k.c);
   fq::ChannelMomentsArgs a;
-  a.input = x.data();
-  a.layout = l;
-  a.mean = mean.data();
-  a.var = var.data();
+  a.input = x.data(), a.layout = l, a.mean = mean.data(), a.var = var.data();
   fq::channel_moments_cpu(a);
   for (int64_t c = 0; c < k.c; ++c) {
     long double s = 0, n = 0;
@@ -65,11 +62,7 @@ TEST_P(ConvBnCpu, EpilogueWithReluAndSplitRanges) {
   std::vector<float> y(x.size());
   std::vector<uint8_t> mask(fq::mask_bytes(l.numel()), 0xAB);
   fq::ConvBnEpilogueArgs a;
-  a.input = x.data();
-  a.output = y.data();
-  a.relu_mask = mask.data();
-  a.coef = coef.data();
-  a.layout = l;
+  a.input = x.data(), a.output = y.data(), a.relu_mask = mask.data(), a.coef = coef.data(), a.layout = l;
   const int64_t groups = fq::mask_bytes(l.numel());
   fq::convbn_epilogue_cpu_range(a, 0, groups / 3);  // two pieces = the whole
   fq::convbn_epilogue_cpu_range(a, groups / 3, groups);
@@ -81,9 +74,7 @@ TEST_P(ConvBnCpu, EpilogueWithReluAndSplitRanges) {
   }
   // In place and without ReLU.
   std::vector<float> z = x;
-  a.input = z.data();
-  a.output = z.data();
-  a.relu_mask = nullptr;
+  a.input = z.data(), a.output = z.data(), a.relu_mask = nullptr;
   fq::convbn_epilogue_cpu(a);
   for (int64_t i = 0; i < l.numel(); ++i) {
     const int64_t c = channel_of(l, i);
@@ -101,12 +92,8 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
   for (int64_t c = 0; c < k.c; ++c) mean[c] = 1.5 + 0.1 * c;
   std::vector<double> sums(2 * k.c);
   fq::ChannelGradSumsArgs s;
-  s.grad_output = dy.data();
-  s.pre_bn = z.data();
-  s.relu_mask = mask.data();
-  s.mean = mean.data();
-  s.layout = l;
-  s.sums = sums.data();
+  s.grad_output = dy.data(), s.pre_bn = z.data(), s.relu_mask = mask.data();
+  s.mean = mean.data(), s.layout = l, s.sums = sums.data();
   fq::channel_grad_sums_cpu(s);
   for (int64_t c = 0; c < k.c; ++c) {
     long double g = 0, gz = 0;
@@ -127,12 +114,8 @@ TEST_P(ConvBnCpu, BackwardSumsAndElementwise) {
   }
   std::vector<float> dz(l.numel());
   fq::ConvBnBackwardArgs b;
-  b.grad_output = dy.data();
-  b.pre_bn = z.data();
-  b.relu_mask = mask.data();
-  b.coef = coef.data();
-  b.grad_pre_bn = dz.data();
-  b.layout = l;
+  b.grad_output = dy.data(), b.pre_bn = z.data(), b.relu_mask = mask.data();
+  b.coef = coef.data(), b.grad_pre_bn = dz.data(), b.layout = l;
   fq::convbn_backward_cpu(b);
   for (int64_t i = 0; i < l.numel(); ++i) {
     const int64_t c = channel_of(l, i);
@@ -158,11 +141,7 @@ TEST(ConvBnCpuWeight, FoldAndWeightGrad) {
   for (int64_t c = 0; c < C; ++c) s[c] = 0.3 + 0.37 * c;
   std::vector<float> folded(C * L);
   fq::FoldWeightArgs f;
-  f.weight = w.data();
-  f.folded = folded.data();
-  f.scale = s.data();
-  f.channels = C;
-  f.channel_length = L;
+  f.weight = w.data(), f.folded = folded.data(), f.scale = s.data(), f.channels = C, f.channel_length = L;
   fq::fold_weight_cpu(f);
   for (int64_t i = 0; i < C * L; ++i) ASSERT_EQ(folded[i], w[i] * static_cast<float>(s[i / L]));
 
@@ -170,14 +149,8 @@ TEST(ConvBnCpuWeight, FoldAndWeightGrad) {
   std::vector<float> gw(C * L);
   std::vector<double> sums(C);
   fq::WeightGradArgs g;
-  g.grad_conv = gc.data();
-  g.weight = w.data();
-  g.mask = mask.data();
-  g.scale = s.data();
-  g.grad_weight = gw.data();
-  g.weight_sums = sums.data();
-  g.channels = C;
-  g.channel_length = L;
+  g.grad_conv = gc.data(), g.weight = w.data(), g.mask = mask.data(), g.scale = s.data();
+  g.grad_weight = gw.data(), g.weight_sums = sums.data(), g.channels = C, g.channel_length = L;
   fq::weight_grad_cpu(g);
   for (int64_t c = 0; c < C; ++c) {
     long double sum = 0;
@@ -200,19 +173,10 @@ TEST(ConvBnCpuChannels, PhasesMatchFormulas) {
   std::vector<double> rows(fq::kConvBnRows * C);
   std::vector<float> coef(4 * C);
   fq::ConvBnChannelArgs a;
-  a.channels = C;
-  a.count = n;
-  a.eps = eps;
-  a.momentum = momentum;
-  a.gamma = gamma.data();
-  a.beta = beta.data();
-  a.bias = bias.data();
-  a.running_mean = rm.data();
-  a.running_var = rv.data();
-  a.mean = mean.data();
-  a.var = var.data();
-  a.rows = rows.data();
-  a.coef = coef.data();
+  a.channels = C, a.count = n, a.eps = eps, a.momentum = momentum;
+  a.gamma = gamma.data(), a.beta = beta.data(), a.bias = bias.data();
+  a.running_mean = rm.data(), a.running_var = rv.data(), a.mean = mean.data(), a.var = var.data();
+  a.rows = rows.data(), a.coef = coef.data();
   auto row = [&](int r, int64_t c) { return rows[r * C + c]; };
 
   // Eval: s = gamma / sqrt(rv + eps), shift = beta + s (bias - rm).
@@ -262,11 +226,8 @@ TEST(ConvBnCpuChannels, PhasesMatchFormulas) {
   a.phase = fq::ConvBnPhase::kEval;
   fq::convbn_channels_cpu(a);
   std::vector<double> sums{1.0, 2.0, 3.0, 4.0, 0.5, 0.6, 0.7, 0.8}, wsum{0.1, 0.2, 0.3, 0.4}, grads(3 * C);
-  a.phase = fq::ConvBnPhase::kBackwardParams;
-  a.training = false;
-  a.sums = sums.data();
-  a.weight_sums = wsum.data();
-  a.grads = grads.data();
+  a.phase = fq::ConvBnPhase::kBackwardParams, a.training = false;
+  a.sums = sums.data(), a.weight_sums = wsum.data(), a.grads = grads.data();
   fq::convbn_channels_cpu(a);
   for (int64_t c = 0; c < C; ++c) {
     const double r = 1.0 / std::sqrt(rv[c] + eps);

@@ -324,15 +324,35 @@ TEST(ConvBnCudaMoments, LargeMeanKeepsVariance) {
 
 // --- backward sums --------------------------------------------------------------------------
 
+// What the backward passes read, for a case of for_each_backward_case below: the gradient dy
+// (centred at 0) and the pre-BN activation z (at z_center) of shape s, the ReLU mask, and a
+// generator for the per-channel values, seeded with seed_of(s, salt), seed_of(s, salt + 1), ...
+template <typename T>
+struct BackwardInputs {
+  std::vector<T> dy, z;
+  std::vector<uint8_t> mask;
+  std::mt19937 rng;
+};
+
+template <typename T>
+BackwardInputs<T> backward_inputs(const Shape& s, int salt, double z_center) {
+  const fq::ActivationLayout l = layout_of(s);
+  return {random_activation<T>(l, seed_of(s, salt), 0.0), random_activation<T>(l, seed_of(s, salt + 1), z_center),
+          random_mask(l.numel(), seed_of(s, salt + 2)), std::mt19937(seed_of(s, salt + 3))};
+}
+
+template <typename T>
+std::string backward_case_name(const Shape& s, int64_t offset, bool with_z, bool with_mask, bool with_nan) {
+  return describe(s) + " " + dtype_name<T>() + " offset " + std::to_string(offset) + (with_z ? " z" : "") +
+         (with_mask ? " mask" : "") + (with_nan ? " NaN" : "");
+}
+
 template <typename T>
 void check_grad_sums(const Shape& s, int64_t offset, bool with_z, bool with_mask, bool with_nan) {
-  SCOPED_TRACE(describe(s) + " " + dtype_name<T>() + " offset " + std::to_string(offset) + (with_z ? " z" : "") +
-               (with_mask ? " mask" : "") + (with_nan ? " NaN" : ""));
+  SCOPED_TRACE(backward_case_name<T>(s, offset, with_z, with_mask, with_nan));
   const fq::ActivationLayout l = layout_of(s);
   const int64_t numel = l.numel(), C = l.channels;
-  std::vector<T> dy = random_activation<T>(l, seed_of(s, 2), 0.0), z = random_activation<T>(l, seed_of(s, 3), 2.0);
-  const std::vector<uint8_t> mask = random_mask(numel, seed_of(s, 4));
-  std::mt19937 rng(seed_of(s, 5));
+  auto [dy, z, mask, rng] = backward_inputs<T>(s, 2, 2.0);
   std::normal_distribution<double> normal(2.0, 3.0);
   std::vector<double> mean(C);
   for (auto& m : mean) m = normal(rng);
@@ -545,13 +565,10 @@ TEST(ConvBnCudaEpilogue, ReluMaskIsThatOfTheStoredHalfAndBFloat16Output) {
 template <typename T>
 void check_backward(const Shape& s, int64_t offset, bool with_z, bool with_mask, bool with_nan) {
   using Acc = AccOf<T>;
-  SCOPED_TRACE(describe(s) + " " + dtype_name<T>() + " offset " + std::to_string(offset) + (with_z ? " z" : "") +
-               (with_mask ? " mask" : "") + (with_nan ? " NaN" : ""));
+  SCOPED_TRACE(backward_case_name<T>(s, offset, with_z, with_mask, with_nan));
   const fq::ActivationLayout l = layout_of(s);
   const int64_t numel = l.numel(), C = l.channels;
-  std::vector<T> dy = random_activation<T>(l, seed_of(s, 9), 0.0), z = random_activation<T>(l, seed_of(s, 10), 1.0);
-  const std::vector<uint8_t> mask = random_mask(numel, seed_of(s, 11));
-  std::mt19937 rng(seed_of(s, 12));
+  auto [dy, z, mask, rng] = backward_inputs<T>(s, 9, 1.0);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::vector<Acc> coef(4 * C);
   for (auto& v : coef) v = static_cast<Acc>(normal(rng));

@@ -188,16 +188,10 @@ void check_backward(const Case& k, uint32_t seed) {
   qp.quant_min = k.qmin;
   qp.quant_max = k.qmax;
   qp.grad_factor = gf;
-  fq::LearnableBackwardArgs a;
-  a.dtype = std::is_same_v<T, float> ? fq::DType::kFloat32
-                                     : (std::is_same_v<T, fq::Half> ? fq::DType::kFloat16 : fq::DType::kBFloat16);
-  a.grad_output = dy.data();
-  a.input = x.data();
-  a.grad_input = dx.data();
-  a.grad_scale = gs.data();
-  a.grad_zero_point = gz.data();
-  a.numel = n;
-  fq::fake_quant_learnable_backward_cpu(a, qp);
+  const fq::DType dtype = std::is_same_v<T, float>
+                              ? fq::DType::kFloat32
+                              : (std::is_same_v<T, fq::Half> ? fq::DType::kFloat16 : fq::DType::kBFloat16);
+  fq::fake_quant_learnable_backward_cpu({dtype, dy.data(), x.data(), dx.data(), gs.data(), gz.data(), n}, qp);
   std::vector<double> ref_s(k.channels), ref_z(k.channels), abs_s(k.channels), abs_z(k.channels);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t c = (i / k.inner) % k.channels;

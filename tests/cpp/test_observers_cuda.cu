@@ -67,6 +67,18 @@ uint32_t float_bits(float v) {
 // Where the specials go: none, +-inf only, or NaN, +inf and -inf.
 enum class Specials { kNone, kInf, kNaNInf };
 
+// Parts of the test names: the specials, the rounding, an [outer, channels, inner] shape.
+const char* specials_suffix(Specials s) {
+  return s == Specials::kNaNInf ? "_nan_inf" : (s == Specials::kInf ? "_inf" : "");
+}
+
+const char* rounding_label(fq::Rounding r) { return r == fq::Rounding::kHalfAway ? "half_away" : "half_even"; }
+
+template <typename Case>
+std::string shape_label(const Case& c) {
+  return std::to_string(c.outer) + "x" + std::to_string(c.channels) + "x" + std::to_string(c.inner);
+}
+
 // Random fp32 values (normal, times `magnitude`), with specials at fixed offsets.
 std::vector<float> random_values(int64_t n, uint32_t seed, float magnitude, Specials specials) {
   std::mt19937 rng(seed);
@@ -400,8 +412,7 @@ struct ReduceCase {
 std::string reduce_case_name(const ::testing::TestParamInfo<ReduceCase>& info) {
   const ReduceCase& c = info.param;
   std::ostringstream os;
-  os << dtype_label(c.dtype) << "_" << c.outer << "x" << c.channels << "x" << c.inner << (c.offset ? "_misaligned" : "")
-     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+  os << dtype_label(c.dtype) << "_" << shape_label(c) << (c.offset ? "_misaligned" : "") << specials_suffix(c.specials);
   return os.str();
 }
 
@@ -598,9 +609,8 @@ struct AbsMaxCase {
 std::string abs_max_case_name(const ::testing::TestParamInfo<AbsMaxCase>& info) {
   const AbsMaxCase& c = info.param;
   std::ostringstream os;
-  os << dtype_label(c.dtype) << "_n" << c.numel << (c.offset ? "_misaligned" : "") << "_"
-     << (c.rounding == fq::Rounding::kHalfAway ? "half_away" : "half_even") << "_bits" << c.bits
-     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+  os << dtype_label(c.dtype) << "_n" << c.numel << (c.offset ? "_misaligned" : "") << "_" << rounding_label(c.rounding)
+     << "_bits" << c.bits << specials_suffix(c.specials);
   return os.str();
 }
 
@@ -629,6 +639,18 @@ void expect_steps_match_cpu(Mirror& m, const AbsMaxCase& c, const std::vector<fl
     m.expect_device_matches(where);
     expect_outputs_match(dev.out, cpu, c.dtype, where);
   }
+}
+
+// One training step of an abs-max observer (a mirror above), 8 bits, half away: the CPU
+// reference updates the host state and quant-dequants, the launch updates the device state;
+// then the states and the outputs are compared.
+template <typename Mirror>
+void expect_training_step_matches_cpu(Mirror& m, ObserverLaunch& dev, const HostTensor& x, const std::string& where) {
+  HostOutputs cpu(x.dtype, x.numel);
+  abs_max_quant_dequant_cpu(cpu.args(x), m.update_cpu(abs_max_cpu(x)), 8, fq::Rounding::kHalfAway);
+  ASSERT_CUDA(m.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
+  m.expect_device_matches(where);
+  expect_outputs_match(dev.out, cpu, x.dtype, where);
 }
 
 // Four training steps (the state moves), then two eval steps (the stored scale only).
@@ -752,11 +774,10 @@ struct MinMaxCase {
 std::string min_max_case_name(const ::testing::TestParamInfo<MinMaxCase>& info) {
   const MinMaxCase& c = info.param;
   std::ostringstream os;
-  os << dtype_label(c.dtype) << "_" << c.outer << "x" << c.channels << "x" << c.inner
-     << (c.per_tensor ? "_per_tensor" : "_per_channel") << (c.offset ? "_misaligned" : "") << "_"
-     << (c.rounding == fq::Rounding::kHalfAway ? "half_away" : "half_even") << "_q" << (c.quant_min < 0 ? "m" : "")
+  os << dtype_label(c.dtype) << "_" << shape_label(c) << (c.per_tensor ? "_per_tensor" : "_per_channel")
+     << (c.offset ? "_misaligned" : "") << "_" << rounding_label(c.rounding) << "_q" << (c.quant_min < 0 ? "m" : "")
      << std::abs(c.quant_min) << "_" << c.quant_max << (c.symmetric ? "_symmetric" : "_affine")
-     << (c.specials == Specials::kNaNInf ? "_nan_inf" : (c.specials == Specials::kInf ? "_inf" : ""));
+     << specials_suffix(c.specials);
   return os.str();
 }
 
@@ -835,15 +856,10 @@ TEST(CudaObserverNonFinite, AbsMaxObserversSkipABadBatch) {
   for (int step = 0; step < 5; ++step) {
     const bool bad = steps[step] != Specials::kNone;
     const HostTensor x = host_tensor(kF32, random_values(n, 300 + step, 1.0f + step, steps[step]));
-    const float abs_max = abs_max_cpu(x);
     const std::string where = "step " + std::to_string(step);
     // moving_average_abs_max
     const float ma_before[3] = {ma.scale, ma.state, ma.accum};
-    HostOutputs cpu(kF32, n);
-    abs_max_quant_dequant_cpu(cpu.args(x), ma.update_cpu(abs_max), 8, fq::Rounding::kHalfAway);
-    ASSERT_CUDA(ma.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
-    ma.expect_device_matches(where + " moving_average_abs_max");
-    expect_outputs_match(dev.out, cpu, kF32, where + " moving_average_abs_max");
+    ASSERT_NO_FATAL_FAILURE(expect_training_step_matches_cpu(ma, dev, x, where + " moving_average_abs_max"));
     if (bad) {
       EXPECT_TRUE(same_floats({ma.scale, ma.state, ma.accum}, {ma_before[0], ma_before[1], ma_before[2]})) << where;
       expect_poisoned(dev.out, n, where + " moving_average_abs_max");
@@ -851,11 +867,7 @@ TEST(CudaObserverNonFinite, AbsMaxObserversSkipABadBatch) {
     // range_abs_max
     const std::vector<float> window_before = range.window;
     const int64_t iter_before = range.iter;
-    HostOutputs cpu_range(kF32, n);
-    abs_max_quant_dequant_cpu(cpu_range.args(x), range.update_cpu(abs_max), 8, fq::Rounding::kHalfAway);
-    ASSERT_CUDA(range.launch(dev.prepare(x), 8, fq::Rounding::kHalfAway, true, dev.ws.ptr));
-    range.expect_device_matches(where + " range_abs_max");
-    expect_outputs_match(dev.out, cpu_range, kF32, where + " range_abs_max");
+    ASSERT_NO_FATAL_FAILURE(expect_training_step_matches_cpu(range, dev, x, where + " range_abs_max"));
     if (bad) {
       EXPECT_EQ(range.window, window_before) << where;
       EXPECT_EQ(range.iter, iter_before) << where;

@@ -1,6 +1,7 @@
-"""Shared by the QAT module and workflow tests: torch.ao's QAT namespaces where this torch still
+"""Shared by the QAT, facade and workflow tests: torch.ao's QAT namespaces where this torch still
 ships them, the torch.ao qconfig that fakequant's modules are compared under, BN state away
-from its defaults, and training on one thread."""
+from its defaults, training on one thread, and the first conv-bn of the small test nets and
+their training loop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 
 import pytest
 import torch
+from torch import nn
 
 try:
     import torch.ao.nn.intrinsic as nni
@@ -52,3 +54,25 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def train_steps(model, batches, lr):
+    """One SGD step (learning rate lr) on the mean square of the output per batch, the model in
+    train mode; returns the model."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for x in batches:
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    return model
+
+
+class ConvBnStart(nn.Module):
+    """conv1 (3 -> 8 channels, 3x3, padding 1) -> bn1: how the small nets of the facade and fusion
+    tests start. Subclasses register their other layers after these two and write the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)

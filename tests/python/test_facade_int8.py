@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakequant
+from qat_helpers import ConvBnStart, train_steps
 
 CONFIGS = {
     "abs_max": {},  # abs_max weights per tensor, dynamic abs_max activations
@@ -21,13 +22,11 @@ CONFIGS = {
 }
 
 
-class Net(nn.Module):
+class Net(ConvBnStart):
     """conv-bn-relu, a residual conv-bn, an add, pooling, linear-relu, linear."""
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False, groups=2)
         self.bn2 = nn.BatchNorm2d(8)
@@ -48,13 +47,7 @@ def data(gen, scale=1.0):
 
 def trained(config, gen, steps=4):
     model = fakequant.quant_aware(Net(), config)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        model(data(gen)).square().mean().backward()
-        opt.step()
-    return model.eval()
+    return train_steps(model, (data(gen) for _ in range(steps)), lr=0.05).eval()
 
 
 def quantize(entry, x):

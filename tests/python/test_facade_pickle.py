@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakequant
+from qat_helpers import ConvBnStart, train_steps
 
 CONFIGS = {
     "default": {},  # abs_max weights and activations, add/pool inputs (an fx.GraphModule)
@@ -22,17 +23,15 @@ CONFIGS = {
 }
 
 
-class Net(nn.Module):
+class Net(ConvBnStart):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(8)
         self.fc = nn.Linear(8 * 3 * 3, 10)
 
     def forward(self, x):
-        x = F.relu(self.bn(self.conv(x)))
+        x = F.relu(self.bn1(self.conv1(x)))
         x = F.max_pool2d(x + self.bn2(self.conv2(x)), 2)
         return self.fc(F.relu(torch.flatten(x, 1)))
 
@@ -42,13 +41,7 @@ def batches(gen, n):
 
 
 def train(model, xs):
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    model.train()
-    for x in xs:
-        opt.zero_grad()
-        model(x).square().mean().backward()
-        opt.step()
-    return model
+    return train_steps(model, xs, lr=0.05)
 
 
 def trained(config, gen):
@@ -84,7 +77,7 @@ def test_torch_save_and_load_whole_qat_and_converted_models(name):
     train(model, xs)
     assert_same_state(loaded, model)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
-    assert loaded.conv.qconfig.weight().__class__ is model.conv.qconfig.weight().__class__
+    assert loaded.conv1.qconfig.weight().__class__ is model.conv1.qconfig.weight().__class__
     frozen = fakequant.convert(model)
     assert torch.equal(save_load(frozen)(x), frozen(x))
 

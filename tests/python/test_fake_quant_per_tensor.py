@@ -26,16 +26,23 @@ def assert_bit_exact(actual, expected):
     assert torch.equal(actual, expected), (actual - expected).abs().max()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("qmin,qmax", RANGES)
-def test_matches_formula_and_aten_every_range(device, dtype, qmin, qmax):
-    x = make_input((5, 301), dtype, device)
+def quantize_as_the_formula(x, qmin, qmax):
+    """Random qparams for [qmin, qmax] and x fake-quantized with them: values and mask bit for bit
+    the formula's. Returns (scale, zp, y, packed mask, the formula's mask)."""
     scale, zp = random_qparams(x, qmin, qmax)
     y, packed = fakequant.fake_quantize_per_tensor_with_mask(x, scale, zp, qmin, qmax)
     ref_y, ref_mask = fake_quant_formula(x, scale, zp, qmin, qmax)
     assert_bit_exact(y, ref_y)
     assert torch.equal(unpack_mask(packed, y), ref_mask)
+    return scale, zp, y, packed, ref_mask
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qmin,qmax", RANGES)
+def test_matches_formula_and_aten_every_range(device, dtype, qmin, qmax):
+    x = make_input((5, 301), dtype, device)
+    scale, zp, y, packed, ref_mask = quantize_as_the_formula(x, qmin, qmax)
     assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(x.numel() / 8)
     assert ref_mask.any() and not ref_mask.all()  # both branches of the STE exercised
     if ATEN_HAS_PER_TENSOR:
@@ -52,11 +59,7 @@ def test_matches_formula_and_aten_every_range(device, dtype, qmin, qmax):
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "channels_last"])
 def test_shapes_and_layouts(device, dtype, shape, layout):
     x = make_input(shape, dtype, device, layout)
-    scale, zp = random_qparams(x, -128, 127)
-    y, packed = fakequant.fake_quantize_per_tensor_with_mask(x, scale, zp, -128, 127)
-    ref_y, ref_mask = fake_quant_formula(x, scale, zp, -128, 127)
-    assert_bit_exact(y, ref_y)
-    assert torch.equal(unpack_mask(packed, y), ref_mask)
+    scale, zp, y, _, _ = quantize_as_the_formula(x, -128, 127)
     if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
         assert y.is_contiguous(memory_format=torch.channels_last)  # layout kept, no copy
     if ATEN_HAS_PER_TENSOR:

@@ -9,7 +9,7 @@ from torch import nn
 
 import fakequant
 from fakequant.nn import qat
-from qat_helpers import HAS_AO, ao_qconfig, aq, needs_ao, nni, nniqat, nnqat, randomize_bn
+from qat_helpers import HAS_AO, ConvBnStart, ao_qconfig, aq, needs_ao, nni, nniqat, nnqat, randomize_bn
 
 CONV_CASES = [
     dict(in_channels=6, out_channels=8, kernel_size=3, padding=1, bias=True),
@@ -234,11 +234,11 @@ def test_prepare_qat_and_convert_with_mapping_arguments():
     assert "quantized" in type(quantized[4]).__module__
     y_q = quantized(x)
     y_ref = aq.convert(copy.deepcopy(reference))(x)
-    torch.testing.assert_close(y_q, y_ref)  # BN folded exactly as torch.ao folds its own module
-    # Integer kernels against the fake-quantized float model: a few steps of the output's scale
-    # (measured at most 2 over 40 seeds; a bound relative to the output's magnitude failed when
-    # the outputs happened to be small)
-    assert (y_q - y_qat).abs().max() <= 3 * quantized[7].scale
+    # BN folded exactly as torch.ao folds its own module. How far the integer model lies from the
+    # fake-quantized one is then torch.ao's own gap (its integer kernels against its fake quant,
+    # rounding differences amplified layer by layer: from under one to tens of output steps,
+    # depending on the random weights), so it is not bounded here.
+    torch.testing.assert_close(y_q, y_ref)
 
 
 def test_fold_mode_and_from_float_reject_bad_input():
@@ -252,13 +252,11 @@ def test_fold_mode_and_from_float_reject_bad_input():
 
 # ---- offline conv + bn fusion ----
 
-class Branchy(nn.Module):
+class Branchy(ConvBnStart):
     """Traces with torch.fx: conv->bn->relu, a residual add, a conv->bn without bias."""
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(8)
         self.head = nn.Linear(8, 4)

@@ -9,15 +9,14 @@ import fakequant
 from fakequant import nn as fqnn
 from fakequant.nn import qat
 from fakequant.quant_aware import QUANT_CONFIG_DEFAULT, AheadReLU
+from qat_helpers import ConvBnStart, train_steps
 
 
-class Net(nn.Module):
+class Net(ConvBnStart):
     """conv-bn-relu, a depthwise conv-bn, a residual add, pooling and a linear head; traces with fx."""
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
         self.relu1 = nn.ReLU()
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
         self.bn2 = nn.BatchNorm2d(8)
@@ -47,12 +46,7 @@ def data(gen, n=8):
 
 
 def run_steps(model, gen, steps=3):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        model(data(gen)).square().mean().backward()
-        opt.step()
+    train_steps(model, (data(gen) for _ in range(steps)), lr=0.01)
 
 
 def modules_of(model, cls):
