@@ -45,27 +45,20 @@ class Sample:
 
 @dataclass
 class OpInfo:
-    """`samples(device, batch)` makes the samples. `call`, if given, is the differentiable Python
-    API taking the op's arguments (for ops whose autograd is not registered on the op itself:
-    those that update state in place); it is what compile, no-sync and CUDA-graph tests run.
-    `reference(*args, **kwargs)` gives the expected outputs bit for bit (a bool tensor stands for
-    a packed mask: the op's mask is unpacked against its first output); `compile_rtol` loosens
-    compiled-vs-eager for ops that call convolutions (the compiled graph may order sums
-    differently)."""
+    """`samples(device, batch)` makes the samples. `reference(*args, **kwargs)` gives the
+    expected outputs bit for bit (a bool tensor stands for a packed mask: the op's mask is
+    unpacked against its first output); `compile_rtol` loosens compiled-vs-eager for ops that
+    call convolutions (the compiled graph may order sums differently). Every op's autograd is
+    registered on the op, so the tests call the op itself."""
 
     name: str
     samples: Callable[[str, int], list]
-    call: Callable | None = None
     reference: Callable | None = None
     compile_rtol: float = 0.0
 
     @property
     def op(self):
         return getattr(torch.ops.fakequant, self.name).default
-
-    @property
-    def autograd_on_op(self) -> bool:
-        return self.call is None
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -312,8 +305,6 @@ def _learnable_backward_samples(per_channel):
 
 # --- ConvBN ---------------------------------------------------------------------------------
 
-CONV_BN_NAMES = ["stride", "padding", "dilation", "groups", "eps", "momentum", "fold_mode", "training", "relu",
-                 "quantize_weight", "quant_min", "quant_max", "rounding", "weight_eps"]
 CONV_BN_MODES = [("batch", True), ("running", True), ("batch", False), ("running", False)]
 
 
@@ -338,12 +329,10 @@ def conv_bn_samples(device, batch):
             out.append(Sample(conv_bn_args(device, batch, fold_mode, training, channels_last),
                               name=f"{fold_mode}-{'train' if training else 'eval'}-cl{int(channels_last)}",
                               grad=(0, 1, 2, 3, 4), compile=compile_it))
+    no_bias = list(conv_bn_args(device, batch))
+    no_bias[2] = None
+    out.append(Sample(tuple(no_bias), name="batch-train-no-bias", grad=(0, 1, 3, 4), compile=True))
     return out
-
-
-def conv_bn_call(*args, **kwargs):
-    """The differentiable API with the op's positional arguments."""
-    return fakequant.conv_bn_fake_quant(*args[:7], **dict(zip(CONV_BN_NAMES, args[7:])), **kwargs)
 
 
 def conv_bn_backward_samples(device, batch):
@@ -369,15 +358,14 @@ OP_DB = [
     OpInfo("fake_quant_mask_backward", mask_backward_samples, reference=mask_backward_reference),
     OpInfo("abs_max", reduction_samples, reference=abs_max_reference),
     OpInfo("min_max", reduction_samples, reference=min_max_reference),
-    OpInfo("fake_quant_moving_average_abs_max", moving_average_abs_max_samples,
-           call=fakequant.fake_quantize_moving_average_abs_max),
-    OpInfo("fake_quant_range_abs_max", range_abs_max_samples, call=fakequant.fake_quantize_range_abs_max),
-    OpInfo("fused_moving_avg_obs_fake_quant", fused_observer_samples, call=fakequant.fused_moving_avg_obs_fake_quant),
+    OpInfo("fake_quant_moving_average_abs_max", moving_average_abs_max_samples),
+    OpInfo("fake_quant_range_abs_max", range_abs_max_samples),
+    OpInfo("fused_moving_avg_obs_fake_quant", fused_observer_samples),
     OpInfo("fake_quant_weight_abs_max", weight_samples, reference=weight_reference),
     OpInfo("fake_quant_learnable_per_tensor", learnable_per_tensor_samples),
     OpInfo("fake_quant_learnable_per_channel", learnable_per_channel_samples),
     OpInfo("fake_quant_learnable_per_tensor_backward", _learnable_backward_samples(per_channel=False)),
     OpInfo("fake_quant_learnable_per_channel_backward", _learnable_backward_samples(per_channel=True)),
-    OpInfo("conv_bn_fake_quant", conv_bn_samples, call=conv_bn_call, compile_rtol=1e-5),
+    OpInfo("conv_bn_fake_quant", conv_bn_samples, compile_rtol=1e-5),
     OpInfo("conv_bn_fake_quant_backward", conv_bn_backward_samples, compile_rtol=1e-5),
 ]

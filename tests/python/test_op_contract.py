@@ -68,7 +68,7 @@ def grads(outs, leaves, seed_grads):
 @pytest.mark.parametrize("info", OP_DB, ids=ids)
 def test_opcheck(info, device):
     for sample in info.samples(device, 2):
-        args, kwargs = prepared(info, sample, grad=info.autograd_on_op)
+        args, kwargs = prepared(info, sample, grad=True)
         torch.library.opcheck(info.op, tuple(args), kwargs)
 
 
@@ -112,6 +112,28 @@ def test_matches_reference(info, device):
 # --- torch.compile --------------------------------------------------------------------------
 
 
+MUTATING = [i for i in OP_DB if i.op._schema.is_mutable]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("info", MUTATING, ids=[i.name for i in MUTATING])
+def test_in_place_ops_bump_what_they_write(info, device, grad_mode):
+    """Each argument the schema marks written (Tensor(a!)) moves to a new version, as the state
+    of PyTorch's in-place ops does, with or without a graph recorded; it never requires grad."""
+    written = [i for i, a in enumerate(info.op._schema.arguments) if a.alias_info and a.alias_info.is_write]
+    assert written
+    for sample in info.samples(device, 2):
+        args, kwargs = prepared(info, sample, grad=True)
+        before = [args[i]._version for i in written]
+        with torch.set_grad_enabled(grad_mode):
+            out = outputs(info.op(*args, **kwargs))
+        assert out[0].requires_grad == grad_mode
+        for i, version in zip(written, before):
+            assert args[i]._version > version, info.op._schema.arguments[i].name
+            assert not args[i].requires_grad
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("info", OP_DB, ids=ids)
@@ -119,10 +141,8 @@ def test_compile_fullgraph_equals_eager(info, device, dynamic):
     """Each compile sample at two sizes (with dynamic=True the second reuses the graph), called
     twice in a row (ops with state update it from their own previous result)."""
     torch._dynamo.reset()
-    fn = info.call or info.op
-
     def call(*args, **kwargs):
-        return fn(*args, **kwargs)
+        return info.op(*args, **kwargs)
 
     compiled = torch.compile(call, fullgraph=True, dynamic=dynamic)
     ran = 0
@@ -155,13 +175,12 @@ def test_compile_fullgraph_equals_eager(info, device, dynamic):
 @needs_cuda
 @pytest.mark.parametrize("info", OP_DB, ids=ids)
 def test_cuda_never_syncs(info):
-    fn = info.call or info.op
     for sample in info.samples("cuda", 2):
         args, kwargs = prepared(info, sample, grad=True)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            outs = outputs(fn(*args, **kwargs))
+            outs = outputs(info.op(*args, **kwargs))
             if sample.grad:
                 grads(outs, [args[i] for i in sample.grad], [torch.ones_like(o) for o in outs])
         finally:

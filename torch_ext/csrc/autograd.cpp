@@ -1,15 +1,19 @@
-// Autograd kernels of the functional ops, in C++. A Python autograd formula
-// (torch.library.register_autograd) runs a Python function on every call, grad or not: at
-// small sizes more than the op itself and more than ATen's whole call (docs/perf-notes.md,
-// "Per-call host cost"). These ops sit on every activation and weight of a
-// QAT model, so their Autograd kernel is C++: below it the call redispatches to the backend
-// kernel; with grad it records a node whose backward is an op (traced like any op by
-// torch.compile): the clipped STE (fake_quant_mask_backward on the saved 1-bit mask) for the
-// quant-dequant and weight abs-max ops, the learnable backward ops for LSQ / LSQ+. The ops
-// that update state in place (the fused observers, ConvBN) keep their Python
-// autograd.Function (torch_ext/fakequant/ops/<family>.py): register_autograd and an Autograd
-// kernel both need functional ops.
+// Autograd kernels of every op, in C++. A Python autograd formula (torch.library.register_autograd
+// or an autograd.Function) runs Python on every call, grad or not: at small sizes more than the
+// op itself and more than ATen's whole call (docs/perf-notes.md, "Per-call host cost"). These
+// ops sit on every activation and weight of a QAT model, so their Autograd kernel is C++: below
+// it the call redispatches to the backend kernel; with grad it records a node whose backward is
+// an op (traced like any op by torch.compile): the clipped STE (fake_quant_mask_backward on the
+// saved 1-bit mask) for the quant-dequant, weight abs-max and fused observer ops, the learnable
+// backward ops for LSQ / LSQ+, conv_bn_fake_quant_backward for ConvBN.
+//
+// The ops that update state in place (the fused observers, ConvBN: Tensor(a!) in the schema)
+// have boxed kernels: the state is not differentiable, so only the leading tensors enter the
+// graph, and the kernel bumps the version counter of every written argument, as
+// ADInplaceOrView does for ATen's in-place ops. Under torch.compile functionalization runs
+// below this key, so the traced graph holds the functional form of the op.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -227,6 +231,139 @@ std::tuple<at::Tensor, at::Tensor> per_channel_autograd(const at::Tensor& input,
   return {out[0], out[1]};
 }
 
+// ---------------------------------------------------------------------------------------
+// The ops that update state in place, as boxed kernels.
+
+// The tensors the schema marks as written (Tensor(a!)), read off the stack before the call
+// consumes its arguments.
+c10::SmallVector<at::Tensor, 4> written_arguments(const c10::FunctionSchema& schema, const torch::jit::Stack& stack) {
+  c10::SmallVector<at::Tensor, 4> written;
+  const size_t num_args = schema.arguments().size();
+  for (size_t i = 0; i < num_args; ++i) {
+    const c10::AliasInfo* alias = schema.arguments()[i].alias_info();
+    const c10::IValue& value = stack[stack.size() - num_args + i];
+    if (alias != nullptr && alias->isWrite() && value.isTensor()) written.push_back(value.toTensor());
+  }
+  return written;
+}
+
+const c10::IValue& argument(const c10::OperatorHandle& op, const torch::jit::Stack& stack, size_t index) {
+  return stack[stack.size() - op.schema().arguments().size() + index];
+}
+
+void call_below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+// Calls `op` with autograd's bookkeeping: `Node::apply` records the graph when `graph` says so
+// and returns the outputs, which replace the op's on the stack; then the written arguments'
+// versions move on.
+template <typename Node, typename... Inputs>
+void call_in_place(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack, bool graph,
+                   const Inputs&... inputs) {
+  const c10::SmallVector<at::Tensor, 4> written = written_arguments(op.schema(), *stack);
+  if (graph) {
+    const variable_list outputs = Node::apply(inputs..., &op, keys, stack);
+    torch::jit::drop(*stack, outputs.size());
+    for (const at::Tensor& t : outputs) torch::jit::push(*stack, t);
+  } else {
+    call_below_autograd(op, keys, stack);
+  }
+  for (const at::Tensor& t : written) torch::autograd::impl::bump_version(t);
+}
+
+// The fused observers: (output, mask) of the input; the clipped STE for the input.
+struct InPlaceQuantDequant : torch::autograd::Function<InPlaceQuantDequant> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& /*input*/, const c10::OperatorHandle* op,
+                               c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    call_below_autograd(*op, keys, stack);
+    const at::Tensor output = torch::jit::peek(*stack, 0, 2).toTensor();
+    const at::Tensor mask = torch::jit::peek(*stack, 1, 2).toTensor();
+    save_mask(ctx, output, mask);
+    return {output, mask};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return masked_grad(ctx, grads, 4); }
+};
+
+void in_place_quant_dequant_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                                     torch::jit::Stack* stack) {
+  const at::Tensor input = argument(op, *stack, 0).toTensor();
+  call_in_place<InPlaceQuantDequant>(op, keys, stack, needs_graph({&input}), input);
+}
+
+// ConvBN: value of the fused forward, gradient of the unfused graph (docs/convbn.md). Saved for
+// the backward op: input, weight, pre_bn (training), the weight the backward convolves with (W
+// itself in batch-mode training, else the quantised fold), the two 1-bit masks and the float64
+// [6, C] channel state. Gradients flow to input, weight, bias, bn_weight and bn_bias; the
+// parameters' come back as float64 rows, cast to each parameter's dtype.
+struct ConvBn : torch::autograd::Function<ConvBn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& bn_weight,
+                               const at::Tensor& bn_bias, const c10::OperatorHandle* op, c10::DispatchKeySet keys,
+                               torch::jit::Stack* stack) {
+    for (const char* name : {"stride", "padding", "dilation", "groups", "fold_mode", "training"}) {
+      const size_t index = op->schema().argumentIndexWithName(name).value();
+      ctx->saved_data[name] = argument(*op, *stack, index);
+    }
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["param_dtypes"] = std::vector<int64_t>{
+        static_cast<int64_t>(bias.has_value() ? bias->scalar_type() : bn_weight.scalar_type()),
+        static_cast<int64_t>(bn_weight.scalar_type()), static_cast<int64_t>(bn_bias.scalar_type())};
+    call_below_autograd(*op, keys, stack);
+    variable_list outputs;
+    for (size_t i = 0; i < 6; ++i) outputs.push_back(torch::jit::peek(*stack, i, 6).toTensor());
+    // outputs: output, pre_bn, weight_q, weight_mask, relu_mask, channel_state.
+    const bool batch_fold =
+        ctx->saved_data["training"].toBool() && ctx->saved_data["fold_mode"].toStringRef() == "batch";
+    ctx->save_for_backward({input, weight, outputs[1], batch_fold ? weight : outputs[2], outputs[3], outputs[4],
+                            outputs[5]});
+    ctx->mark_non_differentiable({outputs[1], outputs[2], outputs[3], outputs[4], outputs[5]});
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+        int64_t, c10::string_view, bool, const c10::List<bool>&);
+    static const auto op = op_handle<BackwardSig>("fakequant::conv_bn_fake_quant_backward");
+    variable_list out(8);
+    // needs_input_grad counts tensor inputs only: without a bias, bn_weight is the third.
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool need[5] = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), has_bias && ctx->needs_input_grad(2),
+                          ctx->needs_input_grad(has_bias ? 3 : 2), ctx->needs_input_grad(has_bias ? 4 : 3)};
+    const c10::List<bool> output_mask({need[0], need[1], need[2] || need[3] || need[4]});
+    if (!grads[0].defined() || !(output_mask[0] || output_mask[1] || output_mask[2])) return out;
+    const variable_list saved = ctx->get_saved_variables();
+    auto& data = ctx->saved_data;
+    auto [grad_input, grad_weight, grad_params] =
+        op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+                data["stride"].toIntVector(), data["padding"].toIntVector(), data["dilation"].toIntVector(),
+                data["groups"].toInt(), data["fold_mode"].toStringRef(), data["training"].toBool(), output_mask);
+    if (need[0]) out[0] = grad_input;
+    if (need[1]) out[1] = grad_weight;
+    // grad_params rows: bn_weight, bn_bias, conv bias; the inputs: bias (2), bn_weight (3), bn_bias (4).
+    const std::vector<int64_t> dtypes = data["param_dtypes"].toIntVector();
+    constexpr int64_t kRow[3] = {2, 0, 1};
+    for (size_t i = 0; i < 3; ++i) {
+      if (need[2 + i]) out[2 + i] = grad_params[kRow[i]].to(static_cast<at::ScalarType>(dtypes[i]));
+    }
+    return out;
+  }
+};
+
+void conv_bn_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const at::Tensor input = argument(op, *stack, 0).toTensor();
+  const at::Tensor weight = argument(op, *stack, 1).toTensor();
+  const std::optional<at::Tensor> bias = argument(op, *stack, 2).toOptional<at::Tensor>();
+  const at::Tensor bn_weight = argument(op, *stack, 3).toTensor();
+  const at::Tensor bn_bias = argument(op, *stack, 4).toTensor();
+  const at::Tensor bias_or_undefined = bias.value_or(at::Tensor());
+  const bool graph = needs_graph({&input, &weight, &bias_or_undefined, &bn_weight, &bn_bias});
+  call_in_place<ConvBn>(op, keys, stack, graph, input, weight, bias, bn_weight, bn_bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
@@ -235,6 +372,11 @@ TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
   m.impl("fake_quant_weight_abs_max", &weight_abs_max_autograd);
   m.impl("fake_quant_learnable_per_tensor", &Learnable<LearnablePerTensorOp>::autograd_kernel);
   m.impl("fake_quant_learnable_per_channel", &Learnable<LearnablePerChannelOp>::autograd_kernel);
+  for (const char* name : {"fake_quant_moving_average_abs_max", "fake_quant_range_abs_max",
+                           "fused_moving_avg_obs_fake_quant"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&in_place_quant_dequant_autograd>());
+  }
+  m.impl("conv_bn_fake_quant", torch::CppFunction::makeFromBoxedFunction<&conv_bn_autograd>());
 }
 
 }  // namespace ext

@@ -1,12 +1,8 @@
 """ConvBN fake quantization: conv2d + BatchNorm2d (+ ReLU) folded for quantization-aware
-training, forward fused and backward unfused (docs/convbn.md): the typed Python API, the fake
-kernels and the autograd.
-
-The op updates the BN running statistics in place, so torch.library.register_autograd (which
-needs functional ops) cannot take it: as for the fused observers, an autograd.Function runs the
-forward op, saves what the backward op needs, and calls conv_bn_fake_quant_backward. The fake
-kernels mirror torch_ext/csrc/convbn.cpp: activations are channels_last when the input is (and
-not also contiguous), NCHW otherwise.
+training, forward fused and backward unfused (docs/convbn.md): the typed Python API and the fake
+kernels. The autograd is in C++ (torch_ext/csrc/autograd.cpp): the op saves what
+conv_bn_fake_quant_backward needs. The fake kernels mirror torch_ext/csrc/convbn.cpp: activations
+are channels_last when the input is (and not also contiguous), NCHW otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +17,9 @@ __all__ = ["conv_bn_fake_quant", "conv_bn_fake_quant_with_fold_scale", "fold_wei
 
 
 _OP = "conv_bn_fake_quant"
+
+#: Row of the op's [6, C] channel_state holding the fold scale s (include/fakequant/convbn.h kRowScale).
+FOLD_SCALE_ROW = 3
 
 
 def _fold_mode(fold_mode: str, mode: str | None) -> str:
@@ -117,10 +116,12 @@ def conv_bn_fake_quant_with_fold_scale(input, weight, bias, bn_weight, bn_bias, 
     fold_mode = _fold_mode(fold_mode, mode)
     if input.is_floating_point() and input.dtype == torch.float32 and torch.is_autocast_enabled(input.device.type):
         input = input.to(torch.get_autocast_dtype(input.device.type))
-    return ConvBnFakeQuant.apply(
+    output, *_, state = OPS.conv_bn_fake_quant(
         input, weight, bias, bn_weight, bn_bias, running_mean, running_var, _pair(stride), _pair(padding),
         _pair(dilation), groups, eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max,
         rounding, weight_eps)
+    # A copy: the channel state is saved for the backward, which a caller's in-place edit would spoil.
+    return output, state[FOLD_SCALE_ROW].clone()
 
 
 def fold_weight(weight: torch.Tensor, fold_scale: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ def fold_weight(weight: torch.Tensor, fold_scale: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# Fake kernels and autograd
+# Fake kernels
 
 
 def _activation_format(x: torch.Tensor) -> torch.memory_format:
@@ -190,53 +191,3 @@ def _conv_bn_fake_quant_backward_fake(grad_output, input, weight, pre_bn, weight
                    else input.new_empty((0,), dtype=torch.float64))
     return grad_input, grad_weight, grad_params
 
-
-#: Row of the op's [6, C] channel_state holding the fold scale s (include/fakequant/convbn.h kRowScale).
-FOLD_SCALE_ROW = 3
-
-
-class ConvBnFakeQuant(torch.autograd.Function):
-    """Value of the fused forward; gradient of the unfused graph (docs/convbn.md). Saved for
-    backward: input, weight, the pre-BN activation (training), the quantised fold (running and
-    eval), the 1-bit weight and ReLU masks and float64 [6, C] per-channel state.
-
-    Returns ``(output, fold_scale)``: ``fold_scale`` (float64 ``[C]``, not differentiable) is
-    the ``s`` the weight was folded with, ``Q(W * s)``, from which a module recovers the
-    weight quantizer's scales."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation,
-                groups, eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding,
-                weight_eps):
-        output, pre_bn, weight_q, weight_mask, relu_mask, state = OPS.conv_bn_fake_quant(
-            input, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups,
-            eps, momentum, fold_mode, training, relu, quantize_weight, quant_min, quant_max, rounding, weight_eps)
-        # Batch-mode training differentiates conv(x, W): the quantised fold is not needed.
-        conv_weight = weight if (training and fold_mode == "batch") else weight_q
-        ctx.save_for_backward(input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state)
-        ctx.conv = (stride, padding, dilation, groups, fold_mode, training)
-        ctx.param_dtypes = (None if bias is None else bias.dtype, bn_weight.dtype, bn_bias.dtype)
-        fold_scale = state[FOLD_SCALE_ROW].clone()
-        ctx.mark_non_differentiable(fold_scale)
-        return output, fold_scale
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_fold_scale=None):
-        need = ctx.needs_input_grad
-        output_mask = [need[0], need[1], need[2] or need[3] or need[4]]
-        none = (None,) * 16
-        if not any(output_mask):
-            return (None,) * 5 + none
-        input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state = ctx.saved_tensors
-        stride, padding, dilation, groups, fold_mode, training = ctx.conv
-        grad_input, grad_weight, grad_params = OPS.conv_bn_fake_quant_backward(
-            grad_output, input, weight, pre_bn, conv_weight, weight_mask, relu_mask, state, stride, padding,
-            dilation, groups, fold_mode, training, output_mask)
-        bias_dtype, gamma_dtype, beta_dtype = ctx.param_dtypes
-        return (
-            grad_input if need[0] else None,
-            grad_weight if need[1] else None,
-            grad_params[2].to(bias_dtype) if need[2] else None,
-            grad_params[0].to(gamma_dtype) if need[3] else None,
-            grad_params[1].to(beta_dtype) if need[4] else None,
-        ) + none

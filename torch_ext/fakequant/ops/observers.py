@@ -3,17 +3,16 @@ moving-average min/max): the typed Python API, the fake kernels and the autograd
 
 The ops update their state tensors in place (``Tensor(a!)`` in the schema, so the fake kernels
 touch nothing) and return ``(output, mask)`` laid out like the quant-dequant ops; their autograd
-is :class:`~fakequant.ops._common.InPlaceQuantDequant` (the clipped STE).
+is in C++ (torch_ext/csrc/autograd.cpp: the clipped STE on the saved mask).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import LIB, OPS, InPlaceQuantDequant, check_devices, quant_dequant_outputs
+from ._common import LIB, OPS, check_devices, quant_dequant_outputs
 
 __all__ = ["fake_quantize_moving_average_abs_max", "fake_quantize_range_abs_max", "fused_moving_avg_obs_fake_quant"]
-
 
 
 def fake_quantize_moving_average_abs_max(
@@ -36,10 +35,7 @@ def fake_quantize_moving_average_abs_max(
     ``rounding`` defaults to ``half_away`` (Paddle's ``round_type=1``). Differentiable in
     ``input`` (clipped straight-through estimator).
     """
-    return InPlaceQuantDequant.apply(
-        OPS.fake_quant_moving_average_abs_max, input, scale, state, accum, moving_rate, bits,
-        training, rounding,
-    )[0]
+    return OPS.fake_quant_moving_average_abs_max(input, scale, state, accum, moving_rate, bits, training, rounding)[0]
 
 
 def fake_quantize_range_abs_max(
@@ -58,9 +54,7 @@ def fake_quantize_range_abs_max(
     the window's maximum; all three live on ``input``'s device and are updated in place in
     training, with no host synchronisation even when the maximum leaves the window.
     """
-    return InPlaceQuantDequant.apply(
-        OPS.fake_quant_range_abs_max, input, scale, window, iter, bits, training, rounding
-    )[0]
+    return OPS.fake_quant_range_abs_max(input, scale, window, iter, bits, training, rounding)[0]
 
 
 def fused_moving_avg_obs_fake_quant(
@@ -85,10 +79,9 @@ def fused_moving_avg_obs_fake_quant(
     saved mask and no host synchronisation. ``observer_on`` / ``fake_quant_on`` are int64
     ``[1]`` tensors read on the device; ``running_min``, ``running_max``, ``scale`` (float32)
     and ``zero_point`` (int32) are updated in place."""
-    return InPlaceQuantDequant.apply(
-        OPS.fused_moving_avg_obs_fake_quant, input, observer_on, fake_quant_on, running_min,
-        running_max, scale, zero_point, averaging_const, quant_min, quant_max, axis, symmetric, reduce_range, rounding,
-    )[0]
+    return OPS.fused_moving_avg_obs_fake_quant(
+        input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+        quant_max, axis, symmetric, reduce_range, rounding)[0]
 
 
 # ---------------------------------------------------------------------------------------
