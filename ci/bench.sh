@@ -31,6 +31,7 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     -DFAKEQUANT_PYTHON="$(command -v "$PYTHON")" ${FAKEQUANT_CMAKE_ARGS:-}
 fi
 cmake --build "$BUILD" --target fakequant_bench -j "${FAKEQUANT_JOBS:-$(nproc)}"
+LIB="$(cd "$BUILD" && pwd)/torch_ext/libfakequant_ops.so"   # FAKEQUANT_BUILD_DIR may be relative or absolute
 
 device=$("$PYTHON" bench/bench_env.py device-name)
 slug=$(echo "$device" | tr '[:upper:]' '[:lower:]' | sed -E 's/\(r\)|\(tm\)//g; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')
@@ -65,13 +66,13 @@ echo "== fakequant_bench on $device ($mode) -> $json"
 "$BUILD/bench/fakequant_bench" "${bench_args[@]}"
 
 echo "== bench/bench_modules.py (per-call host cost, FakeQuantize module steps) -> $outdir/modules.json"
-PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$PWD/$BUILD/torch_ext/libfakequant_ops.so" \
+PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$LIB" \
   "$PYTHON" bench/bench_modules.py "${modules_args[@]}"
 
 echo "== bench/bench_convbn_step.py (ConvBnReLU2d training step) -> $outdir/convbn_step.json"
 step_args=(--out "$outdir/convbn_step.json")
 [ "$quick" = 1 ] && step_args+=(--quick)
-PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$PWD/$BUILD/torch_ext/libfakequant_ops.so" \
+PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$LIB" \
   "$PYTHON" bench/bench_convbn_step.py "${step_args[@]}"
 
 # The raw JSON goes to $OUT before rendering, so that it comes back even where rendering
