@@ -2,6 +2,7 @@
 """Render fakequant's benchmark JSON into a Markdown report, GB/s plots and a derived JSON.
 
     render_report.py RESULT.json --out report.md [--modules MODULES.json] [--convbn-step STEP.json]
+                     [--llm LLM.json]
     render_report.py --update-readme README.md RESULT.json [RESULT.json ...]
 
 RESULT.json is one Google Benchmark run of fakequant_bench (ci/bench.sh). Times are the
@@ -24,7 +25,8 @@ entry, plus a ``derived`` section with one row per pair and size. It draws one P
 family (GB/s against numel: fakequant, ATen, copy; matplotlib is required) into
 ``plots/`` beside the report and links them. ``--modules`` adds the tables of
 bench/bench_modules.py's JSON (per-call host cost, FakeQuantize module steps),
-``--convbn-step`` those of bench/bench_convbn_step.py's (the ConvBnReLU2d training step);
+``--convbn-step`` those of bench/bench_convbn_step.py's (the ConvBnReLU2d training step),
+``--llm`` those of bench/bench_llm_formats.py's (LLM formats against torchao);
 ``--update-readme`` picks both up from beside each RESULT.json (``modules.json``,
 ``convbn_step.json``). Benchmarks with a ``GFLOP/s`` counter (the convolutions) get FLOP rates
 in their table and no %copy or plot. Nothing in the
@@ -82,6 +84,10 @@ DESCRIPTIONS = {
     "WeightAbsMax": (
         "Weight per-channel abs-max + quant-dequant (axis 0; [64,64], ResNet-50 conv weights, 4096×4096 Linear)",
         "`amax(abs(w))`, `clamp_min(amax / 127, eps)`, `fake_quantize_per_channel_affine_cachemask`"),
+    "PerGroup": (
+        "Per-group int4 (groups of 32 along the last dim of the weight as [C, numel/C]; torchao's scales)",
+        "torchao's eager arithmetic in ATen: `amin`/`amax`, scale in the input dtype, `round(w * (1 / s))`, "
+        "clamp, dequantise"),
     "LearnablePerTensor": (
         "Learnable per-tensor (LSQ/LSQ+) forward + backward (grad_input, grad_scale, grad_zero_point)",
         "`at::_fake_quantize_learnable_per_tensor_affine` + `_backward`"),
@@ -483,10 +489,60 @@ def draw_plots(ctx, rows, plots_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------
+# bench_llm_formats.py's JSON
+
+
+def llm_tables(js: dict) -> str:
+    """Per op: for each shape and dtype, fakequant against torchao eager, torchao compiled and
+    the copy; forward and forward + backward times, speedups, bytes saved for backward."""
+    ctx = js.get("context", {})
+    out = ["## LLM formats against torchao (`bench/bench_llm_formats.py`)\n",
+           f"Device **{ctx.get('device_name', '?')}**, torch {ctx.get('torch_version', '?')}, {ctx.get('threads', '?')} "
+           f"threads, date {ctx.get('date', '?')}, commit `{str(ctx.get('commit', '?'))[:12]}`, "
+           f"{ctx.get('mode', '?')} mode. Raw data: `{ctx.get('file', 'llm_formats.json')}`. Medians in ms; "
+           "×eager / ×compiled are torchao's time (eager, `torch.compile`d) over fakequant's; fwd+bwd is "
+           "`y = f(x); y.backward(g)`; saved is what autograd keeps for the backward (MB, storages counted "
+           "once); copy is `x.clone()`, the bandwidth floor of a read and a write.\n"]
+    groups = defaultdict(dict)
+    skipped = [r for r in js.get("rows", []) if "skipped" in r]
+    for r in js.get("rows", []):
+        if "skipped" not in r:
+            groups[(r["op"], r.get("label", str(r["shape"])), r["dtype"])][r["impl"]] = r
+    ops = sorted({op for op, _, _ in groups})
+    for op in ops:
+        out.append(f"### {op}\n")
+        out.append("| shape | dtype | fakequant fwd | torchao fwd | compiled fwd | copy | ×eager fwd | "
+                   "×compiled fwd | fakequant fwd+bwd | torchao fwd+bwd | compiled fwd+bwd | ×eager fwd+bwd | "
+                   "×compiled fwd+bwd | saved MB fakequant / torchao |")
+        out.append("|---|---|" + "---:|" * 12)
+        for (o, label, dtype), impl in groups.items():
+            if o != op or not {"fakequant", "torchao", "torchao_compiled"} <= impl.keys():
+                continue
+            f, t, c = impl["fakequant"], impl["torchao"], impl["torchao_compiled"]
+            copy = impl.get("copy", {}).get("forward_ms")
+            cells = [label, dtype] + [f"{v:.3f}" for v in (f["forward_ms"], t["forward_ms"], c["forward_ms"])]
+            cells += ["–" if copy is None else f"{copy:.3f}", fmt_x(t["forward_ms"] / f["forward_ms"]),
+                      fmt_x(c["forward_ms"] / f["forward_ms"])]
+            cells += [f"{v:.3f}" for v in (f["forward_backward_ms"], t["forward_backward_ms"],
+                                           c["forward_backward_ms"])]
+            cells += [fmt_x(t["forward_backward_ms"] / f["forward_backward_ms"]),
+                      fmt_x(c["forward_backward_ms"] / f["forward_backward_ms"]),
+                      f"{fmt_mb(f.get('saved_bytes'))} / {fmt_mb(t.get('saved_bytes'))}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    for r in skipped:
+        out.append(f"Not run: {r.get('label', r['shape'])} {r['dtype']} ({r['skipped']}).")
+    if skipped:
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
 # Report and README
 
 
-def report(path: Path, out: Path | None, modules: Path | None, convbn_step: Path | None = None) -> str:
+def report(path: Path, out: Path | None, modules: Path | None, convbn_step: Path | None = None,
+           llm: Path | None = None) -> str:
     ctx, rows, _ = load(path)
     lost = off_rule(rows)
     if lost:
@@ -515,6 +571,10 @@ def report(path: Path, out: Path | None, modules: Path | None, convbn_step: Path
         js = json.loads(convbn_step.read_text())
         js["file"] = convbn_step.name
         text += "\n" + step_tables(js)
+    if llm is not None:
+        js = json.loads(llm.read_text())
+        js.setdefault("context", {})["file"] = llm.name
+        text += "\n" + llm_tables(js)
     return text
 
 
@@ -591,12 +651,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="report.md to write (plots go to plots/ beside it)")
     p.add_argument("--modules", type=Path, help="bench_modules.py JSON to add to the report")
     p.add_argument("--convbn-step", type=Path, help="bench_convbn_step.py JSON to add to the report")
+    p.add_argument("--llm", type=Path, help="bench_llm_formats.py JSON to add to the report")
     p.add_argument("--update-readme", type=Path)
     a = p.parse_args()
     if a.update_readme:
         update_readme(a.update_readme, a.results)
     else:
-        text = report(a.results[0], a.out, a.modules, a.convbn_step)
+        text = report(a.results[0], a.out, a.modules, a.convbn_step, a.llm)
         if a.out:
             a.out.write_text(text)
         else:

@@ -31,7 +31,25 @@ struct WeightAbsMaxArgs {
   int32_t quant_max = 127;
   float eps = kFloat32Eps;
   Rounding rounding = Rounding::kHalfEven;
+  // The dtype the quotient absmax / half range is rounded to before the eps floor: float32
+  // (PyTorch's observers), or the input's dtype (torchao computes its per-group scales with
+  // tensor ops on the input, so a bfloat16 weight gets a bfloat16-rounded scale). The scale
+  // is float32 either way.
+  DType scale_dtype = DType::kFloat32;
 };
+
+// v rounded to `dtype` (to nearest, ties to even), back in float32.
+FQ_HD float round_to_dtype(float v, DType dtype) {
+  if (dtype == DType::kFloat16) return load_acc(from_float<Half>(v));
+  if (dtype == DType::kBFloat16) return load_acc(from_float<BFloat16>(v));
+  return v;
+}
+
+// The scale of a channel or group from its abs-max: symmetric_scale with the quotient rounded
+// to `scale_dtype` first (WeightAbsMaxArgs::scale_dtype).
+FQ_HD float weight_scale(float absmax, float half_range, float eps, DType scale_dtype) {
+  return floor_at_eps(round_to_dtype(absmax / half_range, scale_dtype), eps);
+}
 
 // Accepted ranges: symmetric around 0, quant_min == -quant_max (narrow: Paddle's
 // channel_wise_abs_max with bin_cnt = quant_max) or quant_min == -quant_max - 1 (full:
@@ -81,7 +99,7 @@ void fake_quant_weight_abs_max_cpu_blocks(const WeightAbsMaxArgs& a, int64_t blo
 // ranges with their own acc arrays may run on different threads; merge with a max.
 void channel_abs_max_bits_cpu(const WeightAbsMaxArgs& a, int64_t begin, int64_t end, uint32_t* acc);
 
-// Scales from merged abs-max bits: a.scale[c] = symmetric_scale(|x|max of c, ...).
+// Scales from merged abs-max bits: a.scale[c] = weight_scale(|x|max of c, ...).
 void weight_scales_from_abs_max_bits(const WeightAbsMaxArgs& a, const uint32_t* acc);
 
 // Everything on the calling thread, any layout (the second pass of a non-contiguous layout

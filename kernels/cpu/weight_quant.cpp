@@ -171,7 +171,7 @@ void fake_quant_weight_abs_max_cpu_blocks(const WeightAbsMaxArgs& a, int64_t blo
     const int64_t c1 = std::min(c0 + tile_channels, c_end);
     for (int64_t c = c0; c < c1; ++c) {
       const uint32_t bits = abs_max_bits_dispatch(a.dtype, a.weight, c * len, len);
-      a.scale[c] = symmetric_scale(bits_float(bits), half, a.eps);
+      a.scale[c] = weight_scale(bits_float(bits), half, a.eps, a.scale_dtype);
     }
     // c0 * len is a multiple of 8 (c0 is a multiple of per_block), so the tile's mask
     // starts on a byte boundary and the tile is a per-channel problem of its own.
@@ -204,7 +204,7 @@ void channel_abs_max_bits_cpu(const WeightAbsMaxArgs& a, int64_t begin, int64_t 
 
 void weight_scales_from_abs_max_bits(const WeightAbsMaxArgs& a, const uint32_t* acc) {
   const float half = symmetric_half_range(a.quant_min, a.quant_max);
-  for (int64_t c = 0; c < a.channels; ++c) a.scale[c] = symmetric_scale(bits_float(acc[c]), half, a.eps);
+  for (int64_t c = 0; c < a.channels; ++c) a.scale[c] = weight_scale(bits_float(acc[c]), half, a.eps, a.scale_dtype);
 }
 
 void fake_quant_weight_abs_max_cpu(const WeightAbsMaxArgs& a) {

@@ -48,7 +48,8 @@ template <typename T, Rounding kMode, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     weight_abs_max_one_pass_kernel(const T* __restrict__ in, T* __restrict__ out, uint8_t* __restrict__ mask,
                                    float* __restrict__ scales, int64_t channels, int64_t blocks, int len,
-                                   int per_block, int32_t quant_min, int32_t quant_max, float eps, bool vector_io) {
+                                   int per_block, int32_t quant_min, int32_t quant_max, float eps,
+                                   DType scale_dtype, bool vector_io) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* tile = reinterpret_cast<T*>(smem_raw);
   using Reduce = cub::BlockReduce<uint32_t, kThreads>;
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       const uint32_t block_max = Reduce(reduce_storage).Reduce(m, ::cuda::maximum<>{});
       if (threadIdx.x == 0) {
-        const float s = symmetric_scale(__uint_as_float(block_max), half, eps);
+        const float s = weight_scale(__uint_as_float(block_max), half, eps, scale_dtype);
         scales[c0 + j] = s;
         s_scale[j] = s;
         s_inv[j] = inverse_scale(s);
@@ -195,7 +196,7 @@ void launch_one_pass(const WeightAbsMaxArgs& a, cudaStream_t stream) {
   const bool vec = is_aligned16(in) && is_aligned16(out);
   auto go = [&](auto kernel, int threads) {
     kernel<<<grid, threads, smem, stream>>>(in, out, a.mask, a.scale, a.channels, blocks, len, per_block,
-                                            a.quant_min, a.quant_max, a.eps, vec);
+                                            a.quant_min, a.quant_max, a.eps, a.scale_dtype, vec);
   };
   // Threads per block follow the groups of one tile (short channels: small blocks, many of
   // them resident per multiprocessor).
@@ -281,10 +282,10 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 __global__ void scales_from_abs_max_bits_kernel(float* __restrict__ scales, int64_t channels, float half,
-                                                float eps) {
+                                                float eps, DType scale_dtype) {
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    scales[c] = symmetric_scale(scales[c], half, eps);  // the bits of |x|max read as a float are |x|max
+    scales[c] = weight_scale(scales[c], half, eps, scale_dtype);  // the bits of |x|max read as a float are |x|max
   }
 }
 
@@ -329,7 +330,7 @@ cudaError_t launch_typed(const WeightAbsMaxArgs& a, const int32_t* zero_points, 
   if (a.numel > 0) launch_reduction<T>(a, stream);
   const LaunchShape shape = grid_for(a.channels);
   scales_from_abs_max_bits_kernel<<<shape.blocks, shape.threads, 0, stream>>>(
-      a.scale, a.channels, symmetric_half_range(a.quant_min, a.quant_max), a.eps);
+      a.scale, a.channels, symmetric_half_range(a.quant_min, a.quant_max), a.eps, a.scale_dtype);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_fake_quant_per_channel(weight_quant_fake_quant_args(a), weight_quant_qparams(a, zero_points), stream);

@@ -258,6 +258,41 @@ TEST(WeightAbsMaxCpu, ScaleOfAnExactCaseByHand) {
   EXPECT_EQ(s[0], 63.5f / 127.5f);
 }
 
+// scale_dtype: the quotient rounded to the input's dtype, then the eps floor (torchao's
+// per-group scales). absmax 1, full 4-bit range: 1 / 7.5 = 0.13333334f; as bfloat16 (7
+// fraction bits: 1.0666667 * 128 = 136.53 -> 137) 0.1337890625; as float16 (10 bits: 68.27 ->
+// 68) 0.13330078125. A float16 group of subnormals: its quotient rounds to a float16 subnormal,
+// then the floor at float16's smallest normal 2^-14 applies.
+TEST(WeightAbsMaxCpu, ScaleRoundedToTheInputDtypeByHand) {
+  const Layout l{1, 1, 4};
+  const float xs[4] = {1.0f, -0.5f, 0.25f, 0.0f};
+  std::vector<fq::BFloat16> xb(4), yb(4);
+  std::vector<fq::Half> xh(4), yh(4);
+  for (int i = 0; i < 4; ++i) xb[i] = fq::from_float<fq::BFloat16>(xs[i]), xh[i] = fq::from_float<fq::Half>(xs[i]);
+  std::vector<float> s(1);
+  std::vector<uint8_t> m(1);
+  fq::WeightAbsMaxArgs a =
+      make_args(fq::DType::kBFloat16, xb.data(), yb.data(), m.data(), s.data(), l, -8, 7, fq::Rounding::kHalfEven);
+  fq::fake_quant_weight_abs_max_cpu(a);
+  EXPECT_EQ(s[0], 1.0f / 7.5f);
+  a.scale_dtype = fq::DType::kBFloat16;
+  fq::fake_quant_weight_abs_max_cpu(a);
+  EXPECT_EQ(s[0], 0.1337890625f);
+  fq::WeightAbsMaxArgs h =
+      make_args(fq::DType::kFloat16, xh.data(), yh.data(), m.data(), s.data(), l, -8, 7, fq::Rounding::kHalfEven);
+  h.scale_dtype = fq::DType::kFloat16;
+  fq::fake_quant_weight_abs_max_cpu(h);
+  EXPECT_EQ(s[0], 0.13330078125f);
+  for (int i = 0; i < 4; ++i) xh[i] = fq::from_float<fq::Half>(xs[i] * 6e-5f);  // subnormal halves
+  h.eps = 0x1p-14f;
+  fq::fake_quant_weight_abs_max_cpu(h);
+  EXPECT_EQ(s[0], 0x1p-14f);
+  h.eps = fq::kFloat32Eps * 1e-3f;  // below the rounded quotient: the float16 quotient itself
+  fq::fake_quant_weight_abs_max_cpu(h);
+  EXPECT_EQ(s[0], fq::to_float(fq::from_float<fq::Half>(fq::to_float(xh[0]) / 7.5f)));
+  EXPECT_NE(s[0], fq::to_float(xh[0]) / 7.5f);
+}
+
 TEST(WeightAbsMaxCpu, ValidationMessagesAndBlockSizes) {
   EXPECT_TRUE(fq::check_symmetric_quant_range(-127, 127).empty());
   EXPECT_TRUE(fq::check_symmetric_quant_range(-128, 127).empty());

@@ -75,6 +75,7 @@ struct Options {
   bool specials = true;
   bool with_mask = true;
   float eps = fq::kFloat32Eps;
+  bool scale_in_input_dtype = false;
 };
 
 // GPU and CPU on the same weight. Returns whether the one-pass path was taken.
@@ -92,6 +93,7 @@ bool compare_with_cpu(Layout l, Placement at, int32_t qmin, int32_t qmax, fq::Ro
   a.quant_max = qmax;
   a.eps = opt.eps;
   a.rounding = mode;
+  a.scale_dtype = opt.scale_in_input_dtype ? a.dtype : fq::DType::kFloat32;
 
   std::vector<T> y_cpu(n);
   std::vector<uint8_t> m_cpu(fq::mask_bytes(n));
@@ -111,6 +113,7 @@ bool compare_with_cpu(Layout l, Placement at, int32_t qmin, int32_t qmax, fq::Ro
     return ::testing::Message() << fq::dtype_name(a.dtype) << " " << l.outer << "x" << l.channels << "x" << l.inner
                                 << " offsets=" << at.in << "/" << at.out << " range=[" << qmin << "," << qmax << "] "
                                 << fq::rounding_name(mode) << " eps=" << opt.eps << " specials=" << opt.specials
+                                << " scale_dtype=" << fq::dtype_name(a.scale_dtype)
                                 << (one_pass ? " one pass" : " two passes");
   };
   // The one-pass path needs no zero points; give it none.
@@ -208,6 +211,24 @@ TEST(WeightAbsMaxCuda, TwoPassLongRuns) {
 }
 
 // Without a mask (null): output and scales only. Both paths.
+// Scales rounded to the input's dtype before the eps floor (torchao's per-group scales, eps
+// the dtype's smallest normal): both paths, both roundings, with the special values.
+TEST(WeightAbsMaxCuda, ScalesInTheInputDtype) {
+  SKIP_WITHOUT_GPU();
+  Options half, bf16;
+  half.scale_in_input_dtype = bf16.scale_in_input_dtype = true;
+  half.eps = 0x1p-14f;
+  bf16.eps = 0x1p-126f;
+  for (const fq::Rounding mode : {fq::Rounding::kHalfEven, fq::Rounding::kHalfAway}) {
+    for (const Layout& l : {Layout{1, 64, 32}, Layout{1, 7, 128}}) {
+      ASSERT_TRUE(compare_with_cpu<fq::Half>(l, kPlacements[1], -8, 7, mode, half));
+      ASSERT_TRUE(compare_with_cpu<fq::BFloat16>(l, kPlacements[2], -2, 1, mode, bf16));
+    }
+    ASSERT_FALSE(compare_with_cpu<fq::Half>({30, 4, 5}, kPlacements[0], -128, 127, mode, half));
+    ASSERT_FALSE(compare_with_cpu<fq::BFloat16>({4, 1, 40000}, kPlacements[3], -8, 7, mode, bf16));
+  }
+}
+
 TEST(WeightAbsMaxCuda, WithoutMaskWritesOutputAndScalesOnly) {
   SKIP_WITHOUT_GPU();
   Options opt;

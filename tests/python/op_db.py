@@ -18,6 +18,7 @@ import fakequant
 from reference import (
     make_input,
     fake_quant_formula,
+    per_group_formula,
     fake_quant_per_channel_formula,
     random_channel_qparams,
     random_qparams,
@@ -255,6 +256,24 @@ def weight_reference(weight, axis, quant_min, quant_max, rounding="half_even", e
     return weight_abs_max_formula(weight, axis, quant_min, quant_max, rounding, eps)
 
 
+def per_group_samples(device, batch):
+    out = []
+    for dtype in DTYPES:
+        for layout in LAYOUTS:
+            x = make_input((64, batch + 1, 4, 64), dtype, device, layout)  # transposed: the same shape
+            out.append(Sample((x, 32), name=f"{dtype}-{layout}", grad=(0,),
+                              compile=dtype == torch.float32 and layout == "contiguous"))
+            out.append(Sample((x, 16, -128, 127), {"rounding": "half_away", "eps": 1e-4}, f"8bit-{dtype}-{layout}",
+                              (0,)))
+    for shape, group_size in [((0, 8), 8), ((3, 0), 4), ((1,), 1), ((2, 3, 6), 3)]:
+        out.append(Sample((torch.randn(shape, device=device), group_size), name=f"shape{shape}", grad=(0,)))
+    return out
+
+
+def per_group_reference(input, group_size, quant_min=-8, quant_max=7, rounding="half_even", eps=None):
+    return per_group_formula(input, group_size, quant_min, quant_max, rounding, eps)
+
+
 # --- learnable (LSQ) ------------------------------------------------------------------------
 
 
@@ -362,6 +381,7 @@ OP_DB = [
     OpInfo("fake_quant_range_abs_max", range_abs_max_samples),
     OpInfo("fused_moving_avg_obs_fake_quant", fused_observer_samples),
     OpInfo("fake_quant_weight_abs_max", weight_samples, reference=weight_reference),
+    OpInfo("fake_quant_per_group", per_group_samples, reference=per_group_reference),
     OpInfo("fake_quant_learnable_per_tensor", learnable_per_tensor_samples),
     OpInfo("fake_quant_learnable_per_channel", learnable_per_channel_samples),
     OpInfo("fake_quant_learnable_per_tensor_backward", _learnable_backward_samples(per_channel=False)),

@@ -117,6 +117,23 @@ def weight_abs_max_formula(w, axis, qmin, qmax, rounding="half_even", eps=FLOAT3
     return y, mask, scale
 
 
+def per_group_formula(x, group_size, qmin, qmax, rounding="half_even", eps=None):
+    """(output, bool mask, scale) of fake_quant_per_group, written out: groups of group_size along
+    the last dim; absmax exact (NaN kept); the quotient absmax / half as a float32 division,
+    rounded to x's dtype, floored at eps (default: finfo(x.dtype).smallest_normal; NaN kept),
+    float32; then the per-channel quant-dequant formula with the groups as channels."""
+    eps = torch.finfo(x.dtype).smallest_normal if eps is None else eps
+    groups = x.reshape(-1, group_size)
+    absmax = groups.double().abs().amax(dim=1) if groups.shape[0] else torch.zeros(0, dtype=torch.float64)
+    absmax = torch.where(groups.isnan().any(dim=1), torch.full_like(absmax, math.nan), absmax)
+    quotient = absmax.float() / torch.tensor((qmax - qmin) / 2, dtype=torch.float32, device=x.device)
+    scale = quotient.to(x.dtype).float()
+    scale = torch.where(scale < eps, torch.full_like(scale, eps), scale)  # NaN stays NaN
+    zeros = torch.zeros_like(scale, dtype=torch.int32)
+    y, mask = fake_quant_per_channel_formula(groups.contiguous(), scale, zeros, 0, qmin, qmax, rounding)
+    return y.reshape(x.shape), mask.reshape(x.shape), scale.reshape(*x.shape[:-1], x.shape[-1] // group_size)
+
+
 def range_abs_max_update(window, it, scale, cur):
     """Paddle's FindRangeAbsMaxFunctor for one step with the batch's abs-max `cur` (float32
     values; window: a list): the window slot it % size takes cur; the scale grows to cur, or,

@@ -1,5 +1,6 @@
 """fakequant.fake_quant_weight_abs_max against the ATen composite (abs-amax, scale, per-channel
-fake quant), PyTorch's per-channel symmetric observer and the formula written out in reference.py."""
+fake quant), PyTorch's per-channel symmetric observer and the formula written out in reference.py;
+fakequant.fake_quant_per_group against torchao's IntxFakeQuantizer bit for bit and the formula."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 import fakequant
 from conftest import DEVICES, HAS_CUDA, saved_for_backward
-from reference import unpack_mask, weight_abs_max_formula
+from reference import per_group_formula, unpack_mask, weight_abs_max_formula
 
 OP = torch.ops.fakequant.fake_quant_weight_abs_max
 EPS = torch.finfo(torch.float32).eps
@@ -339,6 +340,120 @@ def test_bad_input_leaves_the_weight_unchanged():
     with pytest.raises(RuntimeError):
         _call(w, qmin=0, qmax=255)
     assert torch.equal(w, before)
+
+
+# --- per group (torchao's per-group int) ---------------------------------------------------
+
+PER_GROUP = torch.ops.fakequant.fake_quant_per_group
+
+
+def make_groups(rows, cols, group_size, dtype, device, specials=True):
+    """Random rows of groups of very different magnitudes; with `specials`, the first groups are
+    an all-zero group, a group of tiny values (subnormal in float16 / below its smallest normal
+    scale), a group of huge values, a group of exact ties (absmax 1.875 = 7.5 * 0.25 with
+    elements on odd multiples of 0.125) and groups holding NaN and inf."""
+    x = torch.randn(rows, cols, device=device) * torch.rand(rows, cols // group_size, 1, device=device).add(
+        0.01).mul(8).repeat_interleave(group_size, dim=-1).view(rows, cols)
+    if specials and rows * cols >= 6 * group_size:
+        g = x.view(-1, group_size)
+        g[0] = 0.0
+        g[1] = torch.randn(group_size, device=device) * (1e-6 if dtype == torch.float16 else 1e-39)
+        g[2] = torch.randn(group_size, device=device) * (3e4 if dtype == torch.float16 else 1e30)
+        ties = torch.arange(group_size, device=device) % 15 - 7  # -7 .. 7
+        g[3] = (ties.float() * 0.25 + 0.125 * torch.sign(ties.float())).clamp(-1.875, 1.875)
+        g[3][0] = 1.875
+        g[4][group_size // 2] = math.nan
+        g[5][1] = -math.inf
+    return x.to(dtype)
+
+
+def assert_same_values(got, expected):
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128, 256])
+def test_per_group_equals_torchao_bit_for_bit(device, dtype, bits, group_size):
+    qat = pytest.importorskip("torchao.quantization.qat")
+    x = make_groups(8, 512, group_size, dtype, device)
+    quantizer = qat.fake_quantizer.IntxFakeQuantizer(
+        qat.IntxFakeQuantizeConfig(getattr(torch, f"int{bits}"), group_size=group_size))
+    expected = quantizer(x)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    y, scale = fakequant.fake_quantize_per_group(x, group_size, qmin, qmax)
+    assert_same_values(scale, quantizer.scale)
+    assert_same_values(y, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,group_size", [((8, 512), 32), ((3, 5, 96), 3), ((7, 24), 24), ((1, 40), 8),
+                                              ((5, 0), 4), ((0, 16), 16), ((11,), 1), ((4, 9000), 9000)])
+@pytest.mark.parametrize("qmin,qmax,rounding", [(-8, 7, "half_even"), (-7, 7, "half_away"), (-128, 127, "half_even")])
+def test_per_group_matches_the_formula(device, dtype, shape, group_size, qmin, qmax, rounding):
+    rows = math.prod(shape[:-1])
+    x = make_groups(rows, shape[-1], group_size, dtype, device, specials=False) if rows * shape[-1] else None
+    x = x.reshape(shape) if x is not None else torch.empty(shape, dtype=dtype, device=device)
+    y, packed, scale = PER_GROUP(x, group_size, qmin, qmax, rounding)
+    ref_y, ref_mask, ref_scale = per_group_formula(x, group_size, qmin, qmax, rounding)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(x.numel() / 8)
+    assert_same_values(scale, ref_scale)
+    assert_same_values(y, ref_y)
+    assert torch.equal(unpack_mask(packed, y), ref_mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_group_takes_any_layout_and_eps(device):
+    base = make_groups(64, 96, 32, torch.float32, device, specials=False)
+    x = base.t().contiguous().t()  # same values, column-major: made contiguous by the op
+    y, _, scale = PER_GROUP(x, 32, -8, 7, "half_even", 0.5)
+    ref_y, _, ref_scale = per_group_formula(base, 32, -8, 7, eps=0.5)
+    assert y.is_contiguous() and (ref_scale == 0.5).any()
+    assert_same_values(scale, ref_scale)
+    assert_same_values(y, ref_y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_group_gradient_is_the_clipped_ste(device, dtype):
+    x = make_groups(4, 256, 64, dtype, device, specials=False)
+    x[0, :64] = x[0, :64].clamp(-1.8, 1.8)
+    x[0, 0] = 1.875  # scale 1.875 / 7.5 = 0.25 exactly: 7.5 rounds to 8, out of range
+    x.requires_grad_()
+    y, scale = fakequant.fake_quantize_per_group(x, 64)
+    assert y.requires_grad and not scale.requires_grad
+    g = torch.randn_like(y)
+    y.backward(g)
+    _, mask, _ = per_group_formula(x.detach(), 64, -8, 7)
+    assert not mask[0, 0] and mask.any()
+    assert torch.equal(x.grad, g * mask)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(group_size=0), r"fake_quant_per_group: group_size must be a positive divisor of the last dimension "
+                         r"\(96\), got 0"),
+    (dict(group_size=7), r"group_size must be a positive divisor of the last dimension \(96\), got 7"),
+    (dict(x=torch.tensor(1.0)), r"input must have at least 1 dimension"),
+    (dict(x=torch.ones(2, 96, dtype=torch.int32)), r"input must be float32, float16 or bfloat16, got Int"),
+    (dict(qmin=0, qmax=15), r"symmetric"),
+    (dict(rounding="stochastic"), r"rounding must be one of 'half_even', 'half_away', got 'stochastic'"),
+    (dict(eps=-1.0), r"eps must be finite"),
+])
+def test_per_group_bad_input_raises_naming_the_argument(kwargs, message):
+    args = dict(x=torch.randn(2, 96), group_size=32, qmin=-8, qmax=7, rounding="half_even", eps=None) | kwargs
+    with pytest.raises(RuntimeError, match=message):
+        PER_GROUP(args["x"], args["group_size"], args["qmin"], args["qmax"], args["rounding"], args["eps"])
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_group_cuda_equals_cpu(dtype):
+    x = make_groups(16, 4096, 128, dtype, "cuda")
+    for out, ref in zip(PER_GROUP(x, 128), PER_GROUP(x.cpu(), 128)):
+        assert_same_values(out.cpu(), ref)
 
 
 # --- CUDA only ------------------------------------------------------------------------------

@@ -4,13 +4,14 @@
 // ops sit on every activation and weight of a QAT model, so their Autograd kernel is C++: below
 // it the call redispatches to the backend kernel; with grad it records a node whose backward is
 // an op (traced like any op by torch.compile): the clipped STE (fake_quant_mask_backward on the
-// saved 1-bit mask) for the quant-dequant, weight abs-max and fused observer ops, the learnable
-// backward ops for LSQ / LSQ+, conv_bn_fake_quant_backward for ConvBN.
+// saved 1-bit mask) for the quant-dequant, weight abs-max, per-group and fused observer ops,
+// the learnable backward ops for LSQ / LSQ+, conv_bn_fake_quant_backward for ConvBN.
 //
 // The ops that update state in place (the fused observers, ConvBN: Tensor(a!) in the schema)
 // have boxed kernels: the state is not differentiable, so only the leading tensors enter the
 // graph, and the kernel bumps the version counter of every written argument, as
-// ADInplaceOrView does for ATen's in-place ops. Under torch.compile functionalization runs
+// ADInplaceOrView does for ATen's in-place ops (fake_quant_per_group, functional, shares the
+// observers' kernel: it writes nothing). Under torch.compile functionalization runs
 // below this key, so the traced graph holds the functional form of the op.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -258,7 +259,7 @@ void call_below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys
 
 // Calls `op` with autograd's bookkeeping: `Node::apply` records the graph when `graph` says so
 // and returns the outputs, which replace the op's on the stack; then the written arguments'
-// versions move on.
+// versions move on (none for a functional op).
 template <typename Node, typename... Inputs>
 void call_in_place(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack, bool graph,
                    const Inputs&... inputs) {
@@ -273,23 +274,26 @@ void call_in_place(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torc
   for (const at::Tensor& t : written) torch::autograd::impl::bump_version(t);
 }
 
-// The fused observers: (output, mask) of the input; the clipped STE for the input.
-struct InPlaceQuantDequant : torch::autograd::Function<InPlaceQuantDequant> {
+// Ops returning (output, mask, ...) of their first argument, the input: the clipped STE for the
+// input; every other output (the per-group scales) is not differentiable. The fused observers
+// (state updated in place) and fake_quant_per_group.
+struct ClippedSte : torch::autograd::Function<ClippedSte> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& /*input*/, const c10::OperatorHandle* op,
                                c10::DispatchKeySet keys, torch::jit::Stack* stack) {
     call_below_autograd(*op, keys, stack);
-    const at::Tensor output = torch::jit::peek(*stack, 0, 2).toTensor();
-    const at::Tensor mask = torch::jit::peek(*stack, 1, 2).toTensor();
-    save_mask(ctx, output, mask);
-    return {output, mask};
+    const size_t n = op->schema().returns().size();
+    variable_list outputs;
+    for (size_t i = 0; i < n; ++i) outputs.push_back(torch::jit::peek(*stack, i, n).toTensor());
+    save_mask(ctx, outputs[0], outputs[1]);
+    ctx->mark_non_differentiable(variable_list(outputs.begin() + 1, outputs.end()));
+    return outputs;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) { return masked_grad(ctx, grads, 4); }
 };
 
-void in_place_quant_dequant_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
-                                     torch::jit::Stack* stack) {
+void clipped_ste_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   const at::Tensor input = argument(op, *stack, 0).toTensor();
-  call_in_place<InPlaceQuantDequant>(op, keys, stack, needs_graph({&input}), input);
+  call_in_place<ClippedSte>(op, keys, stack, needs_graph({&input}), input);
 }
 
 // ConvBN: value of the fused forward, gradient of the unfused graph (docs/convbn.md). Saved for
@@ -373,8 +377,8 @@ TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
   m.impl("fake_quant_learnable_per_tensor", &Learnable<LearnablePerTensorOp>::autograd_kernel);
   m.impl("fake_quant_learnable_per_channel", &Learnable<LearnablePerChannelOp>::autograd_kernel);
   for (const char* name : {"fake_quant_moving_average_abs_max", "fake_quant_range_abs_max",
-                           "fused_moving_avg_obs_fake_quant"}) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&in_place_quant_dequant_autograd>());
+                           "fused_moving_avg_obs_fake_quant", "fake_quant_per_group"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&clipped_ste_autograd>());
   }
   m.impl("conv_bn_fake_quant", torch::CppFunction::makeFromBoxedFunction<&conv_bn_autograd>());
 }

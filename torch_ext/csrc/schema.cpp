@@ -66,6 +66,16 @@ TORCH_LIBRARY(fakequant, m) {
       "fake_quant_weight_abs_max(Tensor weight, int axis, int quant_min, int quant_max, "
       "str rounding=\"half_even\", float eps=1.1920928955078125e-07) -> (Tensor output, Tensor mask, Tensor scale)",
       {at::Tag::pt2_compliant_tag});
+  // Per-group symmetric fake quantization with torchao's qparams (get_group_qparams_symmetric,
+  // IntxFakeQuantizer PerGroup): groups of group_size consecutive elements along the last dim;
+  // scale = max(T(absmax / ((quant_max - quant_min) / 2)), eps), the quotient rounded to the
+  // input's dtype T, then float32; eps defaults to T's smallest normal. The quant-dequant and
+  // mask are fake_quant_weight_abs_max's. Returns the output (input's dtype, contiguous), the
+  // mask and scale (float32 [..., size(-1) / group_size], not differentiable).
+  m.def(
+      "fake_quant_per_group(Tensor input, int group_size, int quant_min=-8, int quant_max=7, "
+      "str rounding=\"half_even\", float? eps=None) -> (Tensor output, Tensor mask, Tensor scale)",
+      {at::Tag::pt2_compliant_tag});
   // Learnable scale / zero point (LSQ, LSQ+), the semantics of ATen's
   // _fake_quantize_learnable_per_{tensor,channel}_affine: scale and zero_point are float32
   // tensors (1 element per-tensor, [C] per-channel) on input's device; the forward rounds the

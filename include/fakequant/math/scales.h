@@ -20,9 +20,10 @@ FQ_HD float symmetric_half_range(int32_t quant_min, int32_t quant_max) {
   return static_cast<float>(quant_max - quant_min) * 0.5f;
 }
 
+FQ_HD float floor_at_eps(float scale, float eps) { return scale < eps ? eps : scale; }
+
 FQ_HD float symmetric_scale(float absmax, float half_range, float eps) {
-  const float s = absmax / half_range;
-  return s < eps ? eps : s;
+  return floor_at_eps(absmax / half_range, eps);
 }
 
 // The bits of |v|. As unsigned integers they order like the magnitudes, with every NaN above

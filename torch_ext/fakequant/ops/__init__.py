@@ -3,7 +3,8 @@
 Each family's module holds its typed functions, its fake (meta) kernels and its autograd;
 importing it registers them (``_common`` loads the op library first). The families:
 ``fake_quant`` (per-tensor / per-channel quant-dequant), ``reduce`` (abs-max, min/max),
-``observers`` (the fused observers), ``weight_quant`` (weight abs-max quant-dequant),
+``observers`` (the fused observers), ``weight_quant`` (abs-max quant-dequant per weight channel
+or per group),
 ``learnable`` (LSQ / LSQ+) and ``convbn`` (ConvBN forward-fused / backward-unfused).
 """
 
@@ -24,7 +25,11 @@ from .observers import (
     fused_moving_avg_obs_fake_quant,
 )
 from .reduce import abs_max, min_max
-from .weight_quant import fake_quantize_weight_abs_max, fake_quantize_weight_abs_max_with_mask
+from .weight_quant import (
+    fake_quantize_per_group,
+    fake_quantize_weight_abs_max,
+    fake_quantize_weight_abs_max_with_mask,
+)
 
 __all__ = [
     "FLOAT32_EPS",
@@ -40,6 +45,7 @@ __all__ = [
     "fake_quantize_moving_average_abs_max",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
+    "fake_quantize_per_group",
     "fake_quantize_per_tensor",
     "fake_quantize_per_tensor_with_mask",
     "fake_quantize_range_abs_max",

@@ -1,16 +1,18 @@
-"""Weight fake quantization with per-channel abs-max scales (symmetric, zero point 0): the
-typed Python API and the fake kernel (laid out as torch_ext/csrc/weight_quant.cpp allocates: the
-output like the dense or made-contiguous weight, a mask of ceil(numel / 8) bytes, a float32
-scale of size(axis)). The autograd (the clipped STE for the weight; none for the scale) is a
-C++ kernel, torch_ext/csrc/autograd.cpp."""
+"""Fake quantization with scales from the tensor's own abs-max (symmetric, zero point 0), per
+channel (weights, PyTorch's per_channel_symmetric) or per group of the last dim (torchao's
+per-group int): the typed Python API and the fake kernels (laid out as
+torch_ext/csrc/weight_quant.cpp allocates: the output like the dense or made-contiguous input,
+a mask of ceil(numel / 8) bytes, float32 scales). The autograd (the clipped STE for the input;
+none for the scales) is C++, torch_ext/csrc/autograd.cpp."""
 
 from __future__ import annotations
 
 import torch
 
-from ._common import FLOAT32_EPS, LIB, OPS, channel_shape, quant_dequant_outputs
+from ._common import FLOAT32_EPS, LIB, OPS, channel_shape, mask_like, quant_dequant_outputs
 
-__all__ = ["FLOAT32_EPS", "fake_quantize_weight_abs_max", "fake_quantize_weight_abs_max_with_mask"]
+__all__ = ["FLOAT32_EPS", "fake_quantize_per_group", "fake_quantize_weight_abs_max",
+           "fake_quantize_weight_abs_max_with_mask"]
 
 
 _OP = "fake_quant_weight_abs_max"
@@ -66,3 +68,39 @@ def _fake_quant_weight_abs_max_fake(weight, axis, quant_min, quant_max, rounding
     channels = channel_shape(_OP, weight, axis, what="weight")
     output, mask = quant_dequant_outputs(weight)
     return output, mask, weight.new_empty(channels, dtype=torch.float32)
+
+
+def fake_quantize_per_group(
+    input: torch.Tensor, group_size: int, quant_min: int = -8, quant_max: int = 7, rounding: str = "half_even",
+    eps: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group symmetric fake quantization, bit for bit torchao's
+    ``IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int<b>, group_size=group_size))`` (and its
+    ``get_group_qparams_symmetric`` scales); returns ``(output, scale)``.
+
+    Groups are ``group_size`` consecutive elements along the last dim (a divisor of it). For
+    each group, ``scale = max(T(absmax / ((quant_max - quant_min) / 2)), eps)``: the quotient is
+    rounded to the input's dtype ``T`` as torchao's tensor ops round it, then float32; ``eps``
+    defaults to ``torch.finfo(T).smallest_normal``. The range must be symmetric
+    (``quant_min == -quant_max - 1``, torchao's ``-2^(b-1) .. 2^(b-1) - 1``, or
+    ``quant_min == -quant_max``). ``output = T(clamp(round(x * (1 / scale)), quant_min,
+    quant_max) * scale)`` (contiguous, input's dtype), computed with its scales in one pass;
+    ``scale`` is float32 ``[..., size(-1) / group_size]``, not differentiable. Differentiable in
+    ``input`` (the clipped STE on a 1-bit mask). A group holding NaN gets a NaN scale and
+    output.
+    """
+    output, _, scale = OPS.fake_quant_per_group(input, group_size, quant_min, quant_max, rounding, eps)
+    return output, scale
+
+
+@torch.library.register_fake(f"{LIB}::fake_quant_per_group")
+def _fake_quant_per_group_fake(input, group_size, quant_min=-8, quant_max=7, rounding="half_even", eps=None):
+    op = "fakequant.fake_quant_per_group"
+    torch._check(input.dim() >= 1, lambda: f"{op}: input must have at least 1 dimension (groups run along the "
+                 "last), got a 0-d tensor")
+    row = input.shape[-1]
+    torch._check(group_size >= 1 and row % group_size == 0, lambda: f"{op}: group_size must be a positive divisor "
+                 f"of the last dimension ({row}), got {group_size}")
+    x = input.contiguous()
+    return torch.empty_like(x), mask_like(x), input.new_empty((*input.shape[:-1], row // group_size),
+                                                               dtype=torch.float32)
