@@ -1,6 +1,7 @@
 """The identity of a benchmark run, written once: the device's name and the commit measured.
 
-Used by bench_modules.py and bench_convbn_step.py, and by ci/bench.sh from the shell:
+Used by the Python benchmarks (which also import fakequant through ``require_fakequant``) and by
+ci/bench.sh from the shell:
 
     python3 bench/bench_env.py device-name     # e.g. "NVIDIA H200", "CPU AMD EPYC 7B13"
     python3 bench/bench_env.py commit          # e.g. "3ce56d5e1a2b", "+dirty" if tracked files changed
@@ -9,6 +10,7 @@ Used by bench_modules.py and bench_convbn_step.py, and by ci/bench.sh from the s
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import subprocess
 from pathlib import Path
@@ -49,6 +51,39 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def arguments(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every Python benchmark takes: --quick, --out, --device, --context."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, help="JSON file to write (default: stdout)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra context entries (ci/bench.sh passes device_name, date, commit)")
+    return p
+
+
+def run_context(args: argparse.Namespace, device: torch.device) -> dict:
+    """What a result was measured on and when, with the --context entries on top."""
+    context = {"device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
+               "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "none",
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "commit": commit(), "mode": "quick" if args.quick else "full"}
+    for kv in args.context:
+        key, _, value = kv.partition("=")
+        context[key] = value
+    return context
+
+
+def require_fakequant(script: str):
+    """``import fakequant`` for a benchmark script, or exit with how to point it at a build."""
+    try:
+        import fakequant
+    except ImportError as e:  # a message instead of a traceback
+        raise SystemExit(f"{script}: cannot import fakequant ({e}); run with PYTHONPATH=torch_ext and "
+                         "FAKEQUANT_LIBRARY=<build>/torch_ext/libfakequant_ops.so, or install the package")
+    return fakequant
 
 
 def main(argv=None) -> None:

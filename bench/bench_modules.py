@@ -21,25 +21,18 @@ count. Output: JSON (``--out``), rendered into the report by bench/render_report
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 from torch.utils.benchmark import Timer
 
-from bench_env import device_name  # bench/ is the script's folder
+from bench_env import arguments, require_fakequant, run_context  # bench/ is the script's folder
 
-try:
-    import fakequant
-    from fakequant import nn as fqnn
-except ImportError as e:  # pragma: no cover - a message instead of a traceback
-    sys.exit(f"bench_modules.py: cannot import fakequant ({e}); run with PYTHONPATH=torch_ext and "
-             "FAKEQUANT_LIBRARY=<build>/torch_ext/libfakequant_ops.so, or install the package")
+fakequant = require_fakequant("bench_modules.py")
+fqnn = fakequant.nn
 
 warnings.filterwarnings("ignore", category=UserWarning)  # torch.ao's deprecation notices
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -235,26 +228,16 @@ def module_step(module: torch.nn.Module, shape, device) -> object:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="two sizes per module, short timings (a check)")
-    p.add_argument("--out", type=Path, help="JSON file to write (default: stdout)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra context entries (ci/bench.sh passes device_name, date, commit)")
-    a = p.parse_args()
+    a = arguments(__doc__, "two sizes per module, short timings (a check)").parse_args()
     device = torch.device(a.device)
     min_run_time = 0.05 if a.quick else 0.3
     torch.manual_seed(0)
 
-    context = {
-        "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "none",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "mode": "quick" if a.quick else "full", "library": fakequant.library_path(),
-        "timer": "torch.utils.benchmark.Timer.blocked_autorange, median", "min_run_time_s": min_run_time,
-        "load_avg": list(os.getloadavg()), "num_cpus": os.cpu_count(),
+    context = run_context(a, device) | {
+        "library": fakequant.library_path(), "timer": "torch.utils.benchmark.Timer.blocked_autorange, median",
+        "min_run_time_s": min_run_time, "load_avg": list(os.getloadavg()), "num_cpus": os.cpu_count(),
     }
-    for kv in a.context:
+    for kv in a.context:  # the caller's entries win
         k, _, v = kv.partition("=")
         context[k] = v
 

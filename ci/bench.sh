@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main command: build and run the microbenchmarks on the device present (the GPU when
 # torch sees one, else the CPU), keep the raw Google Benchmark JSON (with device, date,
-# commit) under bench/results/<device>/ with the host-overhead JSON of bench/bench_modules.py
-# and the ConvBnReLU2d training-step JSON of bench/bench_convbn_step.py,
+# commit) under bench/results/<device>/ with the host-overhead JSON of bench/bench_modules.py,
+# the ConvBnReLU2d training-step JSON of bench/bench_convbn_step.py and the LLM-format JSON
+# of bench/bench_llm_formats.py (against torchao),
 # render the Markdown report beside them (tables, %copy and speedup_vs_aten, a derived JSON,
 # one GB/s plot per op family under plots/) and refresh README's benchmark section.
 #   bash ci/bench.sh            full: sizes 4K .. 256M elements and the layer shapes, 5
@@ -75,11 +76,18 @@ step_args=(--out "$outdir/convbn_step.json")
 PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$LIB" \
   "$PYTHON" bench/bench_convbn_step.py "${step_args[@]}"
 
+echo "== bench/bench_llm_formats.py (LLM formats against torchao) -> $outdir/llm_formats.json"
+llm_args=(--out "$outdir/llm_formats.json" --context device_name="$device" --context commit="$commit"
+          --context date="$date")
+[ "$quick" = 1 ] && llm_args+=(--quick)
+PYTHONPATH="$PWD/torch_ext${PYTHONPATH:+:$PYTHONPATH}" FAKEQUANT_LIBRARY="$LIB" \
+  "$PYTHON" bench/bench_llm_formats.py "${llm_args[@]}"
+
 # The raw JSON goes to $OUT before rendering, so that it comes back even where rendering
 # cannot run (no matplotlib): render it then on any machine (docs/gpu.md).
-[ -n "${OUT:-}" ] && cp "$json" "$outdir/modules.json" "$outdir/convbn_step.json" "$OUT/"
+[ -n "${OUT:-}" ] && cp "$json" "$outdir/modules.json" "$outdir/convbn_step.json" "$outdir/llm_formats.json" "$OUT/"
 "$PYTHON" bench/render_report.py "$json" --out "$outdir/report.md" --modules "$outdir/modules.json" \
-  --convbn-step "$outdir/convbn_step.json"
+  --convbn-step "$outdir/convbn_step.json" --llm "$outdir/llm_formats.json"
 if [ "$quick" = 0 ]; then
   "$PYTHON" bench/render_report.py --update-readme README.md bench/results/*/fake_quant.json
 fi

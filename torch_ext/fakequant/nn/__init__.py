@@ -8,9 +8,10 @@ Each forward runs one fused fakequant op (docs/qat.md).
 
 One module per topic: ``base`` (the base class and the argument checks the quantizers
 share), ``paddle``, ``min_max``, ``learnable``, ``weight`` (the quantizers), ``torchao`` (the
-registration with torchao), ``qconfig`` (configurations of these quantizers, public as
-``fakequant.qconfig``) and ``qat`` (the QAT modules: Conv1d/2d/3d, ConvTranspose1d/2d, Linear,
-Embedding, EmbeddingBag, ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d, ConvReLU1d/2d/3d, LinearReLU).
+registration with torchao's pt2e flow, the fused fake quantizers for its QAT flow),
+``qconfig`` (configurations of these quantizers, public as ``fakequant.qconfig``) and ``qat``
+(the QAT modules: Conv1d/2d/3d, ConvTranspose1d/2d, Linear, Embedding, EmbeddingBag,
+ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d, ConvReLU1d/2d/3d, LinearReLU).
 """
 
 from . import qat, qconfig
@@ -18,7 +19,7 @@ from .base import FakeQuantizeBase
 from .learnable import LearnableFakeQuantize
 from .min_max import MovingAverageMinMaxFakeQuantize, MovingAveragePerChannelMinMaxFakeQuantize
 from .paddle import MovingAverageAbsMaxFakeQuantize, RangeAbsMaxFakeQuantize
-from .torchao import register_with_torchao
+from .torchao import fuse_torchao_fake_quantizers, register_with_torchao
 from .weight import AbsMaxWeightFakeQuantize
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MovingAverageMinMaxFakeQuantize",
     "MovingAveragePerChannelMinMaxFakeQuantize",
     "RangeAbsMaxFakeQuantize",
+    "fuse_torchao_fake_quantizers",
     "qat",
     "qconfig",
     "register_with_torchao",
