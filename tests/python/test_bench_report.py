@@ -244,12 +244,12 @@ def test_committed_report_is_the_rendering_of_its_raw_json(result, tmp_path, mon
     """Nothing in a committed report or in README's benchmark section is typed by hand: rendering
     the committed raw JSON again gives the committed report, derived JSON and README block."""
     folder = result.parent
-    for name in ("fake_quant.json", "modules.json", "convbn_step.json"):
+    for name in ("fake_quant.json", "modules.json", "convbn_step.json", "llm_formats.json"):
         if (folder / name).is_file():
             (tmp_path / name).write_bytes((folder / name).read_bytes())
-    step = tmp_path / "convbn_step.json"
+    step, llm = tmp_path / "convbn_step.json", tmp_path / "llm_formats.json"
     text = rr.report(tmp_path / "fake_quant.json", tmp_path / "report.md", tmp_path / "modules.json",
-                     step if step.is_file() else None)
+                     step if step.is_file() else None, llm if llm.is_file() else None)
     assert text == (folder / "report.md").read_text()
     assert (tmp_path / "fake_quant.derived.json").read_text() == (folder / "fake_quant.derived.json").read_text()
     # README: the block update_readme writes from every committed result equals README's.
