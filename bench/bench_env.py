@@ -64,12 +64,13 @@ def arguments(doc: str, quick_help: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_context(args: argparse.Namespace, device: torch.device) -> dict:
-    """What a result was measured on and when, with the --context entries on top."""
+def run_context(args: argparse.Namespace, device: torch.device, **extra) -> dict:
+    """What a result was measured on and when, the script's `extra` entries, and the --context
+    entries on top of both."""
     context = {"device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
                "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "none",
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-               "commit": commit(), "mode": "quick" if args.quick else "full"}
+               "commit": commit(), "mode": "quick" if args.quick else "full", **extra}
     for kv in args.context:
         key, _, value = kv.partition("=")
         context[key] = value

@@ -233,13 +233,9 @@ def main() -> None:
     min_run_time = 0.05 if a.quick else 0.3
     torch.manual_seed(0)
 
-    context = run_context(a, device) | {
-        "library": fakequant.library_path(), "timer": "torch.utils.benchmark.Timer.blocked_autorange, median",
-        "min_run_time_s": min_run_time, "load_avg": list(os.getloadavg()), "num_cpus": os.cpu_count(),
-    }
-    for kv in a.context:  # the caller's entries win
-        k, _, v = kv.partition("=")
-        context[k] = v
+    context = run_context(a, device, library=fakequant.library_path(),
+                          timer="torch.utils.benchmark.Timer.blocked_autorange, median", min_run_time_s=min_run_time,
+                          load_avg=list(os.getloadavg()), num_cpus=os.cpu_count())
 
     calls = []
     for op, ours, aten, how in op_calls(device):

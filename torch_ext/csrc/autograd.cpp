@@ -108,24 +108,6 @@ struct PerChannel : torch::autograd::Function<PerChannel> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) { return masked_grad(ctx, grads, 8); }
 };
 
-using WeightAbsMaxOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, int64_t,
-                                                                     c10::string_view, double);
-
-struct WeightAbsMax : torch::autograd::Function<WeightAbsMax> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, int64_t axis, int64_t quant_min,
-                               int64_t quant_max, c10::string_view rounding, double eps) {
-    static const auto op = op_handle<WeightAbsMaxOp>("fakequant::fake_quant_weight_abs_max");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, mask, scale] = op.call(weight, axis, quant_min, quant_max, rounding, eps);
-    save_mask(ctx, output, mask);
-    // The scale comes from an observer-like reduction (PyTorch runs its observers under
-    // no_grad): no gradient flows through it.
-    ctx->mark_non_differentiable({mask, scale});
-    return {output, mask, scale};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) { return masked_grad(ctx, grads, 6); }
-};
-
 // LSQ / LSQ+, per tensor and per channel: one Function over the op's schema names and the
 // arguments that follow (input, scale, zero_point), which the backward op takes again before
 // its output mask. The backward op recomputes from the saved input, scale and zero point (the
@@ -191,18 +173,6 @@ struct Learnable<Op, std::tuple<Ps...>> : torch::autograd::Function<Learnable<Op
     return Learnable::apply(input, scale, zero_point, params...);
   }
 };
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_abs_max_autograd(const at::Tensor& weight, int64_t axis,
-                                                                       int64_t quant_min, int64_t quant_max,
-                                                                       c10::string_view rounding, double eps) {
-  if (!needs_graph({&weight})) {
-    static const auto op = op_handle<WeightAbsMaxOp>("fakequant::fake_quant_weight_abs_max");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(weight, axis, quant_min, quant_max, rounding, eps);
-  }
-  const variable_list out = WeightAbsMax::apply(weight, axis, quant_min, quant_max, rounding, eps);
-  return {out[0], out[1], out[2]};
-}
 
 std::tuple<at::Tensor, at::Tensor> per_tensor_autograd(const at::Tensor& input, const at::Tensor& scale,
                                                        const at::Tensor& zero_point, int64_t quant_min,
@@ -275,8 +245,11 @@ void call_in_place(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torc
 }
 
 // Ops returning (output, mask, ...) of their first argument, the input: the clipped STE for the
-// input; every other output (the per-group scales) is not differentiable. The fused observers
-// (state updated in place) and fake_quant_per_group.
+// input; every other output (the scales, from observer-like reductions, which PyTorch runs
+// under no_grad) is not differentiable. The fused observers (state updated in place),
+// fake_quant_per_group and fake_quant_weight_abs_max. The per-tensor and per-channel
+// quant-dequant keep typed kernels (PerTensor, PerChannel): the boxed path costs the
+// per-tensor call measurably (docs/perf-notes.md, "Per-call host cost").
 struct ClippedSte : torch::autograd::Function<ClippedSte> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& /*input*/, const c10::OperatorHandle* op,
                                c10::DispatchKeySet keys, torch::jit::Stack* stack) {
@@ -306,10 +279,15 @@ struct ConvBn : torch::autograd::Function<ConvBn> {
                                const std::optional<at::Tensor>& bias, const at::Tensor& bn_weight,
                                const at::Tensor& bn_bias, const c10::OperatorHandle* op, c10::DispatchKeySet keys,
                                torch::jit::Stack* stack) {
-    for (const char* name : {"stride", "padding", "dilation", "groups", "fold_mode", "training"}) {
-      const size_t index = op->schema().argumentIndexWithName(name).value();
-      ctx->saved_data[name] = argument(*op, *stack, index);
-    }
+    // What the backward op takes again, by name, with its position in the schema (looked up once).
+    static const std::vector<std::pair<const char*, size_t>> kSaved = [op] {
+      std::vector<std::pair<const char*, size_t>> v;
+      for (const char* name : {"stride", "padding", "dilation", "groups", "fold_mode", "training"}) {
+        v.emplace_back(name, op->schema().argumentIndexWithName(name).value());
+      }
+      return v;
+    }();
+    for (const auto& [name, index] : kSaved) ctx->saved_data[name] = argument(*op, *stack, index);
     ctx->saved_data["has_bias"] = bias.has_value();
     ctx->saved_data["param_dtypes"] = std::vector<int64_t>{
         static_cast<int64_t>(bias.has_value() ? bias->scalar_type() : bn_weight.scalar_type()),
@@ -373,11 +351,11 @@ void conv_bn_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, t
 TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
   m.impl("fake_quant_per_tensor", &per_tensor_autograd);
   m.impl("fake_quant_per_channel", &per_channel_autograd);
-  m.impl("fake_quant_weight_abs_max", &weight_abs_max_autograd);
   m.impl("fake_quant_learnable_per_tensor", &Learnable<LearnablePerTensorOp>::autograd_kernel);
   m.impl("fake_quant_learnable_per_channel", &Learnable<LearnablePerChannelOp>::autograd_kernel);
   for (const char* name : {"fake_quant_moving_average_abs_max", "fake_quant_range_abs_max",
-                           "fused_moving_avg_obs_fake_quant", "fake_quant_per_group"}) {
+                           "fused_moving_avg_obs_fake_quant", "fake_quant_per_group",
+                           "fake_quant_weight_abs_max"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&clipped_ste_autograd>());
   }
   m.impl("conv_bn_fake_quant", torch::CppFunction::makeFromBoxedFunction<&conv_bn_autograd>());

@@ -80,6 +80,10 @@ elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
 # torchao QAT: fused fake quantizers
 
 
+# torch.int2 .. torch.int8 (the dtypes torchao's IntxFakeQuantizeConfig takes) and their widths.
+_INT_BITS = {getattr(torch, f"int{b}"): b for b in range(2, 9) if hasattr(torch, f"int{b}")}
+
+
 def _covered(config) -> bool:
     """Whether fakequant computes this IntxFakeQuantizeConfig bit for bit: symmetric int2..int8
     per group (or per output channel, PerAxis(0)), dynamic scales in float32 (or in the
@@ -89,10 +93,9 @@ def _covered(config) -> bool:
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_primitives import MappingType, ZeroPointDomain
 
-    bits = {getattr(torch, f"int{b}", None): b for b in range(2, 9)}
     return (isinstance(config.granularity, PerGroup) or
             (isinstance(config.granularity, PerAxis) and config.granularity.axis == 0)) and \
-        config.mapping_type == MappingType.SYMMETRIC and config.dtype in bits and config.is_dynamic and \
+        config.mapping_type == MappingType.SYMMETRIC and config.dtype in _INT_BITS and config.is_dynamic and \
         not config.range_learning and config.scale_precision in (torch.float32, None) and \
         config.zero_point_domain == ZeroPointDomain.INT and \
         (config.eps is None or config.eps >= torch.finfo(torch.float32).smallest_normal)
@@ -118,7 +121,7 @@ def _fused_intx_class():
                 return super().forward(x)
             config = self.config
             group_size = config.granularity.group_size if isinstance(config.granularity, PerGroup) else x.shape[-1]
-            bits = int(str(config.dtype).removeprefix("torch.int"))
+            bits = _INT_BITS[config.dtype]
             y, scale = fake_quantize_per_group(x, group_size, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1,
                                                eps=config.eps)
             self.scale = scale  # float32: scale_precision, or the float32 input's dtype
