@@ -25,6 +25,7 @@ SOURCES = [
     "kernels/cuda/fake_quant_per_channel.cu",
     "kernels/cuda/observers.cu",
     "kernels/cuda/weight_quant.cu",
+    "kernels/cuda/block_quant.cu",
     "kernels/cuda/learnable.cu",
     "kernels/cuda/convbn.cu",
 ]

@@ -6,7 +6,7 @@
 //
 // The math lives in fakequant/math/, one header per topic, included here in dependency order:
 // config (FQ_HD), float16, rounding, philox (stochastic rounding), quant_dequant, scales,
-// observers, learnable, convbn.
+// observers, learnable, convbn, block (the block-scaled formats' minifloats and scales).
 #pragma once
 
 #include "fakequant/math/config.h"
@@ -18,3 +18,4 @@
 #include "fakequant/math/observers.h"
 #include "fakequant/math/learnable.h"
 #include "fakequant/math/convbn.h"
+#include "fakequant/math/block.h"

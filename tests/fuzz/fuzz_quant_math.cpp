@@ -8,7 +8,8 @@
 // Everything compared is bit-exact where docs/numerics.md promises it: rounding, 16-bit
 // conversions, quant-dequant values (NaN inputs keep their bits in fp32; 16-bit NaN is
 // 0x7FFF) and masks, choose_qparams, the symmetric weight scale and the learnable zero point
-// rules; the validators accept exactly what their comments say and name the argument.
+// rules, the minifloat rounding of the block formats; the validators accept exactly what their
+// comments say and name the argument.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -807,6 +808,33 @@ void check_cpu_kernel(Input& in) {
   }
 }
 
+// round_minifloat (fakequant/math/block.h) for each element format and rounding against the
+// table of the format's values decoded from its bits: any float, a grid value a few ulps off,
+// or the midpoint of two neighbours (a tie) a few ulps off, either sign.
+void check_minifloat(Input& in) {
+  const int format = 1 + in.u8() % 5;
+  const fq::Rounding mode = static_cast<fq::Rounding>(in.u8() % 3);
+  const uint32_t random = in.u32();
+  const std::vector<double> grid = ref::minifloat_values(ref::mini_format(format));
+  const uint8_t kind = in.u8();
+  float v;
+  if (kind % 3 == 0) {
+    v = any_float(in);
+  } else {
+    const size_t k = in.u8() % (grid.size() - 1);
+    const double at = kind % 3 == 1 ? grid[k] : (grid[k] + grid[k + 1]) / 2.0;  // exact in float
+    v = nudge(static_cast<float>(at), static_cast<int8_t>(in.u8()) / 32);
+    if (kind & 4) v = -v;
+  }
+  const float got = fq::round_minifloat(v, fq::minifloat_of(static_cast<fq::BlockFormat>(format)), mode, random);
+  const float want = ref::round_minifloat(v, format, to_ref(mode), random);
+  if (!same_float(got, want)) {
+    fail("minifloat rounding", "format " + std::to_string(format) + " " + rounding_label(mode) + " random " +
+                                   hex(random) + " of " + describe(v) + ": " + describe(got) + ", expected " +
+                                   describe(want));
+  }
+}
+
 bool reference_self_check() {
   // Random123's known-answer vectors for Philox4x32-10.
   const ref::Words a = ref::philox4x32_10(0, 0, 0, 0, 0, 0);
@@ -823,7 +851,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const bool self_checked = reference_self_check();
   (void)self_checked;
   Input in(data, size);
-  switch (in.u8() % 9) {
+  switch (in.u8() % 10) {
     case 0:
       check_rounding(in);
       break;
@@ -848,8 +876,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 7:
       check_scales_and_zero_points(in);
       break;
-    default:
+    case 8:
       check_cpu_kernel(in);
+      break;
+    default:
+      check_minifloat(in);
       break;
   }
   return 0;

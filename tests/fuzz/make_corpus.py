@@ -14,7 +14,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Property selectors (the first byte; LLVMFuzzerTestOneInput's switch).
-ROUNDING, HALF, BFLOAT16, QD_INT, QD_FLOAT, VALIDATORS, CHOOSE_QPARAMS, SCALES, KERNEL = range(9)
+ROUNDING, HALF, BFLOAT16, QD_INT, QD_FLOAT, VALIDATORS, CHOOSE_QPARAMS, SCALES, KERNEL, MINIFLOAT = range(10)
 
 # Indices into kSpecialFloats.
 SPECIAL = {name: i for i, name in enumerate([
@@ -206,6 +206,18 @@ CASES = {
     + bits_range(4, 0),
     "scales-zero-point-300": u8(SCALES) + u16(65534) + u8(1) + special("inf") + raw(1e-30) + raw(300.0)
     + bits_range(8, 0),
+    # Minifloat rounding (check_minifloat): format (0 E4M3, 1 E5M2, 2 E3M2, 3 E2M3, 4 E2M1),
+    # rounding, random word, then a value: 0 any_float, 1 a grid value (index, ulps * 32), 2 a
+    # midpoint of neighbours (index, ulps * 32); bit 2 of that kind byte negates.
+    "minifloat-e2m1-tie-even": u8(MINIFLOAT) + u8(4) + u8(0) + u32(0) + u8(2) + u8(4) + u8(0),
+    "minifloat-e2m1-tie-away-negative": u8(MINIFLOAT) + u8(4) + u8(1) + u32(0) + u8(5) + u8(5) + u8(0),
+    "minifloat-e4m3-subnormal-tie": u8(MINIFLOAT) + u8(0) + u8(0) + u32(0) + u8(2) + u8(0) + u8(0),
+    "minifloat-e4m3-stochastic-below-max": u8(MINIFLOAT) + u8(0) + u8(2) + u32(0xFFFFFFFF) + u8(2) + u8(125)
+    + u8(0),
+    "minifloat-e5m2-saturates": u8(MINIFLOAT) + u8(1) + u8(0) + u32(0) + u8(0) + raw(60000.0),
+    "minifloat-e3m2-nan": u8(MINIFLOAT) + u8(2) + u8(1) + u32(0) + u8(0) + special("nan_payload"),
+    "minifloat-e2m3-grid-nudged": u8(MINIFLOAT) + u8(3) + u8(2) + u32(0x80000000) + u8(1) + u8(10) + u8(32),
+    "minifloat-stochastic-negative-zero": u8(MINIFLOAT) + u8(3) + u8(2) + u32(0x2000004) + u8(0) + special("-0"),
     # The CPU kernels.
     "kernel-per-tensor-67": kernel(0, 0, 1, 1, 67, bits_range(8, 0), HALF_EVEN, F32, (1, 2), 0, 3, 0,
                                    [channel(scale_table(7), 128)]),

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace fuzzref {
 
@@ -300,6 +301,75 @@ inline QParams choose_qparams(float min, float max, int32_t qmin, int32_t qmax, 
     nudged = static_cast<int32_t>(std::nearbyint(initial_zero_point));
   }
   return {static_cast<float>(scale), nudged};
+}
+
+// ---------------------------------------------------------------------------------------
+// Minifloats of the block formats, from their encodings: every finite non-negative value,
+// decoded from (exponent, mantissa) bits, in code order (which is value order), and rounding
+// by looking a value up between two neighbours of that table.
+
+struct MiniFormat {
+  int exponent_bits, mantissa_bits, bias;
+  bool top_exponent_special;  // E5M2: IEEE-style inf / NaN exponent; E4M3: only S.1111.111 is NaN
+  bool top_code_nan;
+};
+
+// Indexed like fakequant::BlockFormat: 1 E4M3, 2 E5M2, 3 E3M2, 4 E2M3, 5 E2M1.
+inline MiniFormat mini_format(int format) {
+  switch (format) {
+    case 1:
+      return {4, 3, 7, false, true};
+    case 2:
+      return {5, 2, 15, true, false};
+    case 3:
+      return {3, 2, 3, false, false};
+    case 4:
+      return {2, 3, 1, false, false};
+    default:
+      return {2, 1, 1, false, false};
+  }
+}
+
+inline std::vector<double> minifloat_values(const MiniFormat& f) {
+  std::vector<double> v;
+  const int exponents = 1 << f.exponent_bits, mantissas = 1 << f.mantissa_bits;
+  for (int e = 0; e < exponents; ++e) {
+    if (f.top_exponent_special && e == exponents - 1) break;
+    for (int m = 0; m < mantissas; ++m) {
+      if (f.top_code_nan && e == exponents - 1 && m == mantissas - 1) break;
+      v.push_back(e == 0 ? std::ldexp(static_cast<double>(m), 1 - f.bias - f.mantissa_bits)
+                         : std::ldexp(static_cast<double>(mantissas + m), e - f.bias - f.mantissa_bits));
+    }
+  }
+  return v;
+}
+
+// v on the grid: the nearest value (ties to the even code, or away from zero), or with
+// kStochastic the upper neighbour of |v| when (|v| - lower) / step + u >= 1 (v >= 0) or
+// u < (|v| - lower) / step (v < 0), i.e. floor(v / step + u) * step; saturating at the largest
+// value (inf too), NaN kept, the result carrying v's sign (zeros too), except that stochastic
+// rounding turns -0 into +0 as round_stochastic does for integers (v < 0 is false for -0). The
+// differences and u * step are exact in double, so the comparisons are.
+inline float round_minifloat(float v, int format, Mode mode, uint32_t random) {
+  if (std::isnan(v)) return v;
+  const std::vector<double> grid = minifloat_values(mini_format(format));
+  const double a = std::fabs(static_cast<double>(v));
+  const auto with_sign = [&](double m) { return std::copysign(static_cast<float>(m), v); };
+  if (a >= grid.back()) return with_sign(grid.back());
+  const size_t hi = static_cast<size_t>(std::lower_bound(grid.begin(), grid.end(), a) - grid.begin());
+  if (grid[hi] == a) return mode == Mode::kStochastic && a == 0.0 ? 0.0f : with_sign(a);
+  const size_t lo = hi - 1;  // grid[0] = 0 < a
+  const double below = a - grid[lo], above = grid[hi] - a, step = grid[hi] - grid[lo];
+  bool up;
+  if (mode == Mode::kStochastic) {
+    const double u_step = static_cast<double>(random >> 8) * 0x1p-24 * step;
+    up = v >= 0.0f ? below + u_step >= step : u_step < below;
+  } else if (below != above) {
+    up = above < below;
+  } else {
+    up = mode == Mode::kHalfAway || hi % 2 == 0;
+  }
+  return with_sign(up ? grid[hi] : grid[lo]);
 }
 
 }  // namespace fuzzref
