@@ -16,6 +16,7 @@ import torch
 
 import fakequant
 from reference import (
+    block_formula,
     make_input,
     fake_quant_formula,
     per_group_formula,
@@ -274,6 +275,54 @@ def per_group_reference(input, group_size, quant_min=-8, quant_max=7, rounding="
     return per_group_formula(input, group_size, quant_min, quant_max, rounding, eps)
 
 
+# --- block-scaled formats -------------------------------------------------------------------
+
+
+def block_samples(device, batch):
+    """Every rule with its formats: 1-row and 2-D tiles, partial edge tiles, 2-D and 3-D inputs,
+    16-bit dtypes, stochastic rounding with a seed, tiles covering the tensor, empty inputs.
+    Three compile samples (each set of string arguments is one more graph, and two sizes of a
+    static graph are two: dynamo's recompile limit is 8)."""
+    out = []
+
+    def add(shape, dtype, args, kwargs=None, name="", compile=False):
+        x = make_input(shape, dtype, device)
+        out.append(Sample((x, *args), kwargs or {}, name, grad=(0,), compile=compile))
+
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    add((batch + 1, 5, 40), f32, ("int", "int_affine", 1, 40), name="per-token-3d", compile=True)
+    add((batch + 2, 40), bf16, ("int", "int_affine", 1, 40), name="per-token-bf16")
+    add((batch + 2, 48), f32, ("int", "int_affine_float_zp", 1, 16, -8, 7), name="per-group-affine")
+    add((batch + 2, 48), f16, ("int", "int_affine_float_zp", 1, 20, -8, 7), {"eps": 1e-4}, "per-group-partial-f16")
+    add((batch + 1, 70), f32, ("int", "int_modelopt", 1, 32, -7, 7), name="int-modelopt-partial")
+    add((batch + 1, 9), bf16, ("int", "int_modelopt", batch + 1, 9, -128, 127), name="int-modelopt-tensor")
+    add((batch + 1, 3, 24), f32, ("e4m3", "fp8_torchao", 1, 24), name="fp8-row-3d")
+    add((batch + 1, 24), f16, ("e5m2", "fp8_torchao", 1, 24), {"amax_lower": 1.0, "amax_upper": 50.0},
+        "fp8-e5m2-bounds-f16")
+    add((batch + 1, 24), f32, ("e4m3", "fp8_torchao", 64, 64), name="fp8-tensor")
+    add((batch + 5, 21), bf16, ("e4m3", "fp8_torchao", 4, 8), name="fp8-block-partial-bf16")
+    add((batch + 1, 24), f32, ("e4m3", "fp8_modelopt", 1, 24), name="fp8-modelopt")
+    add((batch + 1, 64), f32, ("e2m1", "mx_floor", 1, 32), name="mx-fp4-floor")
+    add((batch + 1, 70), f32, ("e4m3", "mx_ceil", 1, 32), name="mx-fp8-ceil-partial")
+    add((batch + 1, 2, 32), bf16, ("e3m2", "mx_even", 1, 32), name="mx-fp6-even-3d-bf16")
+    add((batch + 1, 64), f16, ("e2m3", "mx_rceil", 1, 32), name="mx-e2m3-rceil-f16")
+    add((batch + 3, 40), f32, ("e5m2", "mx_floor", 2, 16), name="mx-fp8-2d-tiles")
+    add((batch + 1, 64), f32, ("e2m1", "mx_floor", 1, 32), {"rounding": "stochastic", "seed": random_seed(device)},
+        "mx-stochastic", compile=True)
+    add((batch + 1, 24), f32, ("e4m3", "fp8_torchao", 1, 24), {"rounding": "half_away"}, "fp8-half-away")
+    add((batch + 1, 48), f32, ("e2m1", "nvfp4_torchao", 1, 16), {"tensor_scale": True}, "nvfp4-two-level",
+        compile=True)
+    add((batch + 1, 40), bf16, ("e2m1", "nvfp4_torchao", 1, 16), name="nvfp4-one-level-partial-bf16")
+    add((batch + 17, 40), f32, ("e2m1", "nvfp4_torchao", 16, 16), {"tensor_scale": True}, "nvfp4-16x16")
+    add((batch + 1, 48), f32, ("e2m1", "nvfp4_modelopt", 1, 16), {"tensor_scale": True}, "nvfp4-modelopt")
+    add((batch + 1, 48), f16, ("e2m1", "nvfp4_modelopt", 1, 16), name="nvfp4-modelopt-one-level-f16")
+    for shape, args in [((0, 32), ("e2m1", "mx_floor", 1, 32)), ((3, 0), ("int", "int_affine", 1, 1)),
+                        ((0, 8), ("e4m3", "fp8_torchao", 1, 8)), ((0, 16), ("e2m1", "nvfp4_torchao", 1, 16))]:
+        kwargs = {"tensor_scale": True} if args[1] == "nvfp4_torchao" else {}
+        out.append(Sample((torch.randn(shape, device=device), *args), kwargs, f"empty{shape}-{args[1]}", (0,)))
+    return out
+
+
 # --- learnable (LSQ) ------------------------------------------------------------------------
 
 
@@ -382,6 +431,7 @@ OP_DB = [
     OpInfo("fused_moving_avg_obs_fake_quant", fused_observer_samples),
     OpInfo("fake_quant_weight_abs_max", weight_samples, reference=weight_reference),
     OpInfo("fake_quant_per_group", per_group_samples, reference=per_group_reference),
+    OpInfo("fake_quant_block", block_samples, reference=block_formula),
     OpInfo("fake_quant_learnable_per_tensor", learnable_per_tensor_samples),
     OpInfo("fake_quant_learnable_per_channel", learnable_per_channel_samples),
     OpInfo("fake_quant_learnable_per_tensor_backward", _learnable_backward_samples(per_channel=False)),

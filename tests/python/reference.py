@@ -288,3 +288,185 @@ def conv_bn_reference(x, w, bias, gamma, beta, running_mean, running_var, *, str
     if relu:
         y = torch.relu(y)
     return y, rm, rv
+
+
+# ---------------------------------------------------------------------------------------
+# Block-scaled formats (fake_quant_block, docs/block-formats.md), written out with torch ops:
+# tiles by padding and reshaping, minifloats by frexp, each rule's scale as its reference
+# computes it ("in T": the quotient rounded to the input's dtype T).
+
+# (mantissa bits, smallest normal exponent, largest finite value)
+MINIFLOATS = {"e4m3": (3, -6, 448.0), "e5m2": (2, -14, 57344.0), "e3m2": (2, -2, 28.0), "e2m3": (3, 0, 7.5),
+              "e2m1": (1, 0, 6.0)}
+# The exponent of the largest power of two below the largest value: what MX's scale subtracts.
+MX_MAX_POW2 = {"e4m3": 8, "e5m2": 15, "e3m2": 4, "e2m3": 2, "e2m1": 2}
+
+
+def round_minifloat_formula(v: torch.Tensor, fmt: str) -> torch.Tensor:
+    """float32 v rounded to the minifloat `fmt`: ties to even, saturating to +-max (inf too),
+    NaN kept, signed zeros kept. The grid step at |v| is 2^(max(e, emin) - mbits) with
+    e = floor(log2 |v|) (frexp's exponent - 1), so the division by it is exact (float64)."""
+    mbits, emin, vmax = MINIFLOATS[fmt]
+    d = v.double()
+    _, e = torch.frexp(d)
+    e = torch.clamp(e - 1, min=emin)
+    step = torch.pow(2.0, (e - mbits).double())
+    r = torch.round(d / step) * step
+    r = torch.where(d.abs() > vmax, torch.copysign(torch.full_like(d, vmax), d), r)
+    r = torch.where(r.abs() > vmax, torch.copysign(torch.full_like(d, vmax), d), r)
+    return torch.where(torch.isnan(d), d, r).float()
+
+
+def _tiles(x2, br, bc, pad):
+    """[rows, cols] -> [grid_rows, br, grid_cols, bc], the edge tiles padded with `pad`."""
+    rows, cols = x2.shape
+    gr, gc = -(-rows // br), -(-cols // bc)
+    p = torch.full((gr * br, gc * bc), pad, dtype=x2.dtype, device=x2.device)
+    p[:rows, :cols] = x2
+    return p.view(gr, br, gc, bc)
+
+
+def _per_element(t, br, bc, rows, cols):
+    """A [grid_rows, grid_cols] tensor broadcast to each tile's elements: [rows, cols]."""
+    return t.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:rows, :cols]
+
+
+def _amax(x2, br, bc):
+    t = _tiles(x2.float().abs(), br, bc, 0.0)
+    return t.amax(dim=(1, 3)) if t.numel() else torch.zeros(t.shape[0], t.shape[2], device=x2.device)
+
+
+def _to_int32(v):
+    # torch's CPU float -> int32 cast on x86: NaN and out-of-range give INT32_MIN.
+    bad = torch.isnan(v) | (v >= 2.0**31) | (v < -(2.0**31))
+    return torch.where(bad, torch.full_like(v, -(2.0**31)), torch.trunc(v)).to(torch.int32)
+
+
+def _rt(v, dtype):
+    """float32 v rounded to dtype and back."""
+    return v.to(dtype).float()
+
+
+def block_formula(x, format, scale_rule, block_rows=1, block_cols=32, quant_min=-128, quant_max=127, eps=None,
+                  amax_lower=None, amax_upper=None, tensor_scale=False, rounding="half_even", seed=None):
+    """(output, bool mask, scale, zero_point, tensor_amax) of fake_quant_block, written out
+    (None for stochastic rounding: Philox, test_stochastic_rounding.py's business)."""
+    if rounding == "stochastic":
+        return None
+    T = x.dtype
+    shape = x.shape
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    x2 = x.reshape(rows, cols)
+    xf = x2.float()
+    br, bc = block_rows, block_cols
+    dev = x.device
+    grid = (-(-rows // br), -(-cols // bc))
+    per = lambda t: _per_element(t, br, bc, rows, cols)  # noqa: E731
+    rnd = torch.round if rounding == "half_even" else (
+        lambda v: torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)))
+    whole = scale_rule not in ("int_affine", "int_affine_float_zp") and br >= rows and bc >= cols
+    amax_all = xf.abs().amax() if x.numel() else torch.zeros((), device=dev)
+    needs_amax = whole or (scale_rule.startswith("nvfp4") and tensor_scale)
+    tensor_amax = amax_all.reshape(()) if needs_amax else torch.empty(0, device=dev)
+    zero_point = torch.empty(0, dtype=torch.int32, device=dev)
+    amax = _amax(x2, br, bc)
+    if whole:
+        amax = torch.full(grid, float(amax_all), device=dev)
+
+    if scale_rule in ("int_affine", "int_affine_float_zp"):
+        lo = _tiles(xf, br, bc, math.inf).amin(dim=(1, 3)) if x.numel() else torch.zeros(grid, device=dev)
+        hi = _tiles(xf, br, bc, -math.inf).amax(dim=(1, 3)) if x.numel() else torch.zeros(grid, device=dev)
+        levels = quant_max - quant_min
+        if scale_rule == "int_affine":
+            lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)  # NaN kept
+            e = torch.finfo(T).smallest_normal if eps is None else eps
+        else:
+            e = 1e-6 if eps is None else eps
+        scale = _rt(_rt(hi - lo, T) / levels, T)
+        scale = torch.where(scale < e, torch.full_like(scale, _rt(torch.tensor(e), T).item()), scale)
+        if scale_rule == "int_affine":
+            zp = torch.clamp(quant_min - torch.round(_rt(lo / scale, T)), quant_min, quant_max)
+        else:
+            zp = _rt(lo + _rt(scale * ((levels + 1) / 2), T), T)
+        zero_point = _to_int32(zp)
+        zpf = per(zero_point.float())
+        r = torch.round(xf * per(1.0 / scale)) + zpf
+        mask = (r >= quant_min) & (r <= quant_max)
+        q = torch.where(torch.isnan(r), r, r.clamp(quant_min, quant_max))
+        y = (_rt(_rt(q, T) - _rt(zpf, T), T) * per(scale))
+    elif scale_rule == "int_modelopt":
+        zero = amax <= 2.0**-24
+        scale = torch.where(zero, torch.ones_like(amax), torch.full_like(amax, quant_max) / amax)
+        qscale = torch.where(zero, torch.zeros_like(amax), scale)
+        r = rnd(xf * per(qscale))
+        mask = (r >= quant_min) & (r <= quant_max)
+        y = torch.where(torch.isnan(r), r, r.clamp(quant_min, quant_max)) / per(scale)
+    elif scale_rule == "fp8_torchao":
+        vmax = MINIFLOATS[format][2]
+        clamped = amax.clamp(min=amax_lower, max=amax_upper) if (amax_lower, amax_upper) != (None, None) else amax
+        scale = _rt(_rt(clamped, T) / vmax, T)
+        v = xf / per(scale)
+        mask = v.abs() <= vmax
+        y = round_minifloat_formula(v, format) * per(scale)
+    elif scale_rule == "fp8_modelopt":
+        vmax = MINIFLOATS[format][2]
+        # ModelOpt's `448.0 / amax`: torch's reciprocal, then the product.
+        scale = torch.reciprocal(torch.where(amax <= 2.0**-24, torch.ones_like(amax), amax)) * vmax
+        v = xf * per(scale)
+        mask = v.abs() <= vmax
+        y = round_minifloat_formula(v, format) * per(1.0 / scale)
+    elif scale_rule.startswith("mx_"):
+        mbits, _, vmax = MINIFLOATS[format]
+        mode = scale_rule[3:]
+        nan = torch.isnan(amax)
+        if mode == "rceil":
+            descale = amax / vmax
+            log2 = torch.log2(descale.double()).float()  # correctly rounded float32 log2
+            biased = torch.clamp(torch.ceil(log2), -127, 127) + 127
+            biased = torch.where(torch.isinf(descale), torch.full_like(biased, 254), biased)
+            rcp = torch.where(biased == 254, torch.full_like(biased, 2.0**-127),
+                              torch.where(biased == 0, torch.ones_like(biased),
+                                          torch.pow(2.0, (127 - biased).double()).float()))
+            v = xf * per(torch.where(nan, amax, rcp))
+        else:
+            bits = amax.view(torch.int32)
+            if mode == "even":
+                bits = (bits + (1 << (23 - mbits - 1))) & 0x7F800000
+            pow2 = ((bits >> 23) & 0xFF) - 127
+            if mode == "ceil":
+                pow2 = pow2 + ((bits & 0x7FFFFF) > 0).int()
+            biased = (torch.clamp(pow2 - MX_MAX_POW2[format], -127, 128) + 127).float()
+            divisor = (biased.int() << 23).view(torch.float32).clamp(min=2.0**-126)
+            v = xf / per(divisor)
+        biased = torch.where(nan, torch.full_like(biased, 255), biased)
+        scale = torch.where(biased == 255, torch.full_like(amax, math.nan),
+                            torch.pow(2.0, biased.double() - 127).float())
+        mask = v.abs() <= vmax
+        y = round_minifloat_formula(v, format) * per(scale)
+    elif scale_rule == "nvfp4_torchao":
+        e4 = lambda v: round_minifloat_formula(v.clamp(2.0**-6, 448.0), "e4m3")  # noqa: E731  (NaN kept)
+        if tensor_scale:
+            ts = amax_all / 2688.0
+            scale = e4(amax / 6.0 / ts)
+            inv, out = (1.0 / ts) / scale, ts * scale
+        else:
+            scale = e4(amax / 6.0)
+            inv, out = 1.0 / scale, scale
+        v = xf * per(inv)
+        mask = v.abs() <= 6.0
+        y = round_minifloat_formula(v, "e2m1") * per(out)
+    elif scale_rule == "nvfp4_modelopt":
+        ts = amax_all / 2688.0 if tensor_scale else torch.ones((), device=dev)
+        ts_safe = torch.where(ts > 0, ts, torch.full_like(ts, 1e-12))
+        scale = round_minifloat_formula(amax / (6.0 * ts_safe), "e4m3")
+        factor = scale * ts
+        factor = torch.where(factor < 1e-5, torch.ones_like(factor), factor)
+        v = xf / per(factor)
+        mask = v.abs() <= 6.0
+        y = round_minifloat_formula(v, "e2m1") * per(factor)
+    else:
+        raise ValueError(scale_rule)
+    if rounding != "half_even" and format != "int":
+        return None  # the minifloat formula above rounds half to even only
+    return (y.to(T).reshape(shape), mask.reshape(shape), scale.float().reshape(grid), zero_point.reshape(
+        grid if scale_rule in ("int_affine", "int_affine_float_zp") else (0,)), tensor_amax.float())

@@ -4,8 +4,8 @@
 // ops sit on every activation and weight of a QAT model, so their Autograd kernel is C++: below
 // it the call redispatches to the backend kernel; with grad it records a node whose backward is
 // an op (traced like any op by torch.compile): the clipped STE (fake_quant_mask_backward on the
-// saved 1-bit mask) for the quant-dequant, weight abs-max, per-group and fused observer ops,
-// the learnable backward ops for LSQ / LSQ+, conv_bn_fake_quant_backward for ConvBN.
+// saved 1-bit mask) for the quant-dequant, weight abs-max, per-group, block-scaled and fused
+// observer ops, the learnable backward ops for LSQ / LSQ+, conv_bn_fake_quant_backward for ConvBN.
 //
 // The ops that update state in place (the fused observers, ConvBN: Tensor(a!) in the schema)
 // have boxed kernels: the state is not differentiable, so only the leading tensors enter the
@@ -247,9 +247,9 @@ void call_in_place(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torc
 // Ops returning (output, mask, ...) of their first argument, the input: the clipped STE for the
 // input; every other output (the scales, from observer-like reductions, which PyTorch runs
 // under no_grad) is not differentiable. The fused observers (state updated in place),
-// fake_quant_per_group and fake_quant_weight_abs_max. The per-tensor and per-channel
-// quant-dequant keep typed kernels (PerTensor, PerChannel): the boxed path costs the
-// per-tensor call measurably (docs/perf-notes.md, "Per-call host cost").
+// fake_quant_per_group, fake_quant_weight_abs_max and fake_quant_block (five outputs). The
+// per-tensor and per-channel quant-dequant keep typed kernels (PerTensor, PerChannel): the
+// boxed path costs the per-tensor call measurably (docs/perf-notes.md, "Per-call host cost").
 struct ClippedSte : torch::autograd::Function<ClippedSte> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& /*input*/, const c10::OperatorHandle* op,
                                c10::DispatchKeySet keys, torch::jit::Stack* stack) {
@@ -355,7 +355,7 @@ TORCH_LIBRARY_IMPL(fakequant, Autograd, m) {
   m.impl("fake_quant_learnable_per_channel", &Learnable<LearnablePerChannelOp>::autograd_kernel);
   for (const char* name : {"fake_quant_moving_average_abs_max", "fake_quant_range_abs_max",
                            "fused_moving_avg_obs_fake_quant", "fake_quant_per_group",
-                           "fake_quant_weight_abs_max"}) {
+                           "fake_quant_weight_abs_max", "fake_quant_block"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&clipped_ste_autograd>());
   }
   m.impl("conv_bn_fake_quant", torch::CppFunction::makeFromBoxedFunction<&conv_bn_autograd>());

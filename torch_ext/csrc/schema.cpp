@@ -76,6 +76,27 @@ TORCH_LIBRARY(fakequant, m) {
       "fake_quant_per_group(Tensor input, int group_size, int quant_min=-8, int quant_max=7, "
       "str rounding=\"half_even\", float? eps=None) -> (Tensor output, Tensor mask, Tensor scale)",
       {at::Tag::pt2_compliant_tag});
+  // Block-scaled fake quantization (docs/block-formats.md): input (float32 / float16 /
+  // bfloat16) seen as [rows = prod(shape[:-1]), cols = shape[-1]], cut into tiles of
+  // block_rows x block_cols (edge tiles may be partial); each tile's scale comes from its own
+  // statistics by scale_rule, the reference's formula ('int_affine', 'int_affine_float_zp',
+  // 'int_modelopt' with format 'int' and [quant_min, quant_max]; 'fp8_torchao', 'fp8_modelopt'
+  // with 'e4m3' / 'e5m2'; 'mx_floor', 'mx_ceil', 'mx_even', 'mx_rceil' with any minifloat
+  // format 'e4m3', 'e5m2', 'e3m2', 'e2m3', 'e2m1'; 'nvfp4_torchao', 'nvfp4_modelopt' with
+  // 'e2m1'), and its elements are quant-dequantised in the same pass. eps (int rules),
+  // amax_lower / amax_upper (fp8_torchao) and tensor_scale (nvfp4) are errors with other rules;
+  // rounding and seed as fake_quant_per_tensor (the int rules round half to even only).
+  // Returns the output (input's shape and dtype, contiguous), the 1-bit clipped-STE mask,
+  // scale (float32 [grid_rows, grid_cols]), zero_point (int32, same shape, for int_affine and
+  // int_affine_float_zp; else [0]) and tensor_amax (float32 [] where the rule reads the whole
+  // tensor's abs-max: nvfp4 with tensor_scale, or one tile covering the tensor; else [0]).
+  // Differentiable in input only (the clipped STE).
+  m.def(
+      "fake_quant_block(Tensor input, str format, str scale_rule, int block_rows=1, int block_cols=32, "
+      "int quant_min=-128, int quant_max=127, float? eps=None, float? amax_lower=None, float? amax_upper=None, "
+      "bool tensor_scale=False, str rounding=\"half_even\", Tensor? seed=None) -> (Tensor output, Tensor mask, "
+      "Tensor scale, Tensor zero_point, Tensor tensor_amax)",
+      {at::Tag::pt2_compliant_tag});
   // Learnable scale / zero point (LSQ, LSQ+), the semantics of ATen's
   // _fake_quantize_learnable_per_{tensor,channel}_affine: scale and zero_point are float32
   // tensors (1 element per-tensor, [C] per-channel) on input's device; the forward rounds the

@@ -4,12 +4,24 @@ Each family's module holds its typed functions, its fake (meta) kernels and its 
 importing it registers them (``_common`` loads the op library first). The families:
 ``fake_quant`` (per-tensor / per-channel quant-dequant), ``reduce`` (abs-max, min/max),
 ``observers`` (the fused observers), ``weight_quant`` (abs-max quant-dequant per weight channel
-or per group),
-``learnable`` (LSQ / LSQ+) and ``convbn`` (ConvBN forward-fused / backward-unfused).
+or per group), ``block_quant`` (block-scaled formats: per-token / per-group int, FP8, MX,
+NVFP4), ``learnable`` (LSQ / LSQ+) and ``convbn`` (ConvBN forward-fused / backward-unfused).
 """
 
-from . import convbn, fake_quant, learnable, observers, reduce, weight_quant
+from . import block_quant, convbn, fake_quant, learnable, observers, reduce, weight_quant
 from ._common import FLOAT32_EPS, ROUNDINGS, SEED_HIGH
+from .block_quant import (
+    BLOCK_FORMATS,
+    BLOCK_SCALE_RULES,
+    MX_SCALE_MODES,
+    fake_quantize_block,
+    fake_quantize_fp8,
+    fake_quantize_int_modelopt,
+    fake_quantize_mx,
+    fake_quantize_nvfp4,
+    fake_quantize_per_group_affine,
+    fake_quantize_per_token,
+)
 from .convbn import conv_bn_fake_quant, conv_bn_fake_quant_with_fold_scale, fold_weight
 from .fake_quant import (
     fake_quantize_per_channel,
@@ -32,22 +44,33 @@ from .weight_quant import (
 )
 
 __all__ = [
+    "BLOCK_FORMATS",
+    "BLOCK_SCALE_RULES",
     "FLOAT32_EPS",
+    "MX_SCALE_MODES",
     "ROUNDINGS",
     "SEED_HIGH",
     "abs_max",
+    "block_quant",
     "conv_bn_fake_quant",
     "conv_bn_fake_quant_with_fold_scale",
     "convbn",
     "fake_quant",
+    "fake_quantize_block",
+    "fake_quantize_fp8",
+    "fake_quantize_int_modelopt",
     "fake_quantize_learnable_per_channel",
     "fake_quantize_learnable_per_tensor",
     "fake_quantize_moving_average_abs_max",
+    "fake_quantize_mx",
+    "fake_quantize_nvfp4",
     "fake_quantize_per_channel",
     "fake_quantize_per_channel_with_mask",
     "fake_quantize_per_group",
+    "fake_quantize_per_group_affine",
     "fake_quantize_per_tensor",
     "fake_quantize_per_tensor_with_mask",
+    "fake_quantize_per_token",
     "fake_quantize_range_abs_max",
     "fake_quantize_weight_abs_max",
     "fake_quantize_weight_abs_max_with_mask",
