@@ -10,6 +10,16 @@ distinct storages autograd saves). The ops:
 - ``per_group_int4``: int4 symmetric per-group fake quant, groups of 32 along the last dim
   (torchao ``IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int4, group_size=32))``, the weight
   quantizer of its int4 / 8da4w QAT flows; fakequant ``fake_quantize_per_group``).
+- ``per_token_int8``: int8 asymmetric per-token fake quant (the activation quantizer of 8da4w:
+  torchao ``IntxFakeQuantizer`` ``PerToken``; fakequant ``fake_quantize_per_token``); the
+  activation shape only.
+- ``fp8_e4m3_row``: FP8 E4M3 scaled per row (torchao ``Float8FakeQuantizer`` ``PerRow``;
+  fakequant ``fake_quantize_fp8``).
+- ``mxfp4``: MX E2M1 in blocks of 32 with E8M0 scales, RCEIL (torchao ``MXTensor.to_mx`` then
+  ``dequantize``, what its MX QAT linear computes, with a straight-through gradient written as
+  ``x + (fq(x) - x).detach()``; fakequant ``fake_quantize_mx``).
+- ``nvfp4``: NVFP4 with the per-tensor scale (torchao ``NVFP4Tensor.to_nvfp4`` then
+  ``dequantize``, straight-through as above; fakequant ``fake_quantize_nvfp4``).
 
 Timing: torch.utils.benchmark.Timer.blocked_autorange (the median of the blocks), the process's
 intra-op threads; torch.compile runs are warmed up (compiled) before timing. Output: JSON
@@ -33,8 +43,12 @@ fakequant = require_fakequant("bench_llm_formats.py")
 
 warnings.filterwarnings("ignore")
 try:
-    from torchao.quantization.qat import IntxFakeQuantizeConfig
-    from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
+    from torchao.prototype.mx_formats.mx_tensor import MXTensor
+    from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
+    from torchao.quantization.granularity import PerRow
+    from torchao.quantization.qat import Float8FakeQuantizeConfig, IntxFakeQuantizeConfig
+    from torchao.quantization.qat.fake_quantizer import Float8FakeQuantizer, IntxFakeQuantizer
 except ImportError as e:  # pragma: no cover
     sys.exit(f"bench_llm_formats.py: needs torchao ({e})")
 
@@ -42,7 +56,7 @@ except ImportError as e:  # pragma: no cover
 # 128K-vocabulary embedding / head) and an activation of 8192 tokens.
 SHAPES = [("weight 4096x4096", (4096, 4096)), ("weight 4096x14336", (4096, 14336)),
           ("weight 128256x4096", (128256, 4096)), ("activation 8192x4096", (8192, 4096))]
-QUICK_SHAPES = [("weight 256x512", (256, 512))]
+QUICK_SHAPES = [("weight 256x512", (256, 512)), ("activation 128x512", (128, 512))]
 GROUP = 32
 # Tensors of the input's size alive at torchao's eager forward + backward peak (the input, its
 # gradient, the seed gradient and the intermediates autograd saves), with margin: a shape is
@@ -60,18 +74,34 @@ def fits(shape, dtype, device) -> bool:
     return need < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def per_group_fakequant(x):
-    return fakequant.fake_quantize_per_group(x, GROUP)[0]
+_INTX_GROUP = IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int4, group_size=GROUP))
+_INTX_TOKEN = IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False))
+_FLOAT8_ROW = Float8FakeQuantizer(Float8FakeQuantizeConfig(torch.float8_e4m3fn, PerRow()))
 
 
-_TORCHAO = IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int4, group_size=GROUP))
+def straight_through(fq):
+    """torchao's MX / NVFP4 tensors are not differentiable: the gradient its QAT linears give
+    the input is the straight-through one, written here as a user would."""
+    return lambda x: x + (fq(x.detach()) - x).detach()
 
 
-def per_group_torchao(x):
-    return _TORCHAO(x)
+def _mx(x):
+    return MXTensor.to_mx(x, torch.float4_e2m1fn_x2, 32, ScaleCalculationMode.RCEIL).dequantize(x.dtype)
 
 
-OPS = {"per_group_int4": (per_group_fakequant, per_group_torchao)}
+def _nvfp4(x):
+    scale = per_tensor_amax_to_scale(torch.max(torch.abs(x)))
+    return NVFP4Tensor.to_nvfp4(x, per_tensor_scale=scale).dequantize(x.dtype)
+
+
+# op -> (fakequant, torchao, the shape labels it runs on (None: all)).
+OPS = {
+    "per_group_int4": (lambda x: fakequant.fake_quantize_per_group(x, GROUP)[0], _INTX_GROUP, None),
+    "per_token_int8": (lambda x: fakequant.fake_quantize_per_token(x)[0], _INTX_TOKEN, ("activation",)),
+    "fp8_e4m3_row": (lambda x: fakequant.fake_quantize_fp8(x, "e4m3", granularity="row")[0], _FLOAT8_ROW, None),
+    "mxfp4": (lambda x: fakequant.fake_quantize_mx(x, "e2m1", 32, "rceil")[0], straight_through(_mx), None),
+    "nvfp4": (lambda x: fakequant.fake_quantize_nvfp4(x, True)[0], straight_through(_nvfp4), None),
+}
 
 
 def saved_bytes(fn, x) -> int:
@@ -96,12 +126,14 @@ def timed(stmt, min_run_time) -> float:
     return m.median * 1e3
 
 
-def measure(shape, dtype, device, min_run_time) -> list[dict]:
+def measure(label, shape, dtype, device, min_run_time, ops) -> list[dict]:
     x = (torch.randn(shape, device=device) * 2).to(dtype)
     g = torch.randn_like(x)
     xg = x.clone().requires_grad_()
     rows = []
-    for op, (ours, theirs) in OPS.items():
+    for op, (ours, theirs, labels) in OPS.items():
+        if op not in ops or (labels is not None and not label.startswith(labels)):
+            continue
         compiled = torch.compile(theirs, dynamic=False)
         impls = {"fakequant": ours, "torchao": theirs, "torchao_compiled": compiled,
                  "copy": lambda t: t.clone()}
@@ -121,7 +153,13 @@ def measure(shape, dtype, device, min_run_time) -> list[dict]:
 
 
 def main() -> None:
-    a = arguments(__doc__, "one small shape, short timings (a check)").parse_args()
+    parser = arguments(__doc__, "one small shape, short timings (a check)")
+    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of: " + ", ".join(OPS))
+    a = parser.parse_args()
+    ops = a.ops.split(",")
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        parser.error(f"--ops: unknown {unknown}; accepted: {', '.join(OPS)}")
     device = torch.device(a.device)
     min_run_time = 0.05 if a.quick else 0.5
     report = {"context": run_context(a, device), "rows": []}
@@ -131,7 +169,7 @@ def main() -> None:
                 report["rows"].append({"label": label, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
                                        "skipped": f"needs about {PEAK_COPIES} copies of the input in memory"})
                 continue
-            for row in measure(shape, dtype, device, min_run_time):
+            for row in measure(label, shape, dtype, device, min_run_time, ops):
                 row["label"] = label
                 report["rows"].append(row)
                 print(json.dumps(row), file=sys.stderr)
