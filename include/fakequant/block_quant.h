@@ -115,6 +115,28 @@ FQ_HD float block_int_eps(BlockScaleRule rule, float eps, DType dtype) {
 
 FQ_HD float clamp_keep_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// The scale of both torchao int rules, in T: range / (quant_max - quant_min), with the rule's
+// eps as its floor.
+FQ_HD float block_int_scale(const BlockQuantArgs& a, float range, DType T) {
+  const float levels = static_cast<float>(a.quant_max - a.quant_min);
+  const float scale = round_to_dtype(round_to_dtype(range, T) / levels, T);
+  const float eps = block_int_eps(a.rule, a.eps, T);
+  return scale < eps ? round_to_dtype(eps, T) : scale;
+}
+
+// An int rule's transform from its scale and int32 zero point: block_element adds the zero point
+// after rounding and subtracts it before scaling back, in T.
+FQ_HD BlockTransform block_int_affine(float scale, int32_t zero_point, DType T) {
+  BlockTransform t;
+  t.scale = scale;
+  t.zero_point = static_cast<float>(zero_point);
+  t.affine = true;
+  t.affine_dtype = static_cast<int32_t>(T);
+  t.in_factor = 1.0f / scale;
+  t.out_factor = scale;
+  return t;
+}
+
 // The transform of one tile from its statistics (and the whole tensor's abs-max where the rule
 // reads it), by the rule of its reference (docs/block-formats.md). "In T": the reference runs
 // that tensor op on the input's dtype, so the float32 result is rounded to it.
@@ -127,33 +149,16 @@ FQ_HD BlockTransform block_transform(const BlockQuantArgs& a, const BlockStats& 
     case BlockScaleRule::kIntAffine: {  // torchao choose_qparams_affine, preserve_zero
       const float lo = s.lo < 0.0f ? s.lo : (is_nan(s.lo) ? s.lo : 0.0f);
       const float hi = s.hi > 0.0f ? s.hi : (is_nan(s.hi) ? s.hi : 0.0f);
-      float scale = round_to_dtype(round_to_dtype(hi - lo, T) / static_cast<float>(a.quant_max - a.quant_min), T);
-      const float eps = block_int_eps(a.rule, a.eps, T);
-      scale = scale < eps ? round_to_dtype(eps, T) : scale;
+      const float scale = block_int_scale(a, hi - lo, T);
       float zp = static_cast<float>(a.quant_min) - round_half_even(round_to_dtype(lo / scale, T));
       zp = clamp_keep_nan(zp, static_cast<float>(a.quant_min), static_cast<float>(a.quant_max));
-      t.scale = scale;
-      t.zero_point = static_cast<float>(trunc_to_int32(zp));  // the int32 zero point (NaN: INT32_MIN)
-      t.affine = true;
-      t.affine_dtype = static_cast<int32_t>(T);
-      t.in_factor = 1.0f / scale;
-      t.out_factor = scale;
-      return t;
+      return block_int_affine(scale, trunc_to_int32(zp), T);  // the int32 zero point (NaN: INT32_MIN)
     }
     case BlockScaleRule::kIntAffineFloatZp: {  // torchao _choose_qparams_affine_tinygemm
-      const float levels = static_cast<float>(a.quant_max - a.quant_min);
-      float scale = round_to_dtype(round_to_dtype(s.hi - s.lo, T) / levels, T);
-      const float eps = block_int_eps(a.rule, a.eps, T);
-      scale = scale < eps ? round_to_dtype(eps, T) : scale;
-      const float mid = (levels + 1.0f) * 0.5f;
+      const float scale = block_int_scale(a, s.hi - s.lo, T);
+      const float mid = (static_cast<float>(a.quant_max - a.quant_min) + 1.0f) * 0.5f;
       const float zp_float = round_to_dtype(s.lo + round_to_dtype(scale * mid, T), T);
-      t.scale = scale;
-      t.zero_point = static_cast<float>(trunc_to_int32(zp_float));  // the conversion to an int32 zero point
-      t.affine = true;
-      t.affine_dtype = static_cast<int32_t>(T);
-      t.in_factor = 1.0f / scale;
-      t.out_factor = scale;
-      return t;
+      return block_int_affine(scale, trunc_to_int32(zp_float), T);  // the conversion to an int32 zero point
     }
     case BlockScaleRule::kIntModelOpt: {  // ModelOpt _tensor_quant
       // amax <= 2^-24: the quantising scale is 0 (every element rounds to a zero of its sign)

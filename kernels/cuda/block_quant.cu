@@ -87,8 +87,7 @@ __device__ __forceinline__ Stats stats_identity() {
 }
 
 __device__ __forceinline__ void stats_fold(Stats& s, float v, bool min_max) {
-  const uint32_t b = abs_bits(v);
-  s.bits = b > s.bits ? b : s.bits;
+  s.bits = umax(s.bits, abs_bits(v));
   if (min_max) {
     s.lo = v < s.lo ? v : s.lo;
     s.hi = v > s.hi ? v : s.hi;
@@ -120,8 +119,7 @@ __device__ __forceinline__ Stats team_reduce(Stats mine, int log2_team, bool min
   const int lane = t & ((1 << log2_team) - 1);
   for (int d = (1 << log2_team) >> 1; d > 0; d >>= 1) {
     if (lane < d) {
-      const uint32_t b = s.bits[t + d];
-      s.bits[t] = b > s.bits[t] ? b : s.bits[t];
+      s.bits[t] = umax(s.bits[t], s.bits[t + d]);
       if (min_max) {
         const float lo = s.lo[t + d], hi = s.hi[t + d];
         s.lo[t] = lo < s.lo[t] ? lo : s.lo[t];
@@ -147,12 +145,17 @@ __device__ __forceinline__ float read_tensor_amax(float* p, bool needed) {
   return v;
 }
 
+// Writes a tile's scale and (where asked for) zero point: every kernel stores them alike.
+__device__ __forceinline__ void store_qparams(const BlockQuantArgs& a, int64_t tile, const BlockTransform& t) {
+  a.scale[tile] = t.scale;
+  if (a.zero_point != nullptr) a.zero_point[tile] = static_cast<int32_t>(t.zero_point);
+}
+
 // A tile's transform from its statistics; writes the tile's scale and zero point.
 __device__ __forceinline__ BlockTransform tile_transform(const BlockQuantArgs& a, const BlockPlan& p, const Stats& s,
                                                           float tensor_amax, int64_t tile) {
   const BlockTransform t = block_transform(a, stats_finish(s), tensor_amax, p.whole);
-  a.scale[tile] = t.scale;
-  if (a.zero_point != nullptr) a.zero_point[tile] = static_cast<int32_t>(t.zero_point);
+  store_qparams(a, tile, t);
   return t;
 }
 
@@ -186,6 +189,34 @@ __device__ __forceinline__ T quantise(T x, const BlockTransform& t, const BlockQ
   return from_float<T>(r.value);
 }
 
+// The transforms a block keeps (tiles and generic kernels), in dynamic shared memory sized by
+// the launcher: a step's tiles, or a window's.
+extern __shared__ __align__(16) unsigned char block_quant_transforms_raw[];
+
+// What every thread of the team kernels (tiles, generic) works out before its first tile: the
+// launch-wide values and its place in its team of 2^log2_team consecutive threads.
+struct TeamStart {
+  BlockTransform* transforms;  // the block's transforms in dynamic shared memory
+  float tensor_amax;
+  ElementContext ctx;
+  PhiloxSeed seed;
+  int team;  // threads a team
+  int slot;  // the thread's team in the block
+  int lane;  // the thread in its team
+};
+
+__device__ __forceinline__ TeamStart team_start(const BlockQuantArgs& a, const BlockPlan& p) {
+  const int team = 1 << p.log2_team;
+  const int thread = static_cast<int>(threadIdx.x);
+  return {reinterpret_cast<BlockTransform*>(block_quant_transforms_raw),
+          read_tensor_amax(a.tensor_amax, p.needs_amax),
+          element_context(a),
+          seed_of(a, p.stochastic),
+          team,
+          thread >> p.log2_team,
+          thread & (team - 1)};
+}
+
 // ---------------------------------------------------------------------------------------
 // Pass 1: the whole tensor's abs-max bits, atomicMax into *bits (zeroed by the launcher).
 
@@ -199,17 +230,12 @@ __global__ void __launch_bounds__(kThreads)
     const Group<T> x = load_group_padded<T, kVector>(in, base, full, numel);  // padding loads as 0
 #pragma unroll
     for (int j = 0; j < kMaskGroup; ++j) {
-      const uint32_t b = abs_bits(to_float(x.v[j]));
-      m = b > m ? b : m;
+      m = umax(m, abs_bits_of(x.v[j]));
     }
   });
   const uint32_t block_max = Reduce(storage).Reduce(m, ::cuda::maximum<>{});
   if (threadIdx.x == 0 && block_max != 0) atomicMax(bits, block_max);
 }
-
-// The transforms a block keeps (tiles and generic kernels), in dynamic shared memory sized by
-// the launcher: a step's tiles, or a window's.
-extern __shared__ __align__(16) unsigned char block_quant_transforms_raw[];
 
 // ---------------------------------------------------------------------------------------
 // Pass 2, aligned tiles of at most kThreads groups: a team per tile, a group per thread.
@@ -219,18 +245,12 @@ template <typename T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     block_quant_tiles_kernel(const T* __restrict__ in, T* __restrict__ out, BlockQuantArgs a, BlockPlan p) {
   __shared__ TeamScratch scratch;
-  BlockTransform* transforms = reinterpret_cast<BlockTransform*>(block_quant_transforms_raw);
-  const float tensor_amax = read_tensor_amax(a.tensor_amax, p.needs_amax);
-  const ElementContext ctx = element_context(a);
-  const PhiloxSeed seed = seed_of(a, p.stochastic);
-  const int team = 1 << p.log2_team;
-  const int slot = threadIdx.x >> p.log2_team;
-  const int lane = threadIdx.x & (team - 1);
-  const int row_in_tile = lane / p.row_bytes;
-  const int byte_in_row = lane - row_in_tile * p.row_bytes;
+  const TeamStart st = team_start(a, p);
+  const int row_in_tile = st.lane / p.row_bytes;
+  const int byte_in_row = st.lane - row_in_tile * p.row_bytes;
   const int64_t per_step = kThreads >> p.log2_team;  // tiles a block takes at once
   for (int64_t t0 = blockIdx.x * per_step; t0 < p.tiles; t0 += static_cast<int64_t>(gridDim.x) * per_step) {
-    const int64_t tile = t0 + slot;
+    const int64_t tile = t0 + st.slot;
     int64_t i = 0;  // first element of this thread's group
     bool has = false;
     if (tile < p.tiles) {
@@ -248,18 +268,18 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kMaskGroup; ++j) stats_fold(s, to_float(x.v[j]), p.min_max);
     }
     const Stats total = team_reduce(s, p.log2_team, p.min_max, scratch);
-    if (lane == 0 && tile < p.tiles) transforms[slot] = tile_transform(a, p, total, tensor_amax, tile);
+    if (st.lane == 0 && tile < p.tiles) st.transforms[st.slot] = tile_transform(a, p, total, st.tensor_amax, tile);
     __syncthreads();
     if (has) {
-      const BlockTransform t = transforms[slot];
+      const BlockTransform t = st.transforms[st.slot];
       const int64_t g = i / kMaskGroup;
-      const GroupRandom rnd = random_of(g, seed, p.stochastic);
+      const GroupRandom rnd = random_of(g, st.seed, p.stochastic);
       Group<T> y;
       uint8_t bits = 0;
 #pragma unroll
       for (int j = 0; j < kMaskGroup; ++j) {
         bool in_range;
-        y.v[j] = quantise(x.v[j], t, a, ctx, rnd.v[j], in_range);
+        y.v[j] = quantise(x.v[j], t, a, st.ctx, rnd.v[j], in_range);
         bits |= static_cast<uint8_t>(in_range ? 1u : 0u) << j;
       }
       store_group<T, kVector>(out + i, y);
@@ -281,10 +301,7 @@ __global__ void __launch_bounds__(kThreads)
   Stats s = stats_identity();
   s.bits = __float_as_uint(tensor_amax);
   const BlockTransform t = block_transform(a, stats_finish(s), tensor_amax, true);
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    a.scale[0] = t.scale;
-    if (a.zero_point != nullptr) a.zero_point[0] = static_cast<int32_t>(t.zero_point);
-  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) store_qparams(a, 0, t);
   const ElementContext ctx = element_context(a);
   const PhiloxSeed seed = seed_of(a, p.stochastic);
   for_each_group(p.numel, [&](int64_t g, int64_t base, bool full) {
@@ -316,17 +333,11 @@ template <typename T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     block_quant_generic_kernel(const T* __restrict__ in, T* __restrict__ out, BlockQuantArgs a, BlockPlan p) {
   __shared__ TeamScratch scratch;
-  BlockTransform* cache = reinterpret_cast<BlockTransform*>(block_quant_transforms_raw);
-  const float tensor_amax = read_tensor_amax(a.tensor_amax, p.needs_amax);
-  const ElementContext ctx = element_context(a);
-  const PhiloxSeed seed = seed_of(a, p.stochastic);
-  const int team = 1 << p.log2_team;
-  const int slot = threadIdx.x >> p.log2_team;
-  const int lane = threadIdx.x & (team - 1);
+  const TeamStart st = team_start(a, p);
   const int lanes_x = 1 << p.log2_lanes_x;
-  const int lane_x = lane & (lanes_x - 1);
-  const int lane_y = lane >> p.log2_lanes_x;
-  const int lanes_y = team >> p.log2_lanes_x;
+  const int lane_x = st.lane & (lanes_x - 1);
+  const int lane_y = st.lane >> p.log2_lanes_x;
+  const int lanes_y = st.team >> p.log2_lanes_x;
   const int per_step = kThreads >> p.log2_team;
   const int block_rows8 = static_cast<int>(min64(p.block_rows, kMaskGroup));
   const int block_cols8 = static_cast<int>(min64(p.block_cols, kMaskGroup));
@@ -347,7 +358,7 @@ __global__ void __launch_bounds__(kThreads)
 
       // 1. The window's transforms, a team per tile.
       for (int w0 = 0; w0 < window_tiles; w0 += per_step) {
-        const int w = w0 + slot;
+        const int w = w0 + st.slot;
         int64_t band = 0, g = 0;
         Stats s = stats_identity();
         if (w < window_tiles) {
@@ -363,14 +374,11 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         const Stats total = team_reduce(s, p.log2_team, p.min_max, scratch);
-        if (lane == 0 && w < window_tiles) {
-          const BlockTransform t = block_transform(a, stats_finish(total), tensor_amax, p.whole);
-          cache[w] = t;
-          if (g >= g_lo && g < g_hi) {  // the owning window writes the tile's qparams
-            const int64_t tile = band * p.grid_cols + g;
-            a.scale[tile] = t.scale;
-            if (a.zero_point != nullptr) a.zero_point[tile] = static_cast<int32_t>(t.zero_point);
-          }
+        if (st.lane == 0 && w < window_tiles) {
+          const BlockTransform t = block_transform(a, stats_finish(total), st.tensor_amax, p.whole);
+          st.transforms[w] = t;
+          // The owning window writes the tile's qparams.
+          if (g >= g_lo && g < g_hi) store_qparams(a, band * p.grid_cols + g, t);
         }
       }
       __syncthreads();
@@ -391,7 +399,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t g8 = first / kMaskGroup;
         const bool full = first + kMaskGroup <= p.numel;
         const Group<T> x = load_group_padded<T, kVector>(in, first, full, p.numel);
-        const GroupRandom rnd = random_of(g8, seed, p.stochastic);
+        const GroupRandom rnd = random_of(g8, st.seed, p.stochastic);
         // Walk the byte's elements by counters of at most 8 (the walk is 8 long): elements left
         // in the tile's row segment and in the row, rows left in the band. The first element's
         // tile is owned by the window; the next tiles of a row are the next cache slots, and a
@@ -424,9 +432,9 @@ __global__ void __launch_bounds__(kThreads)
           // Past the tensor's end (the padding of its last mask byte) the walk has left the
           // chunk: keep the last transform.
           const bool exists = full || first + e < p.numel;
-          if (exists && at != loaded) t = cache[at], loaded = at;
+          if (exists && at != loaded) t = st.transforms[at], loaded = at;
           bool in_range;
-          y.v[e] = quantise(x.v[e], t, a, ctx, rnd.v[e], in_range);
+          y.v[e] = quantise(x.v[e], t, a, st.ctx, rnd.v[e], in_range);
           bits |= static_cast<uint8_t>(in_range && exists ? 1u : 0u) << e;
         }
         store_group_padded<T, kVector>(out, y, first, full, p.numel);

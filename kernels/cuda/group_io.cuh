@@ -76,6 +76,15 @@ __device__ __forceinline__ void store_group_padded(T* __restrict__ p, const Grou
   }
 }
 
+// The larger of two abs_bits values: abs-max reductions fold bits, not floats, so that a NaN
+// (bits above 0x7F800000) wins and every order of folding gives the same result.
+__device__ __forceinline__ uint32_t umax(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+template <typename T>
+__device__ __forceinline__ uint32_t abs_bits_of(T v) {
+  return abs_bits(to_float(v));
+}
+
 // The grid-stride walk of the elementwise kernels over the mask groups of numel elements:
 // body(g, base, full) for each group g of this thread, base = g's first element, full = all
 // kMaskGroup elements of g exist.

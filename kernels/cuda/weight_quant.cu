@@ -34,13 +34,6 @@ constexpr int kReduceThreads = 256;
 constexpr int64_t kLongRun = 1024;
 constexpr int64_t kRunChunk = 8192;
 
-__device__ __forceinline__ uint32_t umax(uint32_t a, uint32_t b) { return a > b ? a : b; }
-
-template <typename T>
-__device__ __forceinline__ uint32_t abs_bits_of(T v) {
-  return abs_bits(to_float(v));
-}
-
 // ---------------------------------------------------------------------------------------
 // One pass.
 

@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fakequant/block_quant.h"
@@ -184,40 +186,32 @@ uint32_t mx_exp(float amax, fq::BlockFormat f, fq::MxScaleMode m) {
   return fq::mx_scale_exponent(amax, fq::minifloat_of(f), m);
 }
 
+// The exponent of each (amax, exponent) pair under one element format and mode.
+void expect_mx_exps(fq::BlockFormat f, fq::MxScaleMode m, std::initializer_list<std::pair<float, uint32_t>> cases) {
+  for (const auto& [amax, exponent] : cases) EXPECT_EQ(mx_exp(amax, f, m), exponent) << "amax " << amax;
+}
+
 TEST(MxScaleExponent, FloorCeilEven) {
   using M = fq::MxScaleMode;
   const fq::BlockFormat e2m1 = fq::BlockFormat::kE2M1, e4m3 = fq::BlockFormat::kE4M3;
   // floor(log2 amax) - max_pow2 + 127.
-  EXPECT_EQ(mx_exp(1.0f, e4m3, M::kFloor), 119u);
-  EXPECT_EQ(mx_exp(1.0f, e2m1, M::kFloor), 125u);
-  EXPECT_EQ(mx_exp(6.0f, e2m1, M::kFloor), 127u);
-  EXPECT_EQ(mx_exp(7.99f, e2m1, M::kFloor), 127u);
-  EXPECT_EQ(mx_exp(8.0f, e2m1, M::kFloor), 128u);
-  EXPECT_EQ(mx_exp(3.0e38f, e2m1, M::kFloor), 252u);
+  expect_mx_exps(e4m3, M::kFloor, {{1.0f, 119u}});
+  expect_mx_exps(e2m1, M::kFloor, {{1.0f, 125u}, {6.0f, 127u}, {7.99f, 127u}, {8.0f, 128u}, {3.0e38f, 252u}});
   // CEIL adds one unless amax is a power of two.
-  EXPECT_EQ(mx_exp(1.0f, e4m3, M::kCeil), 119u);
-  EXPECT_EQ(mx_exp(1.5f, e4m3, M::kCeil), 120u);
-  EXPECT_EQ(mx_exp(std::nextafter(1.0f, 2.0f), e2m1, M::kCeil), 126u);
+  expect_mx_exps(e4m3, M::kCeil, {{1.0f, 119u}, {1.5f, 120u}});
+  expect_mx_exps(e2m1, M::kCeil, {{std::nextafter(1.0f, 2.0f), 126u}});
   // EVEN rounds amax half up to the element's mantissa width first: E2M1 keeps 1 bit
   // (1.5 stays, 1.75 -> 2), E4M3 3 bits (1.875 stays, 1.9375 -> 2).
-  EXPECT_EQ(mx_exp(1.5f, e2m1, M::kEven), 125u);
-  EXPECT_EQ(mx_exp(1.25f, e2m1, M::kEven), 125u);
-  EXPECT_EQ(mx_exp(1.75f, e2m1, M::kEven), 126u);
-  EXPECT_EQ(mx_exp(1.875f, e4m3, M::kEven), 119u);
-  EXPECT_EQ(mx_exp(1.9375f, e4m3, M::kEven), 120u);
+  expect_mx_exps(e2m1, M::kEven, {{1.5f, 125u}, {1.25f, 125u}, {1.75f, 126u}});
+  expect_mx_exps(e4m3, M::kEven, {{1.875f, 119u}, {1.9375f, 120u}});
 }
 
 TEST(MxScaleExponent, Rceil) {
   using M = fq::MxScaleMode;
   const fq::BlockFormat e4m3 = fq::BlockFormat::kE4M3, e2m1 = fq::BlockFormat::kE2M1;
-  // ceil(log2(amax / max)) + 127.
-  EXPECT_EQ(mx_exp(448.0f, e4m3, M::kRceil), 127u);
-  EXPECT_EQ(mx_exp(449.0f, e4m3, M::kRceil), 128u);
-  EXPECT_EQ(mx_exp(224.0f, e4m3, M::kRceil), 126u);
-  EXPECT_EQ(mx_exp(225.0f, e4m3, M::kRceil), 127u);
-  EXPECT_EQ(mx_exp(6.0f, e2m1, M::kRceil), 127u);
-  EXPECT_EQ(mx_exp(1.0f, e2m1, M::kRceil), 125u);  // ceil(log2(1/6)) = -2
-  EXPECT_EQ(mx_exp(3.0e38f, e2m1, M::kRceil), 253u);  // ceil(log2(5e37)) = 126
+  // ceil(log2(amax / max)) + 127; for E2M1 ceil(log2(1/6)) = -2 and ceil(log2(5e37)) = 126.
+  expect_mx_exps(e4m3, M::kRceil, {{448.0f, 127u}, {449.0f, 128u}, {224.0f, 126u}, {225.0f, 127u}});
+  expect_mx_exps(e2m1, M::kRceil, {{6.0f, 127u}, {1.0f, 125u}, {3.0e38f, 253u}});
 }
 
 TEST(MxScaleExponent, NaNInfZeroSubnormal) {

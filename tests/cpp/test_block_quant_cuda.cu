@@ -228,22 +228,35 @@ void set_range(Case& c, int k) {
   }
 }
 
+// Checks the cases in order on dtype T, up to the first fatal failure.
 template <typename T>
-void run_rules(const std::vector<Shape>& shapes, bool away_too) {
+void check_cases(const std::vector<Case>& cases) {
+  for (const Case& c : cases) {
+    check_case<T>(c);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+void check_cases_every_dtype(const std::vector<Case>& cases) {
+  for_each_dtype([&](auto t) { check_cases<decltype(t)>(cases); });
+}
+
+// Every rule and format on every shape; with away_too the float rules again with kHalfAway.
+std::vector<Case> rule_cases(const std::vector<Shape>& shapes, bool away_too) {
+  std::vector<Case> cases;
   int k = 0;
   for (const RuleFormat& rf : every_rule_and_format()) {
     for (const Shape& s : shapes) {
       Case c{s, rf.rule, rf.format, rf.tensor_scale};
       set_range(c, k++);
-      check_case<T>(c);
-      if (::testing::Test::HasFatalFailure()) return;
+      cases.push_back(c);
       if (away_too && !fq::block_rule_is_int(rf.rule)) {
         c.rounding = fq::Rounding::kHalfAway;
-        check_case<T>(c);
-        if (::testing::Test::HasFatalFailure()) return;
+        cases.push_back(c);
       }
     }
   }
+  return cases;
 }
 
 // Every rule and format on each kernel: aligned 1 x 32 tiles and 16 x 16 tiles with partial
@@ -252,14 +265,14 @@ void run_rules(const std::vector<Shape>& shapes, bool away_too) {
 TEST(BlockQuantCuda, EveryRuleAndFormat) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {{6, 64, 1, 32}, {20, 24, 16, 16}, {9, 40, 1, 40}, {5, 37, 1, 16}, {3, 5, 4, 8}};
-  for_each_dtype([&](auto t) { run_rules<decltype(t)>(shapes, false); });
+  check_cases_every_dtype(rule_cases(shapes, false));
 }
 
 TEST(BlockQuantCuda, HalfAwayRounding) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {{4, 64, 1, 16}, {7, 13, 2, 4}, {5, 9, 8, 16}};
-  run_rules<float>(shapes, true);
-  run_rules<fq::BFloat16>({{3, 32, 1, 32}}, true);
+  check_cases<float>(rule_cases(shapes, true));
+  check_cases<fq::BFloat16>(rule_cases({{3, 32, 1, 32}}, true));
 }
 
 // Tile shapes for four rules (abs-max MX, min/max int, NVFP4 with the tensor abs-max pass, FP8
@@ -279,18 +292,15 @@ TEST(BlockQuantCuda, TileShapes) {
                               {Rule::kIntAffine, Format::kInt, false},
                               {Rule::kNvfp4Torchao, Format::kE2M1, true},
                               {Rule::kFp8Torchao, Format::kE4M3, false}};
-  for_each_dtype([&](auto t) {
-    using T = decltype(t);
-    int k = 0;
-    for (const Shape& s : shapes) {
-      for (const RuleFormat& rf : rules) {
-        Case c{s, rf.rule, rf.format, rf.tensor_scale};
-        set_range(c, k++);
-        check_case<T>(c);
-        if (::testing::Test::HasFatalFailure()) return;
-      }
+  std::vector<Case> cases;
+  int k = 0;
+  for (const Shape& s : shapes) {
+    for (const RuleFormat& rf : rules) {
+      cases.push_back({s, rf.rule, rf.format, rf.tensor_scale});
+      set_range(cases.back(), k++);
     }
-  });
+  }
+  check_cases_every_dtype(cases);
 }
 
 // The generic kernel with more tiles in a chunk than its transform cache holds: windows of tile
@@ -301,17 +311,14 @@ TEST(BlockQuantCuda, GenericWindows) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {
       {3, 8001, 1, 8}, {2, 2001, 1, 1}, {2, 2999, 1, 3}, {5, 1001, 2, 1}, {9, 1003, 4, 1}};
-  for_each_dtype([&](auto t) {
-    using T = decltype(t);
-    for (const Shape& s : shapes) {
-      for (Rule r : {Rule::kMxEven, Rule::kIntAffineFloatZp}) {
-        Case c{s, r, r == Rule::kMxEven ? Format::kE3M2 : Format::kInt};
-        set_range(c, 0);
-        check_case<T>(c);
-        if (::testing::Test::HasFatalFailure()) return;
-      }
+  std::vector<Case> cases;
+  for (const Shape& s : shapes) {
+    for (Rule r : {Rule::kMxEven, Rule::kIntAffineFloatZp}) {
+      cases.push_back({s, r, r == Rule::kMxEven ? Format::kE3M2 : Format::kInt});
+      set_range(cases.back(), 0);
     }
-  });
+  }
+  check_cases_every_dtype(cases);
   check_case<float>({{257, 8 * 769, 257, 8}, Rule::kMxFloor, Format::kE4M3});
 }
 
@@ -319,20 +326,17 @@ TEST(BlockQuantCuda, GenericWindows) {
 TEST(BlockQuantCuda, MisalignedPointers) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {{4, 64, 1, 32}, {5, 37, 1, 16}, {6, 10, 8, 16}, {3, 100, 2, 4}};
-  for_each_dtype([&](auto t) {
-    using T = decltype(t);
-    for (const Shape& s : shapes) {
-      for (const Placement at : kPlacements) {
-        for (Rule r : {Rule::kMxRceil, Rule::kIntAffine}) {
-          Case c{s, r, r == Rule::kMxRceil ? Format::kE2M3 : Format::kInt};
-          set_range(c, 1);
-          c.at = at;
-          check_case<T>(c);
-          if (::testing::Test::HasFatalFailure()) return;
-        }
+  std::vector<Case> cases;
+  for (const Shape& s : shapes) {
+    for (const Placement at : kPlacements) {
+      for (Rule r : {Rule::kMxRceil, Rule::kIntAffine}) {
+        cases.push_back({s, r, r == Rule::kMxRceil ? Format::kE2M3 : Format::kInt});
+        set_range(cases.back(), 1);
+        cases.back().at = at;
       }
     }
-  });
+  }
+  check_cases_every_dtype(cases);
 }
 
 // Stochastic rounding, on each kernel, two seeds (the second with high words set): the same
@@ -344,18 +348,15 @@ TEST(BlockQuantCuda, StochasticRounding) {
   const RuleFormat rules[] = {{Rule::kMxFloor, Format::kE2M1, false},
                               {Rule::kNvfp4ModelOpt, Format::kE2M1, true},
                               {Rule::kFp8ModelOpt, Format::kE5M2, false}};
-  for_each_dtype([&](auto t) {
-    using T = decltype(t);
-    for (const Shape& s : shapes) {
-      for (const RuleFormat& rf : rules) {
-        for (const auto& [s0, s1] : {std::pair<int64_t, int64_t>{42, 7}, {-3, int64_t{1} << 40}}) {
-          Case c{s, rf.rule, rf.format, rf.tensor_scale, fq::Rounding::kStochastic, s0, s1};
-          check_case<T>(c);
-          if (::testing::Test::HasFatalFailure()) return;
-        }
+  std::vector<Case> cases;
+  for (const Shape& s : shapes) {
+    for (const RuleFormat& rf : rules) {
+      for (const auto& [s0, s1] : {std::pair<int64_t, int64_t>{42, 7}, {-3, int64_t{1} << 40}}) {
+        cases.push_back({s, rf.rule, rf.format, rf.tensor_scale, fq::Rounding::kStochastic, s0, s1});
       }
     }
-  });
+  }
+  check_cases_every_dtype(cases);
 }
 
 // More work than the grid holds on the emulated devices with few multiprocessors: 6,400 tiles of
