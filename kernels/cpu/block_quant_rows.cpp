@@ -8,7 +8,9 @@
 // scales and masks are the generic path's bit for bit (the same formulas; checked by the
 // GoogleTests, which run both paths).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fakequant/block_quant.h"
@@ -31,39 +33,69 @@ namespace {
 // flow, so that both vectorise.
 template <typename T>
 FQ_BLOCK_CLONES uint32_t row_abs_max_bits(const T* __restrict__ x, int64_t n) {
-  int32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t b = static_cast<int32_t>(abs_bits(to_float(x[i])));
-    m = b > m ? b : m;
+  if constexpr (std::is_same_v<T, float>) {
+    int32_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t b = static_cast<int32_t>(abs_bits(x[i]));
+      m = b > m ? b : m;
+    }
+    return static_cast<uint32_t>(m);
+  } else {
+    // The 16-bit floats order their magnitudes the same way in their own 15 low bits (NaN above
+    // inf): twice the lanes of the widened max, widened once at the end.
+    int16_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int16_t b = static_cast<int16_t>(x[i].bits & 0x7FFFu);
+      m = b > m ? b : m;
+    }
+    return abs_bits(to_float(T{static_cast<uint16_t>(m)}));
   }
-  return static_cast<uint32_t>(m);
 }
 
+// min / max of a tile, as integer keys that order like the floats (a negative float's
+// magnitude bits inverted; the map is its own inverse): GCC does not vectorise a float min/max
+// reduction without -ffinite-math-only, but it vectorises an integer one, as for the abs-max.
+// NaN keys lie outside [key(-inf), key(+inf)], so the extremes show whether the tile has one.
+// -0 orders below +0 here; no rule reads the sign of a zero extreme (min(lo, 0) and max(hi, 0)
+// are taken first, and -0 and +0 give the same qparams).
+inline int32_t ordered_key(uint32_t bits) {
+  const int32_t b = static_cast<int32_t>(bits);
+  return b < 0 ? b ^ 0x7FFFFFFF : b;
+}
+constexpr int32_t kKeyPosInf = 0x7F800000;
+constexpr int32_t kKeyNegInf = static_cast<int32_t>(0xFF800000u ^ 0x7FFFFFFFu);
+
 template <typename T>
-FQ_BLOCK_CLONES void row_min_max(const T* __restrict__ x, int64_t n, float* lo_out, float* hi_out, bool* nan_out) {
-  float lo = INFINITY;
-  float hi = -INFINITY;
-  int32_t nan = 0;
+FQ_BLOCK_CLONES void row_min_max_keys(const T* __restrict__ x, int64_t n, int32_t* lo_out, int32_t* hi_out) {
+  int32_t lo = kKeyPosInf;  // the extremes of an empty tile: +inf, -inf
+  int32_t hi = kKeyNegInf;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = to_float(x[i]);
-    nan |= v != v;
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
+    const int32_t k = ordered_key(float_bits(to_float(x[i])));
+    lo = k < lo ? k : lo;
+    hi = k > hi ? k : hi;
   }
   *lo_out = lo;
   *hi_out = hi;
-  *nan_out = nan != 0;
 }
 
+// The rules that read min and max do not read the abs-max pass: max |x| = max(|lo|, |hi|)
+// when no element is NaN, and NaN otherwise, as tile_stats computes it.
 template <typename T>
 BlockStats row_stats(const T* __restrict__ x, int64_t n, bool min_max) {
-  const uint32_t amax = row_abs_max_bits(x, n);
-  float lo = INFINITY;
-  float hi = -INFINITY;
-  bool nan = false;
-  if (min_max) row_min_max(x, n, &lo, &hi, &nan);
   const float qnan = bits_float(0x7FC00000u);
-  return {amax > 0x7F800000u ? qnan : bits_float(amax), nan ? qnan : lo, nan ? qnan : hi};
+  if (!min_max) {
+    const uint32_t amax = row_abs_max_bits(x, n);
+    return {amax > 0x7F800000u ? qnan : bits_float(amax), INFINITY, -INFINITY};
+  }
+  int32_t klo = 0;
+  int32_t khi = 0;
+  row_min_max_keys(x, n, &klo, &khi);
+  if (klo < kKeyNegInf || khi > kKeyPosInf) return {qnan, qnan, qnan};
+  const float lo = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(klo))));
+  const float hi = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(khi))));
+  const float alo = std::fabs(lo);
+  const float ahi = std::fabs(hi);
+  return {n > 0 ? (alo > ahi ? alo : ahi) : 0.0f, lo, hi};
 }
 
 // v rounded to T and back (round_to_storage with the dtype a template argument).
@@ -96,8 +128,10 @@ inline float minifloat_rne(float v) {
 }
 
 // One tile: values and in-range flags in one flat loop (vectorised: no control flow, the
-// affine zero point a template argument), then the flags packed into mask bytes.
-template <typename T, BlockFormat F, bool kInDivide, bool kOutDivide, bool kAffine>
+// affine zero point a template argument), then the flags packed into mask bytes. kExact: the
+// affine rounding steps T(q) and T(T(q) - T(zp)) are known to be exact (affine_levels_exact)
+// and are skipped; the result is the same bits (a NaN is canonicalised by the final store).
+template <typename T, BlockFormat F, bool kInDivide, bool kOutDivide, bool kAffine, bool kExact = false>
 FQ_BLOCK_CLONES void quant_row_tile(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ flags,
                                     int64_t n, float in, float out, float zp, float zp_t,
                                     float qmin, float qmax) {
@@ -115,7 +149,8 @@ FQ_BLOCK_CLONES void quant_row_tile(const T* __restrict__ x, T* __restrict__ y, 
       float c = r < qmin ? qmin : r;
       c = c > qmax ? qmax : c;
       q = r != r ? r : c;
-      if constexpr (kAffine) q = round_to<T>(round_to<T>(q) - zp_t);  // T(T(q) - T(zp)): zp_t is T(zp)
+      if constexpr (kAffine && kExact) q = q - zp_t;
+      if constexpr (kAffine && !kExact) q = round_to<T>(round_to<T>(q) - zp_t);  // T(T(q) - T(zp)): zp_t is T(zp)
     } else {
       const float a = v < 0.0f ? -v : v;
       ok = a <= kMax;
@@ -124,6 +159,17 @@ FQ_BLOCK_CLONES void quant_row_tile(const T* __restrict__ x, T* __restrict__ y, 
     y[i] = from_float<T>(kOutDivide ? q / out : q * out);
     flags[i] = static_cast<uint8_t>(ok);
   }
+}
+
+// Whether T represents every integer level q in [qmin, qmax] and every q - zp_t exactly (zp_t an
+// integer): then T(q) == q and T(q - zp_t) == q - zp_t. The 16-bit floats hold the integers up
+// to 2^(mantissa bits + 1): 256 (bfloat16), 2048 (float16), which covers 8-bit grids.
+template <typename T>
+bool affine_levels_exact(float qmin, float qmax, float zp_t) {
+  const float limit = std::is_same_v<T, BFloat16> ? 256.0f : std::is_same_v<T, Half> ? 2048.0f : 16777216.0f;
+  const bool integer = zp_t - zp_t == 0.0f && std::nearbyint(zp_t) == zp_t;  // false for NaN and inf
+  return integer && std::fabs(qmin) <= limit && std::fabs(qmax) <= limit && std::fabs(qmin - zp_t) <= limit &&
+         std::fabs(qmax - zp_t) <= limit;
 }
 
 template <typename T, BlockFormat F, bool kInDivide, bool kOutDivide>
@@ -145,7 +191,10 @@ void quant_rows(const BlockQuantArgs& a, int64_t row_begin, int64_t row_end) {
       a.scale[r * gcols + g] = t.scale;
       if (a.zero_point != nullptr) a.zero_point[r * gcols + g] = static_cast<int32_t>(t.zero_point);
       const float zp_t = round_to_storage(t.zero_point, t.affine_dtype);
-      if (t.affine) {
+      if (t.affine && affine_levels_exact<T>(qmin, qmax, zp_t)) {
+        quant_row_tile<T, F, kInDivide, kOutDivide, true, true>(x + off, y + off, flags.data(), L, t.in_factor,
+                                                                t.out_factor, t.zero_point, zp_t, qmin, qmax);
+      } else if (t.affine) {
         quant_row_tile<T, F, kInDivide, kOutDivide, true>(x + off, y + off, flags.data(), L, t.in_factor,
                                                           t.out_factor, t.zero_point, zp_t, qmin, qmax);
       } else {

@@ -8,10 +8,20 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "fakequant/dispatch.h"
 #include "fakequant/weight_quant.h"
+#include "pack_bits.h"
+
+// The contiguous path's per-tile loops are compiled twice (GCC target_clones): AVX2 (8 float
+// lanes) and the baseline; integer and IEEE arithmetic only, so both give the same bits.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FQ_WEIGHT_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define FQ_WEIGHT_CLONES
+#endif
 
 namespace fakequant {
 namespace {
@@ -28,8 +38,6 @@ void check_deterministic_rounding(const WeightAbsMaxArgs& a) {
 // Elements per tile of the contiguous path: channels are reduced, then quantised, a tile at
 // a time, so that the second read of a tile comes from cache (64 KB of fp32: inside L2).
 constexpr int64_t kTileElements = 16384;
-
-size_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // max |x| over a run, as abs_bits. |x| bits are non-negative as signed integers, so a signed
 // max (which SSE2 and every later x86 extension vectorise) orders them correctly. kLanes
@@ -103,16 +111,71 @@ void channel_abs_max_typed(const T* x, int64_t channels, int64_t stride, int64_t
   }
 }
 
-uint32_t abs_max_bits_dispatch(DType dtype, const void* base, int64_t offset, int64_t n) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return abs_max_bits_run(static_cast<const Half*>(base) + offset, n);
-    case DType::kBFloat16:
-      return abs_max_bits_run(static_cast<const BFloat16*>(base) + offset, n);
-    case DType::kFloat32:
-      break;
+// The scales of `channels` contiguous runs of `len` elements each (one tile): the abs-max of
+// a run as an integer max over the |x| bits (abs_max_bits_run's, inlined here so that the
+// loop is compiled for the clone's vector width), then weight_scale.
+template <typename T>
+FQ_WEIGHT_CLONES void tile_scales(const T* __restrict__ x, int64_t channels, int64_t len, float half, float eps,
+                                  DType scale_dtype, float* __restrict__ scale) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* run = x + c * len;
+    uint32_t bits;
+    if constexpr (std::is_same_v<T, float>) {
+      int32_t m = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        uint32_t u;
+        std::memcpy(&u, run + i, sizeof(u));
+        const int32_t b = static_cast<int32_t>(u & 0x7FFFFFFFu);
+        m = b > m ? b : m;
+      }
+      bits = static_cast<uint32_t>(m);
+    } else {
+      int16_t m = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        const int16_t b = static_cast<int16_t>(run[i].bits & 0x7FFFu);
+        m = b > m ? b : m;
+      }
+      bits = abs_bits(to_float(T{static_cast<uint16_t>(m)}));
+    }
+    scale[c] = weight_scale(bits_float(bits), half, eps, scale_dtype);
   }
-  return abs_max_bits_run(static_cast<const float*>(base) + offset, n);
+}
+
+// The quant-dequant of one tile: fake_quant_per_channel_cpu's values with zero points 0
+// (quant_dequant with the same arguments; a channel whose scale is out of contract gets the
+// NaN poison and mask 0, as there), the element loop free of control flow so that it
+// vectorises, and the in-range flags packed 8 at a time. The tile starts on a mask byte.
+template <typename T, Rounding kMode>
+FQ_WEIGHT_CLONES void tile_quant(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ flags,
+                                 uint8_t* __restrict__ mask, int64_t channels, int64_t len,
+                                 const float* __restrict__ scale, int32_t quant_min, int32_t quant_max) {
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float s = scale[c];
+    const T* __restrict__ xc = x + c * len;
+    T* __restrict__ yc = y + c * len;
+    uint8_t* __restrict__ fc = flags + c * len;
+    if (!qparams_valid(s, 0, quant_min, quant_max)) {
+      const T poison = from_float<T>(bits_float(0x7FC00000u));
+      for (int64_t i = 0; i < len; ++i) yc[i] = poison, fc[i] = 0;
+      continue;
+    }
+    const float inv = inverse_scale(s);
+    for (int64_t i = 0; i < len; ++i) {
+      const QuantDequantResult r = quant_dequant(to_float(xc[i]), s, inv, 0.0f, qmin, qmax, kMode);
+      yc[i] = from_float<T>(r.value);
+      fc[i] = static_cast<uint8_t>(r.in_range);
+    }
+  }
+  if (mask == nullptr) return;
+  const int64_t n = channels * len;
+  const int64_t full = n / kMaskGroup;
+  for (int64_t g = 0; g < full; ++g) mask[g] = pack_bits(flags + g * kMaskGroup);
+  if (n % kMaskGroup != 0) {  // the tensor's last, partial byte: padding bits 0
+    std::memset(flags + n, 0, static_cast<size_t>(kMaskGroup - n % kMaskGroup));
+    mask[full] = pack_bits(flags + full * kMaskGroup);
+  }
 }
 
 }  // namespace
@@ -161,34 +224,32 @@ void fake_quant_weight_abs_max_cpu_blocks(const WeightAbsMaxArgs& a, int64_t blo
   const int64_t c_end = std::min(block_end * per_block, channels);
   if (c_begin >= c_end) return;
   const float half = symmetric_half_range(a.quant_min, a.quant_max);
-  const size_t esize = element_size(a.dtype);
   // Channels per tile: whole blocks, at least one, about kTileElements elements.
   const int64_t tile_blocks = std::max<int64_t>(1, kTileElements / std::max<int64_t>(per_block * len, 1));
   const int64_t tile_channels = tile_blocks * per_block;
-  const std::vector<int32_t> zeros(static_cast<size_t>(std::min(tile_channels, c_end - c_begin)), 0);
+  // One in-range flag per element of a tile, plus the padding of a last partial mask byte.
+  std::vector<uint8_t> flags(static_cast<size_t>(std::min(tile_channels, c_end - c_begin) * len + kMaskGroup));
 
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += tile_channels) {
-    const int64_t c1 = std::min(c0 + tile_channels, c_end);
-    for (int64_t c = c0; c < c1; ++c) {
-      const uint32_t bits = abs_max_bits_dispatch(a.dtype, a.weight, c * len, len);
-      a.scale[c] = weight_scale(bits_float(bits), half, a.eps, a.scale_dtype);
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    const T* x = static_cast<const T*>(a.weight);
+    T* y = static_cast<T*>(a.output);
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += tile_channels) {
+      const int64_t c1 = std::min(c0 + tile_channels, c_end);
+      const int64_t offset = c0 * len;
+      tile_scales(x + offset, c1 - c0, len, half, a.eps, a.scale_dtype, a.scale + c0);
+      // offset is a multiple of 8 (c0 is a multiple of per_block), so the tile's mask starts
+      // on a byte boundary.
+      uint8_t* mask = a.mask != nullptr ? a.mask + offset / kMaskGroup : nullptr;
+      if (a.rounding == Rounding::kHalfAway) {
+        tile_quant<T, Rounding::kHalfAway>(x + offset, y + offset, flags.data(), mask, c1 - c0, len, a.scale + c0,
+                                           a.quant_min, a.quant_max);
+      } else {
+        tile_quant<T, Rounding::kHalfEven>(x + offset, y + offset, flags.data(), mask, c1 - c0, len, a.scale + c0,
+                                           a.quant_min, a.quant_max);
+      }
     }
-    // c0 * len is a multiple of 8 (c0 is a multiple of per_block), so the tile's mask
-    // starts on a byte boundary and the tile is a per-channel problem of its own.
-    const int64_t offset = c0 * len;
-    const FakeQuantArgs tile{a.dtype, static_cast<const char*>(a.weight) + offset * esize,
-                             static_cast<char*>(a.output) + offset * esize,
-                             a.mask != nullptr ? a.mask + offset / kMaskGroup : nullptr, (c1 - c0) * len};
-    PerChannelQParams qp;
-    qp.scale = a.scale + c0;
-    qp.zero_point = zeros.data();
-    qp.channels = c1 - c0;
-    qp.channel_stride = std::max<int64_t>(len, 1);
-    qp.quant_min = a.quant_min;
-    qp.quant_max = a.quant_max;
-    qp.rounding = a.rounding;
-    fake_quant_per_channel_cpu(tile, qp);
-  }
+  });
 }
 
 void channel_abs_max_bits_cpu(const WeightAbsMaxArgs& a, int64_t begin, int64_t end, uint32_t* acc) {

@@ -720,14 +720,20 @@ TEST(BlockQuantCpu, RowFastPathMatchesGenericPath) {
   struct Case {
     fq::BlockScaleRule rule;
     fq::BlockFormat format;
+    int32_t quant_min = -8, quant_max = 7;  // int rules only
   };
   using R = fq::BlockScaleRule;
   using F = fq::BlockFormat;
-  const Case cases[] = {{R::kIntAffine, F::kInt},     {R::kIntAffineFloatZp, F::kInt}, {R::kIntModelOpt, F::kInt},
-                        {R::kFp8Torchao, F::kE4M3},   {R::kFp8Torchao, F::kE5M2},      {R::kFp8ModelOpt, F::kE4M3},
-                        {R::kMxFloor, F::kE2M1},      {R::kMxCeil, F::kE3M2},          {R::kMxEven, F::kE2M3},
-                        {R::kMxRceil, F::kE4M3},      {R::kMxRceil, F::kE5M2},         {R::kNvfp4Torchao, F::kE2M1},
-                        {R::kNvfp4ModelOpt, F::kE2M1}};
+  // int_affine twice: an 8-bit grid, whose levels and level - zero point differences the 16-bit
+  // floats hold exactly (the fast path skips those roundings), and a 12-bit one, where they
+  // must round.
+  const Case cases[] = {{R::kIntAffine, F::kInt, -128, 127}, {R::kIntAffine, F::kInt, -2048, 2047},
+                        {R::kIntAffineFloatZp, F::kInt},    {R::kIntModelOpt, F::kInt, -7, 7},
+                        {R::kFp8Torchao, F::kE4M3},         {R::kFp8Torchao, F::kE5M2},
+                        {R::kFp8ModelOpt, F::kE4M3},        {R::kMxFloor, F::kE2M1},
+                        {R::kMxCeil, F::kE3M2},             {R::kMxEven, F::kE2M3},
+                        {R::kMxRceil, F::kE4M3},            {R::kMxRceil, F::kE5M2},
+                        {R::kNvfp4Torchao, F::kE2M1},       {R::kNvfp4ModelOpt, F::kE2M1}};
   const int64_t tiles[] = {8, 16, 32, 256};
   int checked = 0;
   for (const Case& c : cases) {
@@ -753,8 +759,8 @@ TEST(BlockQuantCpu, RowFastPathMatchesGenericPath) {
         const size_t esize = dtype == fq::DType::kFloat32 ? 4 : 2;
         fq::BlockQuantArgs a = row_args(rows, cols, tile, c.format, c.rule);
         a.dtype = dtype;
-        a.quant_min = c.rule == R::kIntModelOpt ? -7 : (c.rule == R::kIntAffine ? -128 : -8);
-        a.quant_max = c.rule == R::kIntModelOpt ? 7 : (c.rule == R::kIntAffine ? 127 : 7);
+        a.quant_min = c.quant_min;
+        a.quant_max = c.quant_max;
         a.tensor_scale = c.rule == R::kNvfp4Torchao || c.rule == R::kNvfp4ModelOpt;
         a.input = input;
         ASSERT_TRUE(fq::block_quant_rows_applies(a));
@@ -806,7 +812,7 @@ TEST(BlockQuantCpu, RowFastPathMatchesGenericPath) {
       }
     }
   }
-  EXPECT_EQ(checked, 13 * 4 * 3);
+  EXPECT_EQ(checked, 14 * 4 * 3);
 }
 
 // An empty tensor reads and writes nothing, even where the rule reads the tensor's abs-max and

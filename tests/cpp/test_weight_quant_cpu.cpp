@@ -88,6 +88,7 @@ fq::WeightAbsMaxArgs make_args(fq::DType dtype, const void* w, void* y, uint8_t*
 
 const std::vector<Layout> kLayouts = {
     {1, 64, 576},  {1, 64, 147}, {1, 32, 9},  {1, 7, 6}, {1, 1, 1001}, {1, 5, 1},  // contiguous channels
+    {1, 1030, 32}, {1, 700, 16}, // many small contiguous channels (per-group), several tiles
     {64, 3, 49},   {4, 33, 9},   {96, 40, 1}, {1, 1, 8}, {3, 1, 5},    {17, 3, 1}, // other axes
 };
 
