@@ -88,6 +88,18 @@ DESCRIPTIONS = {
         "Per-group int4 (groups of 32 along the last dim of the weight as [C, numel/C]; torchao's scales)",
         "torchao's eager arithmetic in ATen: `amin`/`amax`, scale in the input dtype, `round(w * (1 / s))`, "
         "clamp, dequantise"),
+    "BlockMXFP8": ("MXFP8 (E4M3, FLOOR scales, 1×32 tiles of [numel/4096, 4096])",
+                   "torchao's eager MX arithmetic in ATen: tile `amax`, E8M0 exponent from its bits, divide, "
+                   "saturate, cast to `float8_e4m3fn` and back, multiply"),
+    "BlockMXFP4": ("MXFP4 (E2M1, FLOOR scales, 1×32 tiles of [numel/4096, 4096])",
+                   "the same with the E2M1 grid rounding written with `frexp` (ATen has no FP4 type)"),
+    "BlockNVFP4": ("NVFP4 (1×16 tiles under the tensor scale, torchao's rule; [numel/4096, 4096])",
+                   "tensor `amax`, tile `amax`, E4M3 block scale clamped to [2^-6, 448], E2M1 grid rounding "
+                   "with `frexp`"),
+    "BlockFP8Row": ("FP8 E4M3 scaled per row of 4096 (torchao's `Float8FakeQuantizer` PerRow)",
+                    "row `amax`, `x / (amax / 448)` saturated, cast to `float8_e4m3fn` and back, multiply"),
+    "BlockPerTokenInt8": ("int8 asymmetric per token (rows of 4096; torchao's PerToken dynamic activations)",
+                          "`aminmax` per row, scale and zero point as tensor ops, round, clamp, dequantise"),
     "LearnablePerTensor": (
         "Learnable per-tensor (LSQ/LSQ+) forward + backward (grad_input, grad_scale, grad_zero_point)",
         "`at::_fake_quantize_learnable_per_tensor_affine` + `_backward`"),
