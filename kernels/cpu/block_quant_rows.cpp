@@ -65,17 +65,36 @@ inline int32_t ordered_key(uint32_t bits) {
 constexpr int32_t kKeyPosInf = 0x7F800000;
 constexpr int32_t kKeyNegInf = static_cast<int32_t>(0xFF800000u ^ 0x7FFFFFFFu);
 
+// The 16-bit floats order the same way in their own bits: 16-bit keys, twice the lanes.
+inline int16_t ordered_key16(uint16_t bits) {
+  const int16_t b = static_cast<int16_t>(bits);
+  return b < 0 ? static_cast<int16_t>(b ^ 0x7FFF) : b;
+}
+
+// The tile's extremes as float32 values (NaN where the tile has a NaN of that sign).
 template <typename T>
-FQ_BLOCK_CLONES void row_min_max_keys(const T* __restrict__ x, int64_t n, int32_t* lo_out, int32_t* hi_out) {
-  int32_t lo = kKeyPosInf;  // the extremes of an empty tile: +inf, -inf
-  int32_t hi = kKeyNegInf;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t k = ordered_key(float_bits(to_float(x[i])));
-    lo = k < lo ? k : lo;
-    hi = k > hi ? k : hi;
+FQ_BLOCK_CLONES void row_min_max_keys(const T* __restrict__ x, int64_t n, float* lo_out, float* hi_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    int32_t lo = kKeyPosInf;  // the extremes of an empty tile: +inf, -inf
+    int32_t hi = kKeyNegInf;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t k = ordered_key(float_bits(x[i]));
+      lo = k < lo ? k : lo;
+      hi = k > hi ? k : hi;
+    }
+    *lo_out = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(lo))));
+    *hi_out = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(hi))));
+  } else {
+    int16_t lo = 0x7FFF;  // above every key; a non-empty tile replaces it
+    int16_t hi = static_cast<int16_t>(-0x8000);
+    for (int64_t i = 0; i < n; ++i) {
+      const int16_t k = ordered_key16(x[i].bits);
+      lo = k < lo ? k : lo;
+      hi = k > hi ? k : hi;
+    }
+    *lo_out = n > 0 ? to_float(T{static_cast<uint16_t>(ordered_key16(static_cast<uint16_t>(lo)))}) : INFINITY;
+    *hi_out = n > 0 ? to_float(T{static_cast<uint16_t>(ordered_key16(static_cast<uint16_t>(hi)))}) : -INFINITY;
   }
-  *lo_out = lo;
-  *hi_out = hi;
 }
 
 // The rules that read min and max do not read the abs-max pass: max |x| = max(|lo|, |hi|)
@@ -87,12 +106,11 @@ BlockStats row_stats(const T* __restrict__ x, int64_t n, bool min_max) {
     const uint32_t amax = row_abs_max_bits(x, n);
     return {amax > 0x7F800000u ? qnan : bits_float(amax), INFINITY, -INFINITY};
   }
-  int32_t klo = 0;
-  int32_t khi = 0;
-  row_min_max_keys(x, n, &klo, &khi);
-  if (klo < kKeyNegInf || khi > kKeyPosInf) return {qnan, qnan, qnan};
-  const float lo = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(klo))));
-  const float hi = bits_float(static_cast<uint32_t>(ordered_key(static_cast<uint32_t>(khi))));
+  float lo = 0.0f;
+  float hi = 0.0f;
+  row_min_max_keys(x, n, &lo, &hi);
+  // NaNs order beyond the infinities: a positive one is the maximum, a negative one the minimum.
+  if (lo != lo || hi != hi) return {qnan, qnan, qnan};
   const float alo = std::fabs(lo);
   const float ahi = std::fabs(hi);
   return {n > 0 ? (alo > ahi ? alo : ahi) : 0.0f, lo, hi};
