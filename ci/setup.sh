@@ -6,7 +6,9 @@
 #   pip: torch==2.13.0 (CPU build), pytest, numpy, expecttest, scikit-build-core, torchao
 #        (torch.ao.quantization's successor; the QAT modules are tested against both),
 #        matplotlib (bench/render_report.py draws the GB/s plots of the benchmark report),
-#        scikit-learn (its bundled digits data set: the end-to-end QAT accuracy test)
+#        scikit-learn (its bundled digits data set: the end-to-end QAT accuracy test),
+#        onnx, onnxscript (torch.onnx's dynamo exporter), onnxruntime (runs the exported models:
+#        tests/python/test_export*.py, docs/deploy.md)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -36,7 +38,7 @@ elif [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 
 py_missing=()
-for mod in pytest numpy expecttest scikit_build_core torchao matplotlib sklearn; do
+for mod in pytest numpy expecttest scikit_build_core torchao matplotlib sklearn onnx onnxscript onnxruntime; do
   "$PYTHON" -c "import $mod" 2>/dev/null || py_missing+=("$mod")
 done
 if [ ${#py_missing[@]} -gt 0 ]; then

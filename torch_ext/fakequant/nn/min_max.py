@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import export as _export
 from .. import ops as _ops
 from ..ops import FLOAT32_EPS
 from .base import (
@@ -160,10 +161,35 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
             axis = self.ch_axis
             self._channels_ready(_channels_along(type(self).__name__, x, axis))
         st = self.activation_post_process
+        if _export.onnx_exporting():
+            # torch.export keeps the fused op (a stateful program, exact); ONNX gets no in-place update.
+            if self._observer_on:
+                raise _export.observing_error(self)
+            if not self._fake_quant_on:
+                return x
+            # The non-mutating quant-dequant op with the stored qparams (refresh_qparams() makes them the
+            # ones the fused op would recompute from the running min/max; to_onnx calls it).
+            if axis is None:
+                return _ops.fake_quantize_per_tensor(x, self.scale, self.zero_point, self.quant_min,
+                                                     self.quant_max, self.rounding)
+            return _ops.fake_quantize_per_channel(x, self.scale, self.zero_point, axis, self.quant_min,
+                                                  self.quant_max, self.rounding)
         return _ops.fused_moving_avg_obs_fake_quant(
             x, self.observer_enabled, self.fake_quant_enabled, st.min_val, st.max_val, self.scale, self.zero_point,
             self.averaging_constant, self.quant_min, self.quant_max, axis, self.is_symmetric_quant, False,
             self.rounding)
+
+    @torch.no_grad()
+    def refresh_qparams(self) -> None:
+        """Store in ``scale`` / ``zero_point`` the qparams of the running min/max. The fused op
+        recomputes them on every call that fake-quantizes (as ATen's does), so they only differ from
+        the stored ones when the statistics changed without fake quant on; an ONNX export, which
+        uses the stored ones, calls this first (``fakequant.export.to_onnx``)."""
+        if self.min_val.numel() == 0 or bool((self.min_val > self.max_val).any()):
+            return  # nothing observed: the op has no qparams of its own to give
+        scale, zero_point = self.calculate_qparams()
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
 
     @torch.no_grad()
     def calculate_qparams(self):

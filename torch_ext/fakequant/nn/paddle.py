@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .. import export as _export
 from .. import ops as _ops
 from .base import (
     FakeQuantizeBase,
@@ -73,6 +74,14 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
             x = torch.relu(x)
         # An unobserved quantizer observes its first batch in eval too (class docstring).
         observe = self._observer_on and (self.training or not self._observed)
+        if not observe and self._fake_quant_on and _export.exporting():
+            # Being exported for inference: the same values from the non-mutating per-tensor op
+            # (the step the op uses, zero point 0), so exported graphs carry no in-place update.
+            step = torch.clamp(self.scale / self.bin_cnt, min=torch.finfo(torch.float32).tiny)
+            return _ops.fake_quantize_per_tensor(x, step, torch.zeros_like(self.scale, dtype=torch.int32),
+                                                 self.quant_min, self.quant_max, self.rounding)
+        if observe and _export.onnx_exporting():
+            raise _export.observing_error(self)
         if not observe and not self._observed and self._fake_quant_on and not self._warned_unobserved:
             self._warned_unobserved = True
             warnings.warn(f"{type(self).__name__} has never observed a batch and its observer is disabled: it "

@@ -45,6 +45,7 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair, _single, _triple
 from torch.nn.utils import fuse_conv_bn_weights
 
+from ..export import exporting as _exporting
 from ..ops import abs_max, conv_bn_fake_quant_with_fold_scale, fold_weight
 from .qconfig import get_qat_qconfig
 from .weight import AbsMaxWeightFakeQuantize
@@ -726,7 +727,9 @@ class _ConvBnNd:
         else:
             padding = self.padding  # a tuple, or 'same' / 'valid'
         spec = None
-        if self._FUSED_OP and not isinstance(padding, str):
+        # Exported in eval, the composite path gives the fused op's values (the same fold arithmetic)
+        # without the op's in-place running statistics, which export wraps in a form torch.onnx cannot translate.
+        if self._FUSED_OP and not isinstance(padding, str) and not (self.bn.training is False and _exporting()):
             spec = _fused_weight_spec(self.weight_fake_quant)
         factor = self._exponential_average_factor()
         if spec is not None:

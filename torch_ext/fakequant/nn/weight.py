@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import export as _export
 from .. import ops as _ops
 from ..ops import FLOAT32_EPS
 from ..ops import fake_quantize_weight_abs_max
@@ -75,6 +76,8 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
                     self.zero_point.resize_(channels).zero_()
 
     def _store_scale(self, scale: torch.Tensor) -> None:
+        if _export.exporting():
+            return  # an inference graph needs the value, not the record of the last scales
         with torch.no_grad():
             if self.scale.shape != scale.shape:
                 self.scale.resize_(scale.shape)
@@ -94,13 +97,17 @@ class AbsMaxWeightFakeQuantize(FakeQuantizeBase):
                                                           self.rounding, self.eps)
                 self._store_scale(scale)
                 return out if self._fake_quant_on else w
-            self._store_scale(self._per_tensor_scale(w))
+            scale = self._per_tensor_scale(w)
+            self._store_scale(scale)
+        else:
+            scale = self.scale
         if not self._fake_quant_on:
             return w
         if self.is_per_channel:
-            return _ops.fake_quantize_per_channel(w, self.scale, self.zero_point, self.ch_axis, self.quant_min,
+            return _ops.fake_quantize_per_channel(w, scale, self.zero_point, self.ch_axis, self.quant_min,
                                                   self.quant_max, self.rounding)
-        return _ops.fake_quantize_per_tensor(w, self.scale, self.zero_point, self.quant_min, self.quant_max,
+        # The scale just computed (not the buffer, which an export does not write).
+        return _ops.fake_quantize_per_tensor(w, scale, self.zero_point, self.quant_min, self.quant_max,
                                              self.rounding)
 
     @torch.no_grad()
