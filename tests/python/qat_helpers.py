@@ -76,3 +76,17 @@ class ConvBnStart(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(8)
+
+
+def digits_split(n_train=1400):
+    """scikit-learn's bundled 8x8 digits (no download) as float images in [0, 1] [N, 1, 8, 8] and
+    labels, split once by a fixed permutation: (train images, train labels, test images, test
+    labels). The caller skips when scikit-learn is missing (pytest.importorskip)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    train, test = order[:n_train], order[n_train:]
+    return images[train], labels[train], images[test], labels[test]

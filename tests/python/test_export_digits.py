@@ -12,11 +12,11 @@ from torch import nn
 
 import fakequant
 from fakequant import export as fq_export
-from qat_helpers import single_thread
+from qat_helpers import digits_split, single_thread
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+pytest.importorskip("sklearn.datasets")
 
 
 class DigitsCNN(nn.Module):
@@ -48,18 +48,14 @@ def train(model, x, y, epochs, lr):
 
 @pytest.fixture(scope="module")
 def trained():
-    data = sklearn_datasets.load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(data.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    train_idx, test_idx = order[:1400], order[1400:]
+    x_train, y_train, x_test, y_test = digits_split()
     with single_thread():
         torch.manual_seed(0)
-        model = train(DigitsCNN(), images[train_idx], labels[train_idx], 6, 1e-2)
+        model = train(DigitsCNN(), x_train, y_train, 6, 1e-2)
         qat_model = fakequant.quant_aware(model, {"weight_quantize_type": "channel_wise_abs_max",
                                                   "activation_quantize_type": "moving_average_abs_max"})
-        train(qat_model, images[train_idx], labels[train_idx], 1, 1e-3)
-    return qat_model, images[test_idx], labels[test_idx]
+        train(qat_model, x_train, y_train, 1, 1e-3)
+    return qat_model, x_test, y_test
 
 
 @pytest.mark.parametrize("dynamo", [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo")])

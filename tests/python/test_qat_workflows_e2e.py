@@ -18,9 +18,9 @@ from torch import nn
 
 import fakequant
 from fakequant.nn import qat
-from qat_helpers import aq, needs_ao, single_thread
+from qat_helpers import aq, digits_split, needs_ao, single_thread
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+pytest.importorskip("sklearn.datasets")
 
 BATCH = 64
 PADDLE_CONFIGS = {
@@ -64,12 +64,7 @@ BLOCKS = [["features.0", "features.1", "features.2"], ["features.3", "features.4
 
 @pytest.fixture(scope="module")
 def digits():
-    data = sklearn_datasets.load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(data.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1400], order[1400:]
-    return images[train], labels[train], images[test], labels[test]
+    return digits_split()
 
 
 def train(model, data, epochs, lr, step_model=None, before_epoch=None):
