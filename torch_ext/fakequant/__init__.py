@@ -33,6 +33,7 @@ from .ops import (  # loads the op library; each family registers its fake kerne
     min_max,
 )
 from . import nn, qconfig  # fakequant.nn: fake-quantize modules; fakequant.nn.qat: QAT modules
+from . import distributed  # fakequant.distributed: quantizer statistics across ranks (docs/distributed.md)
 from . import export  # fakequant.export: ONNX lowerings and to_onnx (docs/deploy.md)
 from .fuse import fuse_conv_bn
 from .quant_aware import convert, quant_aware
@@ -44,6 +45,7 @@ __all__ = [
     "ROUNDINGS",
     "abs_max",
     "convert",
+    "distributed",
     "export",
     "fuse_conv_bn",
     "quant_aware",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed as _distributed
 from .. import ops as _ops
 from ..ops import FLOAT32_EPS, fake_quantize_learnable_per_channel, fake_quantize_learnable_per_tensor
 from .base import (
@@ -57,6 +58,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     before that first forward still holds them. Clearing ``initialized`` (``reset_qparams``)
     re-initialises from the next observed batch.
     """
+
+    # Observes its input: fakequant.distributed.sync_observers combines the statistic across ranks.
+    _synchronisable = True
 
     _resizable = ("scale", "zero_point")
 
@@ -119,6 +123,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     @torch.no_grad()
     def _init_from_batch(self, x: torch.Tensor) -> None:
         mn, mx = _ops_min_max(x.detach(), self.ch_axis if self.is_per_channel else None)
+        group = _distributed.synchronised_group(self)
+        if group is not None:  # every rank starts from the whole batch's range (fakequant.distributed)
+            mn, mx = _distributed.global_min_max(mn, mx, group)
         scale, zero_point = _qparams_from_min_max(mn.reshape(-1), mx.reshape(-1), self.quant_min, self.quant_max,
                                                   self.is_symmetric_quant, self.eps)
         self.scale.copy_(scale)
@@ -139,7 +146,13 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         if self.is_symmetric_quant:
             with torch.no_grad():
                 self.zero_point.zero_()
-        grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
+        numel = x.numel()
+        group = _distributed.synchronised_group(self) if self.use_grad_scaling else None
+        if group is not None:
+            # LSQ's 1 / sqrt(N * Q) over the whole batch, as one process would compute it: the ranks'
+            # gradients are averaged, each over its own shard of (equal) size numel.
+            numel *= torch.distributed.get_world_size(group)
+        grad_factor = 1.0 / (numel * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
         if self.is_per_channel:
             return fake_quantize_learnable_per_channel(x, self.scale, self.zero_point, self.ch_axis, self.quant_min,
                                                        self.quant_max, grad_factor)

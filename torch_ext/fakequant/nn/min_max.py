@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed as _distributed
 from .. import export as _export
 from .. import ops as _ops
 from ..ops import FLOAT32_EPS
@@ -78,6 +79,9 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
     ChooseQuantizationParams' own small-scale cut-off. ``observer`` (if given) must be one of
     torch.ao's moving-average min/max observer classes; it only documents intent.
     """
+
+    # Observes its input: fakequant.distributed.sync_observers combines the statistic across ranks.
+    _synchronisable = True
 
     _flag_dtype = torch.int64
     _resizable = ("scale", "zero_point")
@@ -174,8 +178,22 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
                                                      self.quant_max, self.rounding)
             return _ops.fake_quantize_per_channel(x, self.scale, self.zero_point, axis, self.quant_min,
                                                   self.quant_max, self.rounding)
+        observer_on = self.observer_enabled
+        group = _distributed.synchronised_group(self) if self._observer_on else None
+        if group is not None:
+            # The batch's min / max combined across the group, then the state updated with them by the
+            # op itself (over a tensor holding just them: [min, max], per channel along dim 0), fake
+            # quant off; the input is then quantized with the observer off (fakequant.distributed).
+            lo, hi = _ops.min_max(x.detach(), axis)
+            lo, hi = _distributed.global_min_max(lo, hi, group)
+            stat = torch.stack([lo, hi], dim=-1)
+            _ops.fused_moving_avg_obs_fake_quant(
+                stat, self.observer_enabled, torch.zeros_like(self.fake_quant_enabled), st.min_val, st.max_val,
+                self.scale, self.zero_point, self.averaging_constant, self.quant_min, self.quant_max,
+                None if axis is None else 0, self.is_symmetric_quant, False, self.rounding)
+            observer_on = torch.zeros_like(self.observer_enabled)
         return _ops.fused_moving_avg_obs_fake_quant(
-            x, self.observer_enabled, self.fake_quant_enabled, st.min_val, st.max_val, self.scale, self.zero_point,
+            x, observer_on, self.fake_quant_enabled, st.min_val, st.max_val, self.scale, self.zero_point,
             self.averaging_constant, self.quant_min, self.quant_max, axis, self.is_symmetric_quant, False,
             self.rounding)
 

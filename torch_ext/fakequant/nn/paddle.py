@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .. import distributed as _distributed
 from .. import export as _export
 from .. import ops as _ops
 from .base import (
@@ -36,6 +37,9 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
     quantizes with a scale from the data instead of Paddle's initial 0.001; later eval
     batches use the stored scale and change nothing. With the observer disabled an
     unobserved quantizer keeps the initial scale and warns once."""
+
+    # Observes its input: fakequant.distributed.sync_observers combines the statistic across ranks.
+    _synchronisable = True
 
     def __init__(self, bits: int, rounding: str, ahead_relu: bool, spec: dict) -> None:
         super().__init__()
@@ -90,6 +94,13 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
             if not self.training:
                 self._start_calibration()
             self._observed = True
+        group = _distributed.synchronised_group(self) if observe else None
+        if group is not None:
+            # The batch's abs-max combined across the group updates the state through the op itself
+            # (over a tensor holding just it); the input is then quantized with the updated scale.
+            amax = _distributed.global_abs_max(_ops.abs_max(x.detach()), group)
+            self._call(amax.reshape(1), True)
+            observe = False
         if not self._fake_quant_on:
             if observe:
                 self._call(x.detach(), True)  # statistics only; the output is x

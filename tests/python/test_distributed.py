@@ -1,0 +1,208 @@
+"""Multi-process QAT (fakequant.distributed, docs/distributed.md): DDP and FSDP2 (fully_shard) over
+gloo with 2 processes on this machine. With the activation quantizers synchronised, every rank holds the same quantizer
+state and parameters after every step, and the state equals that of one process training on the
+concatenated batch (exactly after the first step; afterwards within the float noise of DDP's
+gradient averaging, which moves the weights by ~1e-8). Without synchronisation the ranks' states
+differ, which is what the first assertion would catch."""
+
+import os
+import tempfile
+from functools import partial
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import fakequant
+from fakequant.nn import qat
+from qat_helpers import aq, needs_ao
+
+WORLD = 2
+STEPS = 4
+BATCH = 16  # global; each rank takes BATCH / WORLD
+
+
+def net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
+                         nn.Linear(8, 3))
+
+
+def build(flow):
+    """The same QAT model on every rank (fixed seed): a PaddleSlim-style facade or torch.ao's
+    prepare_qat with fakequant's qconfig (moving-average min/max activations)."""
+    torch.manual_seed(0)
+    if flow == "paddle":
+        return fakequant.quant_aware(net(), {"weight_quantize_type": "channel_wise_abs_max",
+                                             "activation_quantize_type": "moving_average_abs_max"})
+    if flow == "paddle_range":
+        return fakequant.quant_aware(net(), {"activation_quantize_type": "range_abs_max"})
+    if flow == "lsq":  # learnable activations (LSQ with its gradient scaling), abs-max weights
+        m = net().train()
+        weight = fakequant.qconfig.get_qat_qconfig("pytorch").weight
+        m.qconfig = aq.QConfig(activation=partial(fakequant.nn.LearnableFakeQuantize, use_grad_scaling=True),
+                               weight=weight)
+        return aq.prepare_qat(m, mapping=qat.get_qat_module_mappings())
+    m = net().train()
+    m.qconfig = fakequant.qconfig.get_qat_qconfig("pytorch")
+    return aq.prepare_qat(m, mapping=qat.get_qat_module_mappings())
+
+
+def batches():
+    gen = torch.Generator().manual_seed(1)
+    # Different scales per step, so that every step moves the statistics.
+    return [(torch.randn(BATCH, 1, 8, 8, generator=gen) * (1 + step), torch.randint(3, (BATCH,), generator=gen))
+            for step in range(STEPS)]
+
+
+def train(model, data):
+    """One process on the whole batches: the reference."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    history = []
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        history.append(full_states(model))
+    return history
+
+
+def full_states(model):
+    """states() with FSDP2's sharded parameters gathered (DTensor.full_tensor)."""
+    out = {f"buffer:{k}": v.detach().clone() for k, v in model.named_buffers()}
+    for k, v in model.named_parameters():
+        v = v.detach()
+        out[f"param:{k}"] = (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+    return out
+
+
+def wrap(model, parallel):
+    if parallel == "ddp":
+        return DDP(model, broadcast_buffers=False)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def worker(rank, flow, parallel, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        results = {}
+        for sync in (True, False):
+            model = build(flow)
+            fakequant.distributed.sync_observers(model, enabled=sync)
+            wrapped = wrap(model, parallel)
+            shard = [(x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]) for x, y in batches()]
+            opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+            history = []
+            for x, y in shard:
+                opt.zero_grad()
+                F.cross_entropy(wrapped(x), y).backward()
+                opt.step()
+                history.append(full_states(model))
+            results[sync] = history
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(flow, parallel):
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(flow, parallel, os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def quantizer_keys(history):
+    """The quantizers' state: their buffers, and the learnable quantizers' scale / zero point."""
+    return [k for k in history[0] if k.startswith("buffer:") or "fake_quant" in k or "activation_post_process" in k]
+
+
+@pytest.mark.parametrize("flow,parallel", [("paddle", "ddp"), ("paddle_range", "ddp"),
+                                           pytest.param("torch_ao", "ddp", marks=needs_ao),
+                                           pytest.param("lsq", "ddp", marks=needs_ao), ("paddle", "fsdp2")])
+def test_synchronised_quantizers_equal_across_ranks_and_single_process(flow, parallel):
+    ranks = run_ranks(flow, parallel)
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        model = build(flow)
+        single = train(model, batches())
+    synced = [r[True] for r in ranks]
+    keys = quantizer_keys(synced[0])
+    assert any("scale" in k for k in keys), keys
+    for step in range(STEPS):
+        for k in synced[0][step]:
+            assert torch.equal(synced[0][step][k], synced[1][step][k]), (flow, step, k)
+    # The first step: the same arithmetic on the same statistics as one process.
+    for k in keys:
+        assert torch.equal(synced[0][0][k], single[0][k]), (flow, k, synced[0][0][k], single[0][k])
+    for step in range(1, STEPS):
+        for k in synced[0][step]:
+            torch.testing.assert_close(synced[0][step][k], single[step][k], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, k=k, step=step: f"{flow} step {step} {k}: {m}")
+    # Without synchronisation each rank observes its own shard: the states part after step 0.
+    unsynced = [r[False] for r in ranks]
+    assert any(not torch.equal(unsynced[0][0][k], unsynced[1][0][k]) for k in keys), flow
+
+
+def test_sync_observers_needs_a_process_group():
+    model = build("paddle")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        fakequant.distributed.sync_observers(model)
+    assert fakequant.distributed.sync_observers(model, enabled=False) is model
+
+
+def edge_worker(rank, init_file, out_dir):
+    """Rank 1 sends a NaN batch, then an empty one; rank 0 ordinary batches."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        gen = torch.Generator().manual_seed(3)
+        batches_0 = [torch.randn(6, 5, generator=gen) * s for s in (1.0, 2.0, 3.0)]
+        quantizers = [fakequant.nn.MovingAverageAbsMaxFakeQuantize(),
+                      fakequant.nn.MovingAverageMinMaxFakeQuantize()]
+        history = []
+        for q in quantizers:
+            q.train()
+            fakequant.distributed.sync_observers(q)
+            states = []
+            for step, x in enumerate(batches_0):
+                if rank == 1:
+                    x = x.clone()
+                    if step == 1:
+                        x[2, 3] = float("nan")
+                    if step == 2:
+                        x = x[:0]
+                q(x)
+                states.append({k: v.clone() for k, v in q.state_dict().items()})
+            history.append(states)
+        torch.save((batches_0, history), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nan_on_one_rank_skips_the_update_everywhere_and_an_empty_batch_adds_nothing():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(edge_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
+        (batches_0, h0), (_, h1) = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+    for q_index, make in enumerate((fakequant.nn.MovingAverageAbsMaxFakeQuantize,
+                                    fakequant.nn.MovingAverageMinMaxFakeQuantize)):
+        for step in range(3):
+            for k in h0[q_index][step]:
+                assert torch.equal(h0[q_index][step][k], h1[q_index][step][k]), (q_index, step, k)
+        # One process: step 0 on both ranks' (equal) batches, step 1 skipped (a NaN somewhere),
+        # step 2 on rank 0's batch alone (rank 1's is empty).
+        ref = make().train()
+        ref(torch.cat([batches_0[0], batches_0[0]]))
+        for k, v in ref.state_dict().items():
+            assert torch.equal(h0[q_index][0][k], v), (q_index, k)
+            assert torch.equal(h0[q_index][1][k], v), ("NaN step applied", q_index, k)
+        ref(batches_0[2])
+        for k, v in ref.state_dict().items():
+            assert torch.equal(h0[q_index][2][k], v), ("empty-rank step", q_index, k)

@@ -1,0 +1,104 @@
+"""Multi-process QAT on torch.distributed: the activation quantizers' batch statistics combined
+across the ranks of a process group before each update (docs/distributed.md).
+
+``sync_observers(model, group)`` marks every activation quantizer of ``model`` (the moving-average
+min/max quantizers, per tensor and per channel, the Paddle abs-max quantizers and the learnable
+LSQ quantizers) and makes their states start equal (broadcast from the group's first rank). From
+then on, whenever such a quantizer observes, it reduces its input locally (``min_max`` /
+``abs_max``), combines the result across the group with one ``all_reduce(MAX)`` of a few floats,
+updates its state with the combined statistic, and quantizes with the updated qparams: the
+arithmetic of the fused op on the concatenated batch, so every rank holds the same state after
+every step, the state one process training on the whole batch would hold.
+
+A learnable (LSQ) quantizer initialises its scale and zero point from the combined min / max of
+its first batch, and scales its gradients by the whole batch's element count (the group's size
+times its own, as the ranks' gradients are averaged over equal shards).
+
+Weight quantizers need nothing: under DDP and FSDP2 every rank quantizes the same weights.
+
+Non-finite statistics: a NaN anywhere is sent as +inf (gloo's MAX does not propagate NaN), so a
+rank's NaN or inf makes the combined statistic non-finite on every rank and every rank skips the
+update together (the ops' non-finite rule, docs/numerics.md). A rank with an empty batch
+contributes (+inf, -inf) for (min, max), i.e. nothing.
+
+The update runs the quantizer's own op on a tensor holding just the combined statistic (whose
+min / max / abs-max it is), so the state follows the same arithmetic as the one-process op; the
+input is then quantized with the observer off, which reads the updated state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["sync_observers", "synchronised_group"]
+
+_ATTR = "_fakequant_sync_group"
+_OFF = object()  # the attribute's value of a quantizer that is not synchronised
+
+
+def _activation_quantizers(model: nn.Module):
+    """The quantizers to synchronise: the classes that observe their input (they set
+    ``_synchronisable``: the moving-average min/max, Paddle abs-max and learnable quantizers),
+    except weight quantizers (a layer's ``weight_fake_quant``, torch.ao's name and ours), which
+    see the same weight on every rank: nothing to combine, and a learnable one's gradient scale
+    counts the weight once."""
+    return [m for name, m in model.named_modules()
+            if getattr(m, "_synchronisable", False) and name.rsplit(".", 1)[-1] != "weight_fake_quant"]
+
+
+def sync_observers(model: nn.Module, group=None, enabled: bool = True) -> nn.Module:
+    """Synchronise (``enabled=True``) or stop synchronising the activation quantizers of ``model``
+    over ``group`` (default: the whole world). Needs an initialised process group; call it on
+    every rank, after the model is built (and prepared for QAT) and before training. Returns
+    ``model``."""
+    quantizers = _activation_quantizers(model)
+    if not enabled:
+        for q in quantizers:
+            setattr(q, _ATTR, _OFF)
+        return model
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("fakequant.distributed.sync_observers: no process group is initialised; call "
+                           "torch.distributed.init_process_group first (or pass enabled=False)")
+    if not quantizers:
+        raise ValueError(f"fakequant.distributed.sync_observers: {type(model).__name__} has no activation "
+                         "quantizer to synchronise (the moving-average min/max and Paddle abs-max quantizers)")
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for q in quantizers:
+            for buf in q.buffers():
+                dist.broadcast(buf, src=src, group=group)
+            # The host flags follow the broadcast state (a Paddle quantizer that rank 0 has observed with).
+            if hasattr(q, "_state_is_initial"):
+                q._observed = not q._state_is_initial()
+            setattr(q, _ATTR, group)
+    return model
+
+
+def synchronised_group(module: nn.Module):
+    """The group ``module`` combines its statistics over, or ``None`` when it does not (never
+    marked, switched off, or no process group initialised any more)."""
+    group = getattr(module, _ATTR, _OFF)
+    if group is _OFF or not dist.is_initialized():
+        return None
+    return dist.group.WORLD if group is None else group
+
+
+def _all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
+    # NaN as +inf: gloo's MAX keeps the first operand's NaN only on some ranks.
+    t = torch.where(torch.isnan(t), torch.full_like(t, float("inf")), t)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t
+
+
+def global_min_max(lo: torch.Tensor, hi: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element minimum of ``lo`` and maximum of ``hi`` over the group, in one collective."""
+    n = lo.numel()
+    both = _all_reduce_max(torch.cat([-lo.reshape(-1), hi.reshape(-1)]).float(), group)
+    return (-both[:n]).reshape(lo.shape), both[n:].reshape(hi.shape)
+
+
+def global_abs_max(amax: torch.Tensor, group) -> torch.Tensor:
+    """Maximum of ``amax`` over the group."""
+    return _all_reduce_max(amax.reshape(-1).float().clone(), group).reshape(amax.shape)
