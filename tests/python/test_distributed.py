@@ -182,6 +182,11 @@ def edge_worker(rank, init_file, out_dir):
                 q(x)
                 states.append({k: v.clone() for k, v in q.state_dict().items()})
             history.append(states)
+        # A learnable quantizer whose first batch is empty on rank 1: it initialises from rank 0's.
+        lsq = fakequant.nn.LearnableFakeQuantize().train()
+        fakequant.distributed.sync_observers(lsq)
+        lsq(batches_0[0] if rank == 0 else batches_0[0][:0])
+        history.append([{k: v.detach().clone() for k, v in lsq.state_dict().items()}])
         torch.save((batches_0, history), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -206,3 +211,7 @@ def test_nan_on_one_rank_skips_the_update_everywhere_and_an_empty_batch_adds_not
         ref(batches_0[2])
         for k, v in ref.state_dict().items():
             assert torch.equal(h0[q_index][2][k], v), ("empty-rank step", q_index, k)
+    ref = fakequant.nn.LearnableFakeQuantize().train()
+    ref(batches_0[0])
+    for k, v in ref.state_dict().items():
+        assert torch.equal(h0[2][0][k], v.detach()) and torch.equal(h1[2][0][k], v.detach()), ("lsq init", k)

@@ -126,6 +126,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         group = _distributed.synchronised_group(self)
         if group is not None:  # every rank starts from the whole batch's range (fakequant.distributed)
             mn, mx = _distributed.global_min_max(mn, mx, group)
+            if not bool(torch.isfinite(mn).all() and torch.isfinite(mx).all()):
+                return  # every rank's batch empty (or a NaN / inf somewhere): initialise on a later one
         scale, zero_point = _qparams_from_min_max(mn.reshape(-1), mx.reshape(-1), self.quant_min, self.quant_max,
                                                   self.is_symmetric_quant, self.eps)
         self.scale.copy_(scale)
@@ -136,7 +138,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._sized:
             self._size_channels(_channels_along(type(self).__name__, x, self.ch_axis))
-        if self.init_from_observer and self._observer_on and not self._initialized and x.numel() > 0:
+        # Synchronised, a rank with an empty batch still joins the collective of the others.
+        may_init = x.numel() > 0 or _distributed.synchronised_group(self) is not None
+        if self.init_from_observer and self._observer_on and not self._initialized and may_init:
             self._init_from_batch(x)
         else:
             with torch.no_grad():
