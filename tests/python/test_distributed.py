@@ -5,6 +5,7 @@ concatenated batch (exactly after the first step; afterwards within the float no
 gradient averaging, which moves the weights by ~1e-8). Without synchronisation the ranks' states
 differ, which is what the first assertion would catch."""
 
+import copy
 import os
 import tempfile
 from functools import partial
@@ -215,3 +216,29 @@ def test_nan_on_one_rank_skips_the_update_everywhere_and_an_empty_batch_adds_not
     ref(batches_0[0])
     for k, v in ref.state_dict().items():
         assert torch.equal(h0[2][0][k], v.detach()) and torch.equal(h1[2][0][k], v.detach()), ("lsq init", k)
+
+
+def test_synchronised_model_copies_converts_and_saves(tmp_path):
+    """The mark holds a process group, which cannot be pickled: a deep copy (and so convert) keeps
+    it, a saved model loads unsynchronised; compiled, the collective traces (one process here)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        group = dist.new_group([0])
+        model = build("paddle")
+        fakequant.distributed.sync_observers(model, group)
+        quantizers = fakequant.distributed._activation_quantizers(model)
+        assert quantizers and all(fakequant.distributed.synchronised_group(q) is group for q in quantizers)
+        x = torch.randn(4, 1, 8, 8)
+        eager = model(x)
+        compiled = fakequant.distributed.sync_observers(build("paddle"), group)
+        torch.testing.assert_close(torch.compile(compiled, fullgraph=True)(x), eager)
+        twin = copy.deepcopy(model)
+        assert all(fakequant.distributed.synchronised_group(q) is group
+                   for q in fakequant.distributed._activation_quantizers(twin))
+        fakequant.convert(model)
+        torch.save(model, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert all(fakequant.distributed.synchronised_group(q) is None
+                   for q in fakequant.distributed._activation_quantizers(loaded))
+    finally:
+        dist.destroy_process_group()

@@ -34,8 +34,26 @@ from torch import nn
 
 __all__ = ["sync_observers", "synchronised_group"]
 
-_ATTR = "_fakequant_sync_group"
-_OFF = object()  # the attribute's value of a quantizer that is not synchronised
+_ATTR = "_fakequant_sync"
+
+
+def _unsynchronised():
+    return None
+
+
+class _Sync:
+    """The mark of a synchronised quantizer: its group (``None``: the default group). A deep copy
+    (``copy.deepcopy``, ``fakequant.convert``) keeps it, since the copy lives in the same processes;
+    a pickled model (``torch.save``) loads unsynchronised, as a process group cannot be pickled."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (_unsynchronised, ())
 
 
 def _activation_quantizers(model: nn.Module):
@@ -56,7 +74,7 @@ def sync_observers(model: nn.Module, group=None, enabled: bool = True) -> nn.Mod
     quantizers = _activation_quantizers(model)
     if not enabled:
         for q in quantizers:
-            setattr(q, _ATTR, _OFF)
+            setattr(q, _ATTR, None)
         return model
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("fakequant.distributed.sync_observers: no process group is initialised; call "
@@ -72,17 +90,17 @@ def sync_observers(model: nn.Module, group=None, enabled: bool = True) -> nn.Mod
             # The host flags follow the broadcast state (a Paddle quantizer that rank 0 has observed with).
             if hasattr(q, "_state_is_initial"):
                 q._observed = not q._state_is_initial()
-            setattr(q, _ATTR, group)
+            setattr(q, _ATTR, _Sync(group))
     return model
 
 
 def synchronised_group(module: nn.Module):
     """The group ``module`` combines its statistics over, or ``None`` when it does not (never
     marked, switched off, or no process group initialised any more)."""
-    group = getattr(module, _ATTR, _OFF)
-    if group is _OFF or not dist.is_initialized():
+    mark = getattr(module, _ATTR, None)
+    if mark is None or not dist.is_initialized():
         return None
-    return dist.group.WORLD if group is None else group
+    return dist.group.WORLD if mark.group is None else mark.group
 
 
 def _all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
