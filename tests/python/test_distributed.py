@@ -59,20 +59,22 @@ def batches():
             for step in range(STEPS)]
 
 
-def train(model, data):
-    """One process on the whole batches: the reference."""
+def train(model, data, record=None):
+    """SGD steps of ``model`` (a wrapper, or the plain model of the one-process reference) over
+    ``data``; the states of ``record`` (default: ``model``) after each step."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     history = []
     for x, y in data:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        history.append(full_states(model))
+        history.append(full_states(model if record is None else record))
     return history
 
 
 def full_states(model):
-    """states() with FSDP2's sharded parameters gathered (DTensor.full_tensor)."""
+    """Every buffer (the quantizers' states) and parameter by name, FSDP2's sharded parameters
+    gathered (DTensor.full_tensor)."""
     out = {f"buffer:{k}": v.detach().clone() for k, v in model.named_buffers()}
     for k, v in model.named_parameters():
         v = v.detach()
@@ -99,16 +101,8 @@ def worker(rank, flow, parallel, init_file, out_dir):
         for sync in (True, False):
             model = build(flow)
             fakequant.distributed.sync_observers(model, enabled=sync)
-            wrapped = wrap(model, parallel)
             shard = [(x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]) for x, y in batches()]
-            opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
-            history = []
-            for x, y in shard:
-                opt.zero_grad()
-                F.cross_entropy(wrapped(x), y).backward()
-                opt.step()
-                history.append(full_states(model))
-            results[sync] = history
+            results[sync] = train(wrap(model, parallel), shard, record=model)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
