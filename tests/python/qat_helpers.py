@@ -1,7 +1,7 @@
 """Shared by the QAT, facade and workflow tests: torch.ao's QAT namespaces where this torch still
 ships them, the torch.ao qconfig that fakequant's modules are compared under, BN state away
 from its defaults, training on one thread, and the first conv-bn of the small test nets and
-their training loop."""
+their training loop, the digits data and CNN."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 try:
@@ -90,3 +91,19 @@ def digits_split(n_train=1400):
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     train, test = order[:n_train], order[n_train:]
     return images[train], labels[train], images[test], labels[test]
+
+
+class DigitsCNN(nn.Module):
+    """A small Conv+BN+ReLU CNN for the 8x8 digits: two conv-bn-relu blocks (convolutions without
+    bias unless ``conv_bias``), pooling, a linear head."""
+
+    def __init__(self, conv_bias=False):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=conv_bias), nn.BatchNorm2d(32), nn.ReLU(),
+        )
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))

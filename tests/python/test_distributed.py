@@ -6,20 +6,16 @@ gradient averaging, which moves the weights by ~1e-8). Without synchronisation t
 differ, which is what the first assertion would catch."""
 
 import copy
-import os
-import tempfile
 from functools import partial
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fakequant
 from fakequant.nn import qat
+from dist_helpers import run_ranks, shard, train, wrap
 from qat_helpers import aq, needs_ao
 
 WORLD = 2
@@ -59,59 +55,13 @@ def batches():
             for step in range(STEPS)]
 
 
-def train(model, data, record=None):
-    """SGD steps of ``model`` (a wrapper, or the plain model of the one-process reference) over
-    ``data``; the states of ``record`` (default: ``model``) after each step."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    history = []
-    for x, y in data:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        history.append(full_states(model if record is None else record))
-    return history
-
-
-def full_states(model):
-    """Every buffer (the quantizers' states) and parameter by name, FSDP2's sharded parameters
-    gathered (DTensor.full_tensor)."""
-    out = {f"buffer:{k}": v.detach().clone() for k, v in model.named_buffers()}
-    for k, v in model.named_parameters():
-        v = v.detach()
-        out[f"param:{k}"] = (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
-    return out
-
-
-def wrap(model, parallel):
-    if parallel == "ddp":
-        return DDP(model, broadcast_buffers=False)
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in model.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            fully_shard(layer)
-    return fully_shard(model)
-
-
-def worker(rank, flow, parallel, init_file, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for sync in (True, False):
-            model = build(flow)
-            fakequant.distributed.sync_observers(model, enabled=sync)
-            shard = [(x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]) for x, y in batches()]
-            results[sync] = train(wrap(model, parallel), shard, record=model)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def run_ranks(flow, parallel):
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(worker, args=(flow, parallel, os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+def worker(rank, world, flow, parallel):
+    results = {}
+    for sync in (True, False):
+        model = build(flow)
+        fakequant.distributed.sync_observers(model, enabled=sync)
+        results[sync] = train(wrap(model, parallel), shard(batches(), rank, world), record=model)
+    return results
 
 
 def quantizer_keys(history):
@@ -123,7 +73,7 @@ def quantizer_keys(history):
                                            pytest.param("torch_ao", "ddp", marks=needs_ao),
                                            pytest.param("lsq", "ddp", marks=needs_ao), ("paddle", "fsdp2")])
 def test_synchronised_quantizers_equal_across_ranks_and_single_process(flow, parallel):
-    ranks = run_ranks(flow, parallel)
+    ranks = run_ranks(worker, WORLD, flow, parallel)
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         model = build(flow)
@@ -153,44 +103,37 @@ def test_sync_observers_needs_a_process_group():
     assert fakequant.distributed.sync_observers(model, enabled=False) is model
 
 
-def edge_worker(rank, init_file, out_dir):
+def edge_worker(rank, world):
     """Rank 1 sends a NaN batch, then an empty one; rank 0 ordinary batches."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        gen = torch.Generator().manual_seed(3)
-        batches_0 = [torch.randn(6, 5, generator=gen) * s for s in (1.0, 2.0, 3.0)]
-        quantizers = [fakequant.nn.MovingAverageAbsMaxFakeQuantize(),
-                      fakequant.nn.MovingAverageMinMaxFakeQuantize()]
-        history = []
-        for q in quantizers:
-            q.train()
-            fakequant.distributed.sync_observers(q)
-            states = []
-            for step, x in enumerate(batches_0):
-                if rank == 1:
-                    x = x.clone()
-                    if step == 1:
-                        x[2, 3] = float("nan")
-                    if step == 2:
-                        x = x[:0]
-                q(x)
-                states.append({k: v.clone() for k, v in q.state_dict().items()})
-            history.append(states)
-        # A learnable quantizer whose first batch is empty on rank 1: it initialises from rank 0's.
-        lsq = fakequant.nn.LearnableFakeQuantize().train()
-        fakequant.distributed.sync_observers(lsq)
-        lsq(batches_0[0] if rank == 0 else batches_0[0][:0])
-        history.append([{k: v.detach().clone() for k, v in lsq.state_dict().items()}])
-        torch.save((batches_0, history), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    gen = torch.Generator().manual_seed(3)
+    batches_0 = [torch.randn(6, 5, generator=gen) * s for s in (1.0, 2.0, 3.0)]
+    quantizers = [fakequant.nn.MovingAverageAbsMaxFakeQuantize(),
+                  fakequant.nn.MovingAverageMinMaxFakeQuantize()]
+    history = []
+    for q in quantizers:
+        q.train()
+        fakequant.distributed.sync_observers(q)
+        states = []
+        for step, x in enumerate(batches_0):
+            if rank == 1:
+                x = x.clone()
+                if step == 1:
+                    x[2, 3] = float("nan")
+                if step == 2:
+                    x = x[:0]
+            q(x)
+            states.append({k: v.clone() for k, v in q.state_dict().items()})
+        history.append(states)
+    # A learnable quantizer whose first batch is empty on rank 1: it initialises from rank 0's.
+    lsq = fakequant.nn.LearnableFakeQuantize().train()
+    fakequant.distributed.sync_observers(lsq)
+    lsq(batches_0[0] if rank == 0 else batches_0[0][:0])
+    history.append([{k: v.detach().clone() for k, v in lsq.state_dict().items()}])
+    return batches_0, history
 
 
 def test_nan_on_one_rank_skips_the_update_everywhere_and_an_empty_batch_adds_nothing():
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(edge_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
-        (batches_0, h0), (_, h1) = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+    (batches_0, h0), (_, h1) = run_ranks(edge_worker, WORLD)
     for q_index, make in enumerate((fakequant.nn.MovingAverageAbsMaxFakeQuantize,
                                     fakequant.nn.MovingAverageMinMaxFakeQuantize)):
         for step in range(3):

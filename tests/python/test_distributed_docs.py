@@ -1,4 +1,4 @@
-"""docs/distributed.md's multi-process example runs as written: saved as a script and run in a
+"""docs/distributed.md's multi-process examples run as written: saved as a script and run in a
 fresh interpreter (torch.multiprocessing's spawn re-imports the script's __main__ module, which
 an exec'd string is not)."""
 
@@ -7,14 +7,16 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from test_readme import readme_block
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
 
 
-def test_ddp_example_runs(tmp_path):
-    script = tmp_path / "ddp_example.py"
-    script.write_text(readme_block("ddp", DOC, "doc-example"))
+@pytest.mark.parametrize("name", ["ddp", "sync-bn"])
+def test_example_runs(tmp_path, name):
+    script = tmp_path / f"{name.replace('-', '_')}_example.py"
+    script.write_text(readme_block(name, DOC, "doc-example"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

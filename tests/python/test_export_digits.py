@@ -8,28 +8,14 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fakequant
 from fakequant import export as fq_export
-from qat_helpers import digits_split, single_thread
+from qat_helpers import DigitsCNN, digits_split, single_thread
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("sklearn.datasets")
-
-
-class DigitsCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        )
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
 def train(model, x, y, epochs, lr):

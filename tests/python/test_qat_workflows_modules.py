@@ -480,23 +480,23 @@ def test_state_dtype_survives_double_and_device_moves():
 
 
 @pytest.mark.parametrize("kind", ["pytorch", "paddle"])
-def test_sync_batchnorm_is_refused_in_training(kind):
-    """convert_sync_batchnorm turns the ConvBn modules' bn into SyncBatchNorm, which they would
-    never call: training raises, naming the module and what to do; eval and frozen BN (running
-    statistics only) keep working with the same values."""
+def test_sync_batchnorm_without_a_process_group_trains_on_its_own_batch(kind):
+    """convert_sync_batchnorm turns the ConvBn modules' bn into SyncBatchNorm. With no process
+    group the module folds with its own batch statistics, as SyncBatchNorm does on one process:
+    training, eval and frozen BN give the values and statistics of the unconverted model (across
+    ranks: test_distributed_models.py)."""
     torch.manual_seed(6)
     model = Net2d(qconfig_of(kind))
     model(net2d_input())  # one training step of statistics
-    model.eval()
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
     assert isinstance(synced.block1.bn, nn.SyncBatchNorm)
     x = net2d_input()
-    synced.train()
-    with pytest.raises(RuntimeError, match=r"ConvBnReLU2d\(3, 8, kernel_size=\(3, 3\)\): its bn is a "
-                                           r"torch.nn.SyncBatchNorm .*fuse_bn=False.*freeze_bn_stats"):
-        synced(x)
+    torch.testing.assert_close(synced(x), model(x), rtol=0, atol=0)
+    for name, buf in model.named_buffers():
+        assert torch.equal(synced.get_buffer(name), buf), name
     synced.eval()
-    torch.testing.assert_close(synced(x), model(x), rtol=0, atol=0)  # the refused call changed nothing
+    model.eval()
+    torch.testing.assert_close(synced(x), model(x), rtol=0, atol=0)
     synced.apply(qat.freeze_bn_stats)
     synced.train()
     before = synced.block1.bn.running_mean.clone()

@@ -24,6 +24,13 @@ contributes (+inf, -inf) for (min, max), i.e. nothing.
 The update runs the quantizer's own op on a tensor holding just the combined statistic (whose
 min / max / abs-max it is), so the state follows the same arithmetic as the one-process op; the
 input is then quantized with the observer off, which reads the updated state.
+
+``sync_batch_norm(model, group)`` does for the ConvBn modules' batch statistics what
+``torch.nn.SyncBatchNorm`` does for a BatchNorm: the per-channel mean and variance of the batch
+are those of the whole group's batch (one ``all_reduce`` of the channel sums in the forward, one
+of the two channel gradient sums in the backward), in both fold modes, so the running statistics
+are the same on every rank. A ConvBn module whose ``bn`` was made a ``torch.nn.SyncBatchNorm``
+(``SyncBatchNorm.convert_sync_batchnorm``) combines over that BN's ``process_group``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["sync_observers", "synchronised_group"]
+__all__ = ["sync_batch_norm", "sync_observers", "synchronised_group"]
 
 _ATTR = "_fakequant_sync"
 
@@ -120,3 +127,98 @@ def global_min_max(lo: torch.Tensor, hi: torch.Tensor, group) -> tuple[torch.Ten
 def global_abs_max(amax: torch.Tensor, group) -> torch.Tensor:
     """Maximum of ``amax`` over the group."""
     return _all_reduce_max(amax.reshape(-1).float().clone(), group).reshape(amax.shape)
+
+
+def _conv_bn_modules(model: nn.Module):
+    """fakequant's ConvBn / ConvBnReLU modules (1-, 2- and 3-d): they set ``_batch_norm_synchronisable``."""
+    return [m for m in model.modules() if getattr(m, "_batch_norm_synchronisable", False)]
+
+
+def sync_batch_norm(model: nn.Module, group=None, enabled: bool = True) -> nn.Module:
+    """Make the ConvBn modules of ``model`` compute their training batch statistics over ``group``
+    (default: the whole world), as ``torch.nn.SyncBatchNorm`` does (``enabled=False``: each rank
+    its own again). Needs an initialised process group; call it on every rank before training.
+    The BN running statistics start equal (broadcast from the group's first rank). Returns
+    ``model``."""
+    modules = _conv_bn_modules(model)
+    if not enabled:
+        for m in modules:
+            setattr(m, _ATTR, None)
+        return model
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("fakequant.distributed.sync_batch_norm: no process group is initialised; call "
+                           "torch.distributed.init_process_group first (or pass enabled=False)")
+    if not modules:
+        raise ValueError(f"fakequant.distributed.sync_batch_norm: {type(model).__name__} has no ConvBn module "
+                         "(fakequant.nn.qat.ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d) whose statistics to synchronise")
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for m in modules:
+            for buf in m.bn.buffers():
+                dist.broadcast(buf, src=src, group=group)
+            setattr(m, _ATTR, _Sync(group))
+    return model
+
+
+def batch_norm_group(module: nn.Module):
+    """The group a ConvBn module combines its batch statistics over (marked by ``sync_batch_norm``,
+    or its ``bn`` is a ``torch.nn.SyncBatchNorm``), or ``None`` for its own batch: not marked, no
+    process group initialised, or a group of one process (as ``SyncBatchNorm``)."""
+    mark = getattr(module, _ATTR, None)
+    if mark is not None:
+        group = mark.group
+    elif isinstance(getattr(module, "bn", None), nn.SyncBatchNorm):
+        group = module.bn.process_group
+    else:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = dist.group.WORLD if group is None else group
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def global_moments(t: torch.Tensor, dims, shift: torch.Tensor, group):
+    """Per-channel (dimension 1) mean and biased variance of ``t`` over ``dims`` on all ranks of
+    ``group``, and the element count per channel (a float64 tensor; no host sync): one
+    ``all_reduce`` of the float64 sums of ``t - shift`` and ``(t - shift)^2`` and the local count.
+    ``shift`` (a per-channel value equal on every rank, e.g. the running mean) keeps the
+    subtraction in ``E[d^2] - E[d]^2`` from cancelling. Not differentiable: see ``SyncedMoments``."""
+    acc = torch.promote_types(t.dtype, torch.float32)
+    shape = [1, -1] + [1] * (t.dim() - 2)
+    with torch.no_grad():
+        shift = shift.detach().to(acc)
+        d = t.to(acc) - shift.reshape(shape)
+        channels = t.shape[1]
+        count = torch.full((1,), t.numel() // max(channels, 1), dtype=torch.float64, device=t.device)
+        sums = torch.cat([d.sum(dims, dtype=torch.float64), (d * d).sum(dims, dtype=torch.float64), count])
+        dist.all_reduce(sums, group=group)
+        n = sums[-1]
+        m1 = sums[:channels] / n
+        var = (sums[channels:2 * channels] / n - m1 * m1).clamp_min(0)
+        return (m1 + shift.double()).to(acc), var.to(acc), n
+
+
+class SyncedMoments(torch.autograd.Function):
+    """``(mean, var)`` of the group's batch (from ``global_moments``) as functions of this rank's
+    ``t``: the forward passes them through; the backward sums their gradients over the group (one
+    ``all_reduce``) and returns ``(g_mean + 2 g_var (t - mean)) / n``, as SyncBatchNorm's."""
+
+    @staticmethod
+    def forward(ctx, t, mean, var, n, dims, group):
+        ctx.save_for_backward(t, mean, n)
+        ctx.dims, ctx.group = dims, group
+        return mean.view_as(mean), var.view_as(var)
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):
+        t, mean, n = ctx.saved_tensors
+        channels = mean.numel()
+        g_mean = torch.zeros_like(mean) if g_mean is None else g_mean
+        g_var = torch.zeros_like(mean) if g_var is None else g_var
+        both = torch.cat([g_mean.reshape(-1), g_var.reshape(-1)]).double()
+        dist.all_reduce(both, group=ctx.group)
+        both = (both / n).to(mean.dtype)
+        shape = [1, -1] + [1] * (t.dim() - 2)
+        g_mean, g_var = both[:channels].reshape(shape), both[channels:].reshape(shape)
+        grad = g_mean + 2 * g_var * (t.to(mean.dtype) - mean.reshape(shape))
+        return grad.to(t.dtype), None, None, None, None, None

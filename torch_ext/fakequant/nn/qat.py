@@ -24,8 +24,9 @@ observer disabled, and in 1-d / 3-d, they run the same math composed from PyTorc
 ``"running"`` (the default, the values of ``torch.ao.nn.intrinsic.qat.ConvBn2d``) or ``"batch"``
 (forward fused with the batch statistics, backward unfused; the default of
 :func:`fakequant.quant_aware`). The folded BN keeps its parameters and statistics in float32
-whatever the module's dtype (``model.to(torch.bfloat16)`` trains), and refuses to train as a
-``SyncBatchNorm``: the module computes the batch statistics itself, on each process.
+whatever the module's dtype (``model.to(torch.bfloat16)`` trains). Under torch.distributed the
+batch statistics are each process's own, or the whole group's after
+``fakequant.distributed.sync_batch_norm`` or when ``bn`` is a ``SyncBatchNorm`` (docs/distributed.md).
 
 Two optional submodules serve the PaddleSlim/linger-style facade and are ``None`` in a plain
 drop-in: ``input_fake_quant`` quantizes the module's input (Paddle quantizes the inputs of
@@ -45,6 +46,7 @@ from torch.nn import init
 from torch.nn.modules.utils import _pair, _single, _triple
 from torch.nn.utils import fuse_conv_bn_weights
 
+from .. import distributed as _distributed
 from ..export import exporting as _exporting
 from ..ops import abs_max, conv_bn_fake_quant_with_fold_scale, fold_weight
 from .qconfig import get_qat_qconfig
@@ -622,6 +624,8 @@ class _ConvBnNd:
     _RELU = False
     #: Whether the fused op (2-d only) runs with AbsMaxWeightFakeQuantize(ch_axis=0).
     _FUSED_OP = False
+    #: fakequant.distributed.sync_batch_norm finds the modules by it.
+    _batch_norm_synchronisable = True
 
     def __init_subclass__(cls, dim=None, relu=False, **kwargs):
         """``class ConvBn2d(_ConvBnNd, nn.Conv2d, dim=2)`` sets the dimension and the float modules
@@ -705,21 +709,7 @@ class _ConvBnNd:
             return 1.0 / float(bn.num_batches_tracked)
         return bn.momentum
 
-    def _check_not_synchronised(self):
-        if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
-            name = type(self).__name__
-            raise RuntimeError(
-                f"{name}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}): its bn is a "
-                f"torch.nn.SyncBatchNorm (convert_sync_batchnorm), but {name} folds BN into the convolution and "
-                f"computes the batch statistics itself on each process, so the processes would keep different "
-                f"statistics; synchronised statistics are not supported. Either keep this BN out of the fusion "
-                f"(quant_aware with fuse_bn=False, or no conv+bn fusion before prepare_qat) and convert that "
-                f"BatchNorm to SyncBatchNorm, or freeze the BN statistics "
-                f"(model.apply(fakequant.nn.qat.freeze_bn_stats)), or train with per-process statistics by keeping "
-                f"a BatchNorm here instead of the SyncBatchNorm")
-
     def forward(self, input):
-        self._check_not_synchronised()
         input = _apply(self.input_fake_quant, input)
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -731,8 +721,13 @@ class _ConvBnNd:
         # without the op's in-place running statistics, which export wraps in a form torch.onnx cannot translate.
         if self._FUSED_OP and not isinstance(padding, str) and not (self.bn.training is False and _exporting()):
             spec = _fused_weight_spec(self.weight_fake_quant)
+        group = _distributed.batch_norm_group(self) if self.bn.training else None
         factor = self._exponential_average_factor()
-        if spec is not None:
+        if group is not None:  # the group's batch statistics (sync_batch_norm, SyncBatchNorm)
+            out = self._forward_synchronised(input, padding, factor, group)
+            if self._RELU:
+                out = F.relu(out)
+        elif spec is not None:
             out, fold_scale = conv_bn_fake_quant_with_fold_scale(
                 input, self.weight, self.bias, self.bn.weight, self.bn.bias, self.bn.running_mean,
                 self.bn.running_var, stride=self.stride, padding=padding, dilation=self.dilation,
@@ -790,6 +785,63 @@ class _ConvBnNd:
         if b is not None:
             z = z + b.reshape(shape)
         unfused = F.batch_norm(z, None, None, gamma, beta, True, 0.0, bn.eps)
+        return unfused + (fused - unfused).detach()
+
+    def _update_running_stats(self, mean, var, n, factor):
+        """The running statistics' update with the batch's mean and biased variance (unbiased
+        with the count ``n``), as F.batch_norm's."""
+        bn = self.bn
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - factor).add_(factor * mean.to(bn.running_mean.dtype))
+            unbiased = var.double() * n / (n - 1).clamp_min(1)
+            bn.running_var.mul_(1 - factor).add_(factor * unbiased.to(bn.running_var.dtype))
+
+    def _normalise(self, z, mean, var, group, n):
+        """BN of ``z`` (training) with the group's ``mean`` / ``var``, differentiable through them
+        as SyncBatchNorm (SyncedMoments)."""
+        bn, shape = self.bn, self._channel_shape()
+        mean, var = _distributed.SyncedMoments.apply(z, mean, var, n, self._reduce_dims(), group)
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
+        return ((z - mean.reshape(shape)) * scale.reshape(shape) + bn.bias.reshape(shape)).to(z.dtype)
+
+    def _reduce_dims(self):
+        return (0,) + tuple(range(2, 2 + self._DIM))
+
+    def _forward_synchronised(self, x, padding, factor, group):
+        """The composite forward of ``_forward_composite`` (training BN) with the batch statistics
+        of the whole group (docs/distributed.md): one all_reduce forward, one backward."""
+        bn, w, b = self.bn, self.weight, self.bias
+        shape, dims = self._channel_shape(), self._reduce_dims()
+        gamma, beta = bn.weight, bn.bias
+        if self.fold_mode == "running":
+            sigma = torch.sqrt(_read_before_update(bn.running_var) + bn.eps)
+            s = gamma / sigma
+            s = torch.where(s == 0, torch.ones_like(s), s)
+            conv = self._conv(x, self.weight_fake_quant((w * s.reshape(self._weight_shape())).to(w.dtype)), padding)
+            conv = conv / s.reshape(shape).to(conv.dtype)
+            if b is not None:
+                conv = conv + b.reshape(shape)
+            mean, var, n = _distributed.global_moments(conv, dims, bn.running_mean, group)
+            self._update_running_stats(mean, var, n, factor)
+            return self._normalise(conv, mean, var, group, n)
+        # batch: the fold with the group's statistics of conv(x, w); the backward unfused
+        acc = torch.promote_types(x.dtype, torch.float32)
+        bias = b.detach().to(acc) if b is not None else torch.zeros_like(bn.running_mean, dtype=acc)
+        with torch.no_grad():
+            z0 = self._conv(x, w, padding)
+            mean, var, n = _distributed.global_moments(z0, dims, bn.running_mean.to(acc) - bias, group)
+            self._update_running_stats(mean + bias, var, n, factor)
+            sigma = torch.sqrt(var + bn.eps)
+            k = (gamma.to(acc) / sigma).reshape(self._weight_shape())
+        folded = (w.detach().to(acc) * k).to(w.dtype)
+        with torch.no_grad():
+            wq = self.weight_fake_quant(folded)
+            mask = _ste_mask(self.weight_fake_quant, folded)
+            fused = self._conv(x, wq, padding) + (beta - gamma * mean / sigma).reshape(shape).to(x.dtype)
+        z = self._conv(x, _STEMask.apply(w, mask), padding)
+        if b is not None:
+            z = z + b.reshape(shape)
+        unfused = self._normalise(z, mean + bias, var, group, n)
         return unfused + (fused - unfused).detach()
 
     # ---- conversion ----
