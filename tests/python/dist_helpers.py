@@ -14,20 +14,29 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
-def _rank_main(rank, fn, world, init_file, out_dir, args):
+def _rank_main(rank, fn, world, init_file, out_dir, args, backend):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.save(fn(rank, world, *args), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def run_ranks(fn, world, *args):
-    """``fn(rank, world, *args)`` on ``world`` processes of one gloo group; their results, by rank."""
+def backend_for(device, world):
+    """NCCL where every rank has a GPU of its own, else gloo (which also takes CUDA tensors)."""
+    return "nccl" if device == "cuda" and torch.cuda.device_count() >= world else "gloo"
+
+
+def run_ranks(fn, world, *args, backend="gloo"):
+    """``fn(rank, world, *args)`` on ``world`` processes of one group; their results, by rank."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_rank_main, args=(fn, world, os.path.join(tmp, "init"), tmp, args), nprocs=world, join=True)
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+        mp.spawn(_rank_main, args=(fn, world, os.path.join(tmp, "init"), tmp, args, backend), nprocs=world,
+                 join=True)
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False, map_location="cpu")
+                for r in range(world)]
 
 
 def full_states(model):

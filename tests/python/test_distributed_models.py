@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakequant
-from dist_helpers import run_ranks, shard, train, wrap
+from dist_helpers import backend_for, run_ranks, shard, train, wrap
 from fakequant.nn import qat
 from qat_helpers import DigitsCNN, aq, digits_split, needs_ao, randomize_bn, single_thread
 
@@ -180,12 +180,14 @@ def step_of(module, x, r):
     return out.detach(), x.grad, grads, states
 
 
-def conv_bn_worker(rank, world, fold_mode, bias, empty_rank, dim):
+def conv_bn_worker(rank, world, fold_mode, bias, empty_rank, dim, device):
     """Rank ``r`` steps on its slice of the batch (``empty_rank``'s slice empty); the parameter
     gradients summed over the ranks (the gradient of the sum of the ranks' losses)."""
-    module = fakequant.distributed.sync_batch_norm(conv_bn(fold_mode, bias, dim).train())
+    if device == "cuda":
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+    module = fakequant.distributed.sync_batch_norm(conv_bn(fold_mode, bias, dim).train().to(device))
     x, r = conv_bn_inputs(8, dim)
-    mine = [c for c in zip(x.chunk(world), r.chunk(world))][rank]
+    mine = [(a.to(device), b.to(device)) for a, b in zip(x.chunk(world), r.chunk(world))][rank]
     if rank == empty_rank:
         mine = (mine[0][:0], mine[1][:0])
     out, x_grad, grads, states = step_of(module, *mine)
@@ -194,18 +196,30 @@ def conv_bn_worker(rank, world, fold_mode, bias, empty_rank, dim):
     return out, x_grad, grads, states
 
 
-@pytest.mark.parametrize("fold_mode,bias,empty_rank,dim", [
-    ("batch", True, None, 2), ("running", True, None, 2), ("batch", False, 1, 2), ("running", False, 1, 2),
-    ("batch", True, None, 1), ("running", False, None, 3)])
-def test_conv_bn_statistics_and_gradients_across_ranks_equal_one_process(fold_mode, bias, empty_rank, dim):
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("fold_mode,bias,empty_rank,dim,device", [
+    ("batch", True, None, 2, "cpu"), ("running", True, None, 2, "cpu"), ("batch", False, 1, 2, "cpu"),
+    ("running", False, 1, 2, "cpu"), ("batch", True, None, 1, "cpu"), ("running", False, None, 3, "cpu"),
+    pytest.param("batch", True, None, 2, "cuda", marks=needs_cuda),
+    pytest.param("running", False, 1, 2, "cuda", marks=needs_cuda)])
+def test_conv_bn_statistics_and_gradients_across_ranks_equal_one_process(fold_mode, bias, empty_rank, dim,
+                                                                         device):
+    """On CUDA: NCCL where each rank has a GPU, else gloo over CUDA tensors."""
     world = 2
-    ranks = run_ranks(conv_bn_worker, world, fold_mode, bias, empty_rank, dim)
+    ranks = run_ranks(conv_bn_worker, world, fold_mode, bias, empty_rank, dim, device,
+                      backend=backend_for(device, world))
     x, r = conv_bn_inputs(8, dim)
     if empty_rank is not None:  # one process sees the other ranks' batches only
         keep = torch.cat([c for i, c in enumerate(torch.arange(8).chunk(world)) if i != empty_rank])
         x, r = x[keep], r[keep]
     with single_thread():
-        out, x_grad, grads, states = step_of(conv_bn(fold_mode, bias, dim).train(), x, r)
+        out, x_grad, grads, states = step_of(conv_bn(fold_mode, bias, dim).train().to(device), x.to(device),
+                                             r.to(device))
+        out, x_grad = out.cpu(), x_grad.cpu()
+        grads = {k: v.cpu() for k, v in grads.items()}
+        states = {k: v.cpu() for k, v in states.items()}
     outs = torch.cat([rank[0] for rank in ranks])
     x_grads = torch.cat([rank[1] for rank in ranks])
     torch.testing.assert_close(outs, out, rtol=1e-5, atol=1e-5)
