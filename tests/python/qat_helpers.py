@@ -94,16 +94,17 @@ def digits_split(n_train=1400):
 
 
 class DigitsCNN(nn.Module):
-    """A small Conv+BN+ReLU CNN for the 8x8 digits: two conv-bn-relu blocks (convolutions without
-    bias unless ``conv_bias``), pooling, a linear head."""
+    """A small Conv+BN+ReLU CNN for 8x8 images: two conv-bn-relu blocks of ``channels``
+    (convolutions without bias unless ``conv_bias``), pooling, a linear head to ``classes``."""
 
-    def __init__(self, conv_bias=False):
+    def __init__(self, conv_bias=False, channels=(16, 32), classes=10):
         super().__init__()
+        c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=conv_bias), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=conv_bias), nn.BatchNorm2d(c2), nn.ReLU(),
         )
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(c2, classes)
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))

@@ -9,10 +9,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fakequant
-from qat_helpers import HAS_AO, aq, single_thread
+from qat_helpers import HAS_AO, DigitsCNN, aq, single_thread
 
 
 @pytest.fixture(autouse=True)
@@ -36,17 +35,8 @@ def make_bars(n, gen, size=12, noise=0.35):
     return images, labels
 
 
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        )
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+def small_cnn():
+    return DigitsCNN(channels=(8, 16), classes=4)
 
 
 def train(model, images, labels, epochs, gen, lr):
@@ -74,7 +64,7 @@ def test_quant_aware_reaches_torch_ao_qat_accuracy():
     gen = torch.Generator().manual_seed(0)
     x_train, y_train = make_bars(1536, gen)
     x_test, y_test = make_bars(512, gen)
-    float_model = train(SmallCNN(), x_train, y_train, 4, gen, 1e-2)
+    float_model = train(small_cnn(), x_train, y_train, 4, gen, 1e-2)
     float_acc = accuracy(float_model, x_test, y_test)
     assert float_acc > 0.9, float_acc
 

@@ -79,26 +79,34 @@ def sync_observers(model: nn.Module, group=None, enabled: bool = True) -> nn.Mod
     every rank, after the model is built (and prepared for QAT) and before training. Returns
     ``model``."""
     quantizers = _activation_quantizers(model)
-    if not enabled:
-        for q in quantizers:
-            setattr(q, _ATTR, None)
-        return model
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("fakequant.distributed.sync_observers: no process group is initialised; call "
-                           "torch.distributed.init_process_group first (or pass enabled=False)")
-    if not quantizers:
-        raise ValueError(f"fakequant.distributed.sync_observers: {type(model).__name__} has no activation "
-                         "quantizer to synchronise (the moving-average min/max and Paddle abs-max quantizers)")
-    src = dist.get_global_rank(group, 0) if group is not None else 0
-    with torch.no_grad():
-        for q in quantizers:
-            for buf in q.buffers():
-                dist.broadcast(buf, src=src, group=group)
-            # The host flags follow the broadcast state (a Paddle quantizer that rank 0 has observed with).
+    _mark("sync_observers", model, quantizers, group, enabled, lambda q: q.buffers(),
+          "has no activation quantizer to synchronise (the moving-average min/max and Paddle abs-max quantizers)")
+    if enabled:
+        for q in quantizers:  # the host flags follow the broadcast state (rank 0 may have observed)
             if hasattr(q, "_state_is_initial"):
                 q._observed = not q._state_is_initial()
-            setattr(q, _ATTR, _Sync(group))
     return model
+
+
+def _mark(caller, model, modules, group, enabled, buffers_of, none_message):
+    """Mark ``modules`` as combining over ``group`` and broadcast their ``buffers_of(module)`` from
+    the group's first rank (``enabled``), or unmark them; ``caller``'s errors for no process group
+    and no module."""
+    if not enabled:
+        for m in modules:
+            setattr(m, _ATTR, None)
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"fakequant.distributed.{caller}: no process group is initialised; call "
+                           "torch.distributed.init_process_group first (or pass enabled=False)")
+    if not modules:
+        raise ValueError(f"fakequant.distributed.{caller}: {type(model).__name__} {none_message}")
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for m in modules:
+            for buf in buffers_of(m):
+                dist.broadcast(buf, src=src, group=group)
+            setattr(m, _ATTR, _Sync(group))
 
 
 def synchronised_group(module: nn.Module):
@@ -140,23 +148,9 @@ def sync_batch_norm(model: nn.Module, group=None, enabled: bool = True) -> nn.Mo
     its own again). Needs an initialised process group; call it on every rank before training.
     The BN running statistics start equal (broadcast from the group's first rank). Returns
     ``model``."""
-    modules = _conv_bn_modules(model)
-    if not enabled:
-        for m in modules:
-            setattr(m, _ATTR, None)
-        return model
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("fakequant.distributed.sync_batch_norm: no process group is initialised; call "
-                           "torch.distributed.init_process_group first (or pass enabled=False)")
-    if not modules:
-        raise ValueError(f"fakequant.distributed.sync_batch_norm: {type(model).__name__} has no ConvBn module "
-                         "(fakequant.nn.qat.ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d) whose statistics to synchronise")
-    src = dist.get_global_rank(group, 0) if group is not None else 0
-    with torch.no_grad():
-        for m in modules:
-            for buf in m.bn.buffers():
-                dist.broadcast(buf, src=src, group=group)
-            setattr(m, _ATTR, _Sync(group))
+    _mark("sync_batch_norm", model, _conv_bn_modules(model), group, enabled, lambda m: m.bn.buffers(),
+          "has no ConvBn module (fakequant.nn.qat.ConvBn1d/2d/3d, ConvBnReLU1d/2d/3d) whose statistics to "
+          "synchronise")
     return model
 
 

@@ -723,11 +723,7 @@ class _ConvBnNd:
             spec = _fused_weight_spec(self.weight_fake_quant)
         group = _distributed.batch_norm_group(self) if self.bn.training else None
         factor = self._exponential_average_factor()
-        if group is not None:  # the group's batch statistics (sync_batch_norm, SyncBatchNorm)
-            out = self._forward_synchronised(input, padding, factor, group)
-            if self._RELU:
-                out = F.relu(out)
-        elif spec is not None:
+        if spec is not None and group is None:
             out, fold_scale = conv_bn_fake_quant_with_fold_scale(
                 input, self.weight, self.bias, self.bn.weight, self.bn.bias, self.bn.running_mean,
                 self.bn.running_var, stride=self.stride, padding=padding, dilation=self.dilation,
@@ -736,8 +732,8 @@ class _ConvBnNd:
             # The observer saw the fold: keep its scales, as AbsMaxWeightFakeQuantize's forward does.
             self.weight_fake_quant._store_scale(_weight_scale_of_fold(
                 self.weight, fold_scale, spec["quant_min"], spec["quant_max"], spec["weight_eps"]))
-        else:
-            out = self._forward_composite(input, padding, factor)
+        else:  # with a group: its batch statistics (sync_batch_norm, SyncBatchNorm; docs/distributed.md)
+            out = self._forward_composite(input, padding, factor, group)
             if self._RELU:
                 out = F.relu(out)
         return _apply(self.output_fake_quant, out)
@@ -746,17 +742,18 @@ class _ConvBnNd:
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self._DIM]
         return conv(input, weight, None, self.stride, padding, self.dilation, self.groups)
 
-    def _forward_composite(self, x, padding, factor):
-        """The op's math composed from PyTorch ops, for any weight fake-quantizer."""
+    def _forward_composite(self, x, padding, factor, group=None):
+        """The op's math composed from PyTorch ops, for any weight fake-quantizer; with a process
+        ``group``, the batch statistics are the group's (one all_reduce forward, one backward)."""
         bn, w, b = self.bn, self.weight, self.bias
-        shape = self._channel_shape()
+        shape, dims = self._channel_shape(), self._reduce_dims()
         gamma, beta = bn.weight, bn.bias
         if not bn.training:  # eval or frozen BN: fold with the running statistics
             folded, folded_bias = self._running_fold(w, b)
             out = self._conv(x, self.weight_fake_quant(folded), padding)
             return out + folded_bias.reshape(shape).to(out.dtype)
         if self.fold_mode == "running":
-            # read before F.batch_norm updates running_var in place
+            # read before the statistics update writes running_var in place
             sigma = torch.sqrt(_read_before_update(bn.running_var) + bn.eps)
             s = gamma / sigma
             s = torch.where(s == 0, torch.ones_like(s), s)  # gamma = 0: no NaN, y = beta there
@@ -764,72 +761,22 @@ class _ConvBnNd:
             conv = conv / s.reshape(shape).to(conv.dtype)
             if b is not None:
                 conv = conv + b.reshape(shape)
-            return F.batch_norm(conv, bn.running_mean, bn.running_var, gamma, beta, True, factor, bn.eps)
-        # batch: forward fused with the batch statistics, backward unfused (docs/convbn.md)
-        acc = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least
-        reduce_dims = (0,) + tuple(range(2, 2 + self._DIM))
-        with torch.no_grad():
-            z0 = self._conv(x, w, padding).to(acc)
-            var, mean = torch.var_mean(z0, dim=reduce_dims, unbiased=False)
-            n = z0.numel() // z0.size(1)
-            bn.running_mean.mul_(1 - factor).add_(factor * (mean + (b.to(acc) if b is not None else 0)))
-            bn.running_var.mul_(1 - factor).add_(factor * var * (n / max(n - 1, 1)))
-            sigma = torch.sqrt(var + bn.eps)
-            k = (gamma.to(acc) / sigma).reshape(self._weight_shape())
-        folded = (w.detach().to(acc) * k).to(w.dtype)
-        with torch.no_grad():
-            wq = self.weight_fake_quant(folded)
-            mask = _ste_mask(self.weight_fake_quant, folded)
-            fused = self._conv(x, wq, padding) + (beta - gamma * mean / sigma).reshape(shape).to(x.dtype)
-        z = self._conv(x, _STEMask.apply(w, mask), padding)
-        if b is not None:
-            z = z + b.reshape(shape)
-        unfused = F.batch_norm(z, None, None, gamma, beta, True, 0.0, bn.eps)
-        return unfused + (fused - unfused).detach()
-
-    def _update_running_stats(self, mean, var, n, factor):
-        """The running statistics' update with the batch's mean and biased variance (unbiased
-        with the count ``n``), as F.batch_norm's."""
-        bn = self.bn
-        with torch.no_grad():
-            bn.running_mean.mul_(1 - factor).add_(factor * mean.to(bn.running_mean.dtype))
-            unbiased = var.double() * n / (n - 1).clamp_min(1)
-            bn.running_var.mul_(1 - factor).add_(factor * unbiased.to(bn.running_var.dtype))
-
-    def _normalise(self, z, mean, var, group, n):
-        """BN of ``z`` (training) with the group's ``mean`` / ``var``, differentiable through them
-        as SyncBatchNorm (SyncedMoments)."""
-        bn, shape = self.bn, self._channel_shape()
-        mean, var = _distributed.SyncedMoments.apply(z, mean, var, n, self._reduce_dims(), group)
-        scale = bn.weight * torch.rsqrt(var + bn.eps)
-        return ((z - mean.reshape(shape)) * scale.reshape(shape) + bn.bias.reshape(shape)).to(z.dtype)
-
-    def _reduce_dims(self):
-        return (0,) + tuple(range(2, 2 + self._DIM))
-
-    def _forward_synchronised(self, x, padding, factor, group):
-        """The composite forward of ``_forward_composite`` (training BN) with the batch statistics
-        of the whole group (docs/distributed.md): one all_reduce forward, one backward."""
-        bn, w, b = self.bn, self.weight, self.bias
-        shape, dims = self._channel_shape(), self._reduce_dims()
-        gamma, beta = bn.weight, bn.bias
-        if self.fold_mode == "running":
-            sigma = torch.sqrt(_read_before_update(bn.running_var) + bn.eps)
-            s = gamma / sigma
-            s = torch.where(s == 0, torch.ones_like(s), s)
-            conv = self._conv(x, self.weight_fake_quant((w * s.reshape(self._weight_shape())).to(w.dtype)), padding)
-            conv = conv / s.reshape(shape).to(conv.dtype)
-            if b is not None:
-                conv = conv + b.reshape(shape)
+            if group is None:
+                return F.batch_norm(conv, bn.running_mean, bn.running_var, gamma, beta, True, factor, bn.eps)
             mean, var, n = _distributed.global_moments(conv, dims, bn.running_mean, group)
             self._update_running_stats(mean, var, n, factor)
             return self._normalise(conv, mean, var, group, n)
-        # batch: the fold with the group's statistics of conv(x, w); the backward unfused
-        acc = torch.promote_types(x.dtype, torch.float32)
+        # batch: forward fused with the batch statistics, backward unfused (docs/convbn.md)
+        acc = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least
         bias = b.detach().to(acc) if b is not None else torch.zeros_like(bn.running_mean, dtype=acc)
         with torch.no_grad():
-            z0 = self._conv(x, w, padding)
-            mean, var, n = _distributed.global_moments(z0, dims, bn.running_mean.to(acc) - bias, group)
+            if group is None:
+                z0 = self._conv(x, w, padding).to(acc)
+                var, mean = torch.var_mean(z0, dim=dims, unbiased=False)
+                n = z0.numel() // z0.size(1)
+            else:
+                mean, var, n = _distributed.global_moments(self._conv(x, w, padding), dims,
+                                                           bn.running_mean.to(acc) - bias, group)
             self._update_running_stats(mean + bias, var, n, factor)
             sigma = torch.sqrt(var + bn.eps)
             k = (gamma.to(acc) / sigma).reshape(self._weight_shape())
@@ -841,8 +788,31 @@ class _ConvBnNd:
         z = self._conv(x, _STEMask.apply(w, mask), padding)
         if b is not None:
             z = z + b.reshape(shape)
-        unfused = self._normalise(z, mean + bias, var, group, n)
+        if group is None:
+            unfused = F.batch_norm(z, None, None, gamma, beta, True, 0.0, bn.eps)
+        else:
+            unfused = self._normalise(z, mean + bias, var, group, n)
         return unfused + (fused - unfused).detach()
+
+    def _update_running_stats(self, mean, var, n, factor):
+        """The running statistics' update with the batch's mean and biased variance (made unbiased
+        with the count ``n``: an int, or the group's as a tensor), as F.batch_norm's."""
+        bn = self.bn
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - factor).add_(factor * mean)
+            correction = n / (n - 1).clamp_min(1) if isinstance(n, torch.Tensor) else n / max(n - 1, 1)
+            bn.running_var.mul_(1 - factor).add_(factor * var * correction)
+
+    def _normalise(self, z, mean, var, group, n):
+        """BN of ``z`` (training) with the group's ``mean`` / ``var``, differentiable through them
+        as SyncBatchNorm (SyncedMoments)."""
+        bn, shape = self.bn, self._channel_shape()
+        mean, var = _distributed.SyncedMoments.apply(z, mean, var, n, self._reduce_dims(), group)
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
+        return ((z - mean.reshape(shape)) * scale.reshape(shape) + bn.bias.reshape(shape)).to(z.dtype)
+
+    def _reduce_dims(self):
+        return (0,) + tuple(range(2, 2 + self._DIM))
 
     # ---- conversion ----
     @classmethod
