@@ -7,9 +7,10 @@ abs-max weights) trained with DDP on `world` processes, one thread each: an MLP 
 `width`, ReLU), and a CNN of Conv+BN+ReLU blocks (ConvBnReLU2d, fold_mode "batch") of `channels`
 on `size` x `size` images. Per configuration: the median training-step time (forward, backward
 with DDP's gradient all-reduce, SGD step) over the timed steps, unsynchronised, with the
-observers synchronised, and (CNN) with the BN statistics too, and what that adds per step: one
-all_reduce of 2 floats per activation quantizer; per ConvBn module one all_reduce of 2C+1 float64
-forward and one of 2C backward.
+observers synchronised, and (MLP) bucketed, or (CNN) with the BN statistics too, and what that
+adds per step: one all_reduce of 2 floats per activation quantizer (bucketed: one all_reduce of
+every quantizer's state as float64 after the forward); per ConvBn module one all_reduce of 2C+1
+float64 forward and one of 2C backward.
 
     python bench/bench_distributed.py --out distributed.json [--quick]
 """
@@ -69,8 +70,10 @@ def inputs(cfg):
 
 
 def variants(cfg):
-    """(observers synchronised, BN statistics synchronised)."""
-    return [(False, False), (True, False)] + ([(True, True)] if cfg["model"] == "cnn" else [])
+    """(observers synchronised, BN statistics synchronised, observers bucketed)."""
+    if cfg["model"] == "cnn":
+        return [(False, False, False), (True, False, False), (True, True, False)]
+    return [(False, False, False), (True, False, False), (True, False, True)]
 
 
 def worker(rank, world, init_file, configs, warmup, steps):
@@ -78,13 +81,15 @@ def worker(rank, world, init_file, configs, warmup, steps):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     rows = []
     for index, cfg in enumerate(configs):
-        for sync, sync_bn in variants(cfg):
+        for sync, sync_bn, bucketed in variants(cfg):
             m = model(cfg)
-            fakequant.distributed.sync_observers(m, enabled=sync)
+            fakequant.distributed.sync_observers(m, enabled=sync, bucketed=bucketed)
             conv_bn = fakequant.distributed._conv_bn_modules(m)
             if sync_bn:
                 fakequant.distributed.sync_batch_norm(m)
-            quantizers = len(fakequant.distributed._activation_quantizers(m))
+            activation = fakequant.distributed._activation_quantizers(m)
+            quantizers = len(activation)
+            bucket_bytes = 8 * sum(t.numel() for q in activation for t, _ in q._bucket_states())
             bn_channels = sum(c.out_channels for c in conv_bn) if sync_bn else 0
             ddp = DDP(m, broadcast_buffers=False)
             opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
@@ -98,11 +103,12 @@ def worker(rank, world, init_file, configs, warmup, steps):
                 opt.step()
                 if i >= warmup:
                     times.append((time.perf_counter() - t0) * 1e3)
+            observer_collectives = (1 if bucketed else quantizers) if sync else 0
+            observer_bytes = (bucket_bytes if bucketed else 8 * quantizers) if sync else 0
             rows.append({**cfg, "config": index, "world": world, "synchronised": sync, "bn_synchronised": sync_bn,
-                         "activation_quantizers": quantizers, "conv_bn_modules": len(conv_bn),
-                         "collectives_added_per_step": (quantizers if sync else 0) + 2 * len(conv_bn) * sync_bn,
-                         "bytes_added_per_step": (8 * quantizers if sync else 0)
-                         + 8 * (4 * bn_channels + len(conv_bn) * sync_bn),
+                         "bucketed": bucketed, "activation_quantizers": quantizers, "conv_bn_modules": len(conv_bn),
+                         "collectives_added_per_step": observer_collectives + 2 * len(conv_bn) * sync_bn,
+                         "bytes_added_per_step": observer_bytes + 8 * (4 * bn_channels + len(conv_bn) * sync_bn),
                          "step_ms_median": statistics.median(times), "step_ms_min": min(times), "rank": rank})
     dist.destroy_process_group()
     if rank == 0:  # the ranks time the same steps (a barrier before each): rank 0's numbers

@@ -18,7 +18,7 @@ from torch import nn
 import fakequant
 from fakequant.nn import qat
 from dist_helpers import run_ranks, shard, train, wrap
-from qat_helpers import aq, needs_ao
+from qat_helpers import aq, needs_ao, single_thread
 
 WORLD = 2
 STEPS = 4
@@ -64,11 +64,11 @@ def initialise_first(flow, parallel):
     return flow == "lsq" and parallel == "fsdp2"
 
 
-def worker(rank, world, flow, parallel):
+def worker(rank, world, flow, parallel, bucketed=False):
     results = {}
     for sync in (True, False):
         model = build(flow)
-        fakequant.distributed.sync_observers(model, enabled=sync)
+        fakequant.distributed.sync_observers(model, enabled=sync, bucketed=bucketed)
         data = shard(batches(), rank, world)
         if initialise_first(flow, parallel):
             with torch.no_grad():
@@ -115,6 +115,51 @@ def test_synchronised_quantizers_equal_across_ranks_and_single_process(flow, par
     assert any(not torch.equal(unsynced[0][0][k], single[0][k]) for k in keys), flow
     if not initialise_first(flow, parallel):
         assert any(not torch.equal(unsynced[0][0][k], unsynced[1][0][k]) for k in keys), flow
+
+
+@pytest.mark.parametrize("flow", ["paddle", "paddle_range", pytest.param("torch_ao", marks=needs_ao)])
+def test_bucketed_quantizer_states_equal_across_ranks(flow):
+    """bucketed=True: each rank updates from its own shard, then one all_reduce(MAX) after the
+    forward. The states are equal on every rank after every step; after the first step the first
+    quantizer's equals one process's on the whole batch (every update is monotone in the batch
+    statistic), the later ones' do not (their inputs passed quantizers with each rank's own
+    qparams)."""
+    ranks = run_ranks(worker, WORLD, flow, "ddp", True)
+    with single_thread():
+        single = train(build(flow), batches())
+    synced = [r[True] for r in ranks]
+    keys = [k for k in quantizer_keys(synced[0]) if "weight_fake_quant" not in k]
+    assert any("scale" in k for k in keys), keys
+    for step in range(STEPS):
+        for k in synced[0][step]:
+            assert torch.equal(synced[0][step][k], synced[1][step][k]), (flow, step, k)
+    first = next(name for name, m in build(flow).named_modules()
+                 if getattr(m, "_synchronisable", False) and not name.endswith("weight_fake_quant"))
+    first_keys = [k for k in keys if k.startswith(f"buffer:{first}.")]
+    assert any("scale" in k or "max_val" in k for k in first_keys), (first, first_keys)
+    for k in first_keys:
+        assert torch.equal(synced[0][0][k], single[0][k]), (flow, k, synced[0][0][k], single[0][k])
+    assert any(not torch.equal(synced[0][0][k], single[0][k]) for k in keys), "the documented difference"
+    unsynced = [r[False] for r in ranks]
+    assert any(not torch.equal(unsynced[0][0][k], unsynced[1][0][k]) for k in keys), flow
+
+
+def test_bucketed_mode_uses_one_hook_and_no_per_quantizer_collective(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = build("paddle")
+        for _ in range(2):  # called again: still one hook
+            fakequant.distributed.sync_observers(model, bucketed=True)
+        hooks = [h for h in model._forward_hooks.values() if h is fakequant.distributed._bucket_hook]
+        assert len(hooks) == 1
+        quantizers = fakequant.distributed._activation_quantizers(model)
+        assert all(fakequant.distributed.per_batch_group(q) is None for q in quantizers)
+        assert all(fakequant.distributed.synchronised_group(q) is not None for q in quantizers)
+        fakequant.distributed.sync_observers(model)  # exact mode again: the hook goes
+        assert not model._forward_hooks
+        assert all(fakequant.distributed.per_batch_group(q) is not None for q in quantizers)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_sync_observers_needs_a_process_group():

@@ -8,7 +8,10 @@ then on, whenever such a quantizer observes, it reduces its input locally (``min
 ``abs_max``), combines the result across the group with one ``all_reduce(MAX)`` of a few floats,
 updates its state with the combined statistic, and quantizes with the updated qparams: the
 arithmetic of the fused op on the concatenated batch, so every rank holds the same state after
-every step, the state one process training on the whole batch would hold.
+every step, the state one process training on the whole batch would hold. With
+``bucketed=True`` the quantizers update from their own rank's batch and one collective after the
+model's forward combines all their states (equal states, one collective per step; that forward
+quantized with each rank's own qparams).
 
 A learnable (LSQ) quantizer initialises its scale and zero point from the combined min / max of
 its first batch, and scales its gradients by the whole batch's element count (the group's size
@@ -53,8 +56,9 @@ class _Sync:
     (``copy.deepcopy``, ``fakequant.convert``) keeps it, since the copy lives in the same processes;
     a pickled model (``torch.save``) loads unsynchronised, as a process group cannot be pickled."""
 
-    def __init__(self, group) -> None:
+    def __init__(self, group, bucketed: bool = False) -> None:
         self.group = group
+        self.bucketed = bucketed
 
     def __deepcopy__(self, memo):
         return self
@@ -73,22 +77,70 @@ def _activation_quantizers(model: nn.Module):
             if getattr(m, "_synchronisable", False) and name.rsplit(".", 1)[-1] != "weight_fake_quant"]
 
 
-def sync_observers(model: nn.Module, group=None, enabled: bool = True) -> nn.Module:
+def sync_observers(model: nn.Module, group=None, enabled: bool = True, bucketed: bool = False) -> nn.Module:
     """Synchronise (``enabled=True``) or stop synchronising the activation quantizers of ``model``
     over ``group`` (default: the whole world). Needs an initialised process group; call it on
     every rank, after the model is built (and prepared for QAT) and before training. Returns
-    ``model``."""
+    ``model``.
+
+    ``bucketed=False`` (exact): each quantizer combines its batch statistic across the group
+    before it updates and quantizes (one small collective per quantizer and step), which gives
+    the model one process would train on the whole batch. ``bucketed=True``: the quantizers
+    update from their own rank's batch during the forward, and after ``model``'s forward one
+    collective (``all_reduce(MAX)`` of one flat tensor holding every min/max/abs-max quantizer's
+    state) makes the states equal on every rank; that forward quantized with each rank's own
+    qparams (docs/distributed.md)."""
     quantizers = _activation_quantizers(model)
     _mark("sync_observers", model, quantizers, group, enabled, lambda q: q.buffers(),
-          "has no activation quantizer to synchronise (the moving-average min/max and Paddle abs-max quantizers)")
+          "has no activation quantizer to synchronise (the moving-average min/max and Paddle abs-max quantizers)",
+          bucketed=bucketed)
+    for key, hook in list(model._forward_hooks.items()):
+        if hook is _bucket_hook:
+            del model._forward_hooks[key]
     if enabled:
         for q in quantizers:  # the host flags follow the broadcast state (rank 0 may have observed)
             if hasattr(q, "_state_is_initial"):
                 q._observed = not q._state_is_initial()
+        if bucketed:
+            model.register_forward_hook(_bucket_hook)
     return model
 
 
-def _mark(caller, model, modules, group, enabled, buffers_of, none_message):
+def _bucket_hook(module, args, output):
+    """After the forward of a model synchronised with ``bucketed=True``: the states of its bucketed
+    quantizers (``_bucket_states()``: each tensor with +1 to take the group's maximum, -1 its
+    minimum) combined in one ``all_reduce(MAX)`` per group, then ``_after_bucket()`` (qparams
+    from the combined statistics). Each state's update is monotone in the batch statistic, so
+    the combined state is the one the largest (smallest) statistic gives."""
+    if not dist.is_initialized():
+        return
+    groups = {}
+    for q in _activation_quantizers(module):
+        mark = getattr(q, _ATTR, None)
+        if mark is not None and mark.bucketed and hasattr(q, "_bucket_states") and q._observer_on:
+            groups.setdefault(id(mark.group), (mark.group, []))[1].append(q)
+    with torch.no_grad():
+        for group, quantizers in groups.values():
+            parts = [(t, sign) for q in quantizers for t, sign in q._bucket_states()]
+            flat = torch.cat([(t.reshape(-1).double() * sign) for t, sign in parts])
+            flat = _all_reduce_max(flat, group)
+            offset = 0
+            for t, sign in parts:
+                n = t.numel()
+                t.copy_((flat[offset:offset + n] * sign).reshape(t.shape))
+                offset += n
+            for q in quantizers:
+                q._after_bucket()
+
+
+def per_batch_group(module: nn.Module):
+    """The group a quantizer combines each batch statistic over before its update (the exact
+    mode), or ``None``: not synchronised, or synchronised in buckets after the forward."""
+    mark = getattr(module, _ATTR, None)
+    return None if mark is not None and mark.bucketed else synchronised_group(module)
+
+
+def _mark(caller, model, modules, group, enabled, buffers_of, none_message, bucketed=False):
     """Mark ``modules`` as combining over ``group`` and broadcast their ``buffers_of(module)`` from
     the group's first rank (``enabled``), or unmark them; ``caller``'s errors for no process group
     and no module."""
@@ -106,7 +158,7 @@ def _mark(caller, model, modules, group, enabled, buffers_of, none_message):
         for m in modules:
             for buf in buffers_of(m):
                 dist.broadcast(buf, src=src, group=group)
-            setattr(m, _ATTR, _Sync(group))
+            setattr(m, _ATTR, _Sync(group, bucketed))
 
 
 def synchronised_group(module: nn.Module):

@@ -179,7 +179,7 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
             return _ops.fake_quantize_per_channel(x, self.scale, self.zero_point, axis, self.quant_min,
                                                   self.quant_max, self.rounding)
         observer_on = self.observer_enabled
-        group = _distributed.synchronised_group(self) if self._observer_on else None
+        group = _distributed.per_batch_group(self) if self._observer_on else None
         if group is not None:
             # The batch's min / max combined across the group, then the state updated with them by the
             # op itself (over a tensor holding just them: [min, max], per channel along dim 0), fake
@@ -196,6 +196,14 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
             x, observer_on, self.fake_quant_enabled, st.min_val, st.max_val, self.scale, self.zero_point,
             self.averaging_constant, self.quant_min, self.quant_max, axis, self.is_symmetric_quant, False,
             self.rounding)
+
+    def _bucket_states(self):
+        """fakequant.distributed's bucketed mode: the running min (the group's minimum) and max."""
+        st = self.activation_post_process
+        return [(st.min_val, -1), (st.max_val, 1)]
+
+    def _after_bucket(self) -> None:
+        self.refresh_qparams()
 
     @torch.no_grad()
     def refresh_qparams(self) -> None:

@@ -94,7 +94,7 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
             if not self.training:
                 self._start_calibration()
             self._observed = True
-        group = _distributed.synchronised_group(self) if observe else None
+        group = _distributed.per_batch_group(self) if observe else None
         if group is not None:
             # The batch's abs-max combined across the group updates the state through the op itself
             # (over a tensor holding just it); the input is then quantized with the updated scale.
@@ -106,6 +106,17 @@ class _PaddleAbsMaxFakeQuantize(FakeQuantizeBase):
                 self._call(x.detach(), True)  # statistics only; the output is x
             return x
         return self._call(x, observe)
+
+    #: The state buffers (the subclass's).
+    _STATE = ()
+
+    def _bucket_states(self):
+        """fakequant.distributed's bucketed mode: the state tensors, each the group's maximum (each
+        grows with the batch's abs-max, or is equal on every rank)."""
+        return [(getattr(self, name), 1) for name in self._STATE]
+
+    def _after_bucket(self) -> None:
+        pass
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -154,6 +165,8 @@ class MovingAverageAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
         self.register_buffer("accum", torch.tensor([1.0], dtype=torch.float32))
         _to_factory_device(self, spec)
 
+    _STATE = ("scale", "state", "accum")
+
     @torch.no_grad()
     def _start_calibration(self) -> None:
         # Paddle's initial accumulators (1, 1) would mix 1 into the first scale,
@@ -189,6 +202,8 @@ class RangeAbsMaxFakeQuantize(_PaddleAbsMaxFakeQuantize):
         self.register_buffer("window", torch.zeros(self.window_size, dtype=torch.float32))
         self.register_buffer("iter", torch.zeros(1, dtype=torch.int64))
         _to_factory_device(self, spec)
+
+    _STATE = ("scale", "window", "iter")
 
     def _call(self, x, training):
         return _ops.fake_quantize_range_abs_max(x, self.scale, self.window, self.iter, self.bits, training,
