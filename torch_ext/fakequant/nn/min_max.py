@@ -202,8 +202,12 @@ class MovingAverageMinMaxFakeQuantize(FakeQuantizeBase):
         st = self.activation_post_process
         return [(st.min_val, -1), (st.max_val, 1)]
 
+    @torch.no_grad()
     def _after_bucket(self) -> None:
-        self.refresh_qparams()
+        # The qparams of the combined min/max (no host read: calculate_qparams, not refresh_qparams).
+        scale, zero_point = self.calculate_qparams()
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
 
     @torch.no_grad()
     def refresh_qparams(self) -> None:
