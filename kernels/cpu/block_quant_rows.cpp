@@ -15,6 +15,7 @@
 
 #include "fakequant/block_quant.h"
 #include "fakequant/dispatch.h"
+#include "abs_max_bits.h"
 #include "pack_bits.h"
 
 // Compiled twice (GCC target_clones): AVX2 (8 float lanes) and the baseline.
@@ -27,29 +28,11 @@
 namespace fakequant {
 namespace {
 
-// The tile's statistics, as tile_stats in block_quant.cpp: abs-max as an integer max over
-// abs_bits (exact, NaN above inf; below 2^31, so a signed max, which every x86 vector extension
-// has, orders them), min / max as NaN-flagged float comparisons. Separate loops without control
-// flow, so that both vectorise.
+// The tile's statistics, as tile_stats in block_quant.cpp: the abs-max as an integer max over
+// abs_bits (abs_max_bits.h, inlined into each clone); min / max as integer keys (below).
 template <typename T>
 FQ_BLOCK_CLONES uint32_t row_abs_max_bits(const T* __restrict__ x, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    int32_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t b = static_cast<int32_t>(abs_bits(x[i]));
-      m = b > m ? b : m;
-    }
-    return static_cast<uint32_t>(m);
-  } else {
-    // The 16-bit floats order their magnitudes the same way in their own 15 low bits (NaN above
-    // inf): twice the lanes of the widened max, widened once at the end.
-    int16_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int16_t b = static_cast<int16_t>(x[i].bits & 0x7FFFu);
-      m = b > m ? b : m;
-    }
-    return abs_bits(to_float(T{static_cast<uint16_t>(m)}));
-  }
+  return abs_max_bits(x, n);
 }
 
 // min / max of a tile, as integer keys that order like the floats (a negative float's

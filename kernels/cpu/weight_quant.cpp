@@ -13,6 +13,7 @@
 
 #include "fakequant/dispatch.h"
 #include "fakequant/weight_quant.h"
+#include "abs_max_bits.h"
 #include "pack_bits.h"
 
 // The contiguous path's per-tile loops are compiled twice (GCC target_clones): AVX2 (8 float
@@ -112,31 +113,13 @@ void channel_abs_max_typed(const T* x, int64_t channels, int64_t stride, int64_t
 }
 
 // The scales of `channels` contiguous runs of `len` elements each (one tile): the abs-max of
-// a run as an integer max over the |x| bits (abs_max_bits_run's, inlined here so that the
-// loop is compiled for the clone's vector width), then weight_scale.
+// a run as an integer max over the |x| bits (abs_max_bits.h, inlined into each clone), then
+// weight_scale.
 template <typename T>
 FQ_WEIGHT_CLONES void tile_scales(const T* __restrict__ x, int64_t channels, int64_t len, float half, float eps,
                                   DType scale_dtype, float* __restrict__ scale) {
   for (int64_t c = 0; c < channels; ++c) {
-    const T* run = x + c * len;
-    uint32_t bits;
-    if constexpr (std::is_same_v<T, float>) {
-      int32_t m = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        uint32_t u;
-        std::memcpy(&u, run + i, sizeof(u));
-        const int32_t b = static_cast<int32_t>(u & 0x7FFFFFFFu);
-        m = b > m ? b : m;
-      }
-      bits = static_cast<uint32_t>(m);
-    } else {
-      int16_t m = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        const int16_t b = static_cast<int16_t>(run[i].bits & 0x7FFFu);
-        m = b > m ? b : m;
-      }
-      bits = abs_bits(to_float(T{static_cast<uint16_t>(m)}));
-    }
+    const uint32_t bits = abs_max_bits(x + c * len, len);
     scale[c] = weight_scale(bits_float(bits), half, eps, scale_dtype);
   }
 }
