@@ -79,6 +79,15 @@ def variants(cfg):
 def worker(rank, world, init_file, configs, warmup, steps):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = measure(rank, world, configs, warmup, steps)  # its models are gone before the group is
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:  # the ranks time the same steps (a barrier before each): rank 0's numbers
+        torch.save(rows, init_file + ".rows")
+
+
+def measure(rank, world, configs, warmup, steps):
     rows = []
     for index, cfg in enumerate(configs):
         for sync, sync_bn, bucketed in variants(cfg):
@@ -110,9 +119,7 @@ def worker(rank, world, init_file, configs, warmup, steps):
                          "collectives_added_per_step": observer_collectives + 2 * len(conv_bn) * sync_bn,
                          "bytes_added_per_step": observer_bytes + 8 * (4 * bn_channels + len(conv_bn) * sync_bn),
                          "step_ms_median": statistics.median(times), "step_ms_min": min(times), "rank": rank})
-    dist.destroy_process_group()
-    if rank == 0:  # the ranks time the same steps (a barrier before each): rank 0's numbers
-        torch.save(rows, init_file + ".rows")
+    return rows
 
 
 def main() -> None:
