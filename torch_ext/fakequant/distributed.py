@@ -250,9 +250,9 @@ class SyncedMoments(torch.autograd.Function):
     ``all_reduce``) and returns ``(g_mean + 2 g_var (t - mean)) / n``, as SyncBatchNorm's."""
 
     @staticmethod
-    def forward(ctx, t, mean, var, n, dims, group):
+    def forward(ctx, t, mean, var, n, group):
         ctx.save_for_backward(t, mean, n)
-        ctx.dims, ctx.group = dims, group
+        ctx.group = group
         return mean.view_as(mean), var.view_as(var)
 
     @staticmethod
@@ -267,4 +267,4 @@ class SyncedMoments(torch.autograd.Function):
         shape = [1, -1] + [1] * (t.dim() - 2)
         g_mean, g_var = both[:channels].reshape(shape), both[channels:].reshape(shape)
         grad = g_mean + 2 * g_var * (t.to(mean.dtype) - mean.reshape(shape))
-        return grad.to(t.dtype), None, None, None, None, None
+        return grad.to(t.dtype), None, None, None, None

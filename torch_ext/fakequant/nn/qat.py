@@ -807,7 +807,7 @@ class _ConvBnNd:
         """BN of ``z`` (training) with the group's ``mean`` / ``var``, differentiable through them
         as SyncBatchNorm (SyncedMoments)."""
         bn, shape = self.bn, self._channel_shape()
-        mean, var = _distributed.SyncedMoments.apply(z, mean, var, n, self._reduce_dims(), group)
+        mean, var = _distributed.SyncedMoments.apply(z, mean, var, n, group)
         scale = bn.weight * torch.rsqrt(var + bn.eps)
         return ((z - mean.reshape(shape)) * scale.reshape(shape) + bn.bias.reshape(shape)).to(z.dtype)
 
