@@ -4,6 +4,7 @@ records the model's states after every step, and the DDP / FSDP2 wrappers."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import torch
@@ -23,6 +24,16 @@ def _rank_main(rank, fn, world, init_file, out_dir, args, backend):
         torch.save(fn(rank, world, *args), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    exit_without_finalizing()
+
+
+def exit_without_finalizing():
+    """End a rank that finished its work with exit status 0, skipping the interpreter's
+    finalization: there, gloo's worker threads occasionally abort the process ("terminate called
+    without an active exception", SIGABRT) after everything is done and saved."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def backend_for(device, world):
